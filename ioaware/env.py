@@ -1,0 +1,40 @@
+"""Every IOAWARE_* environment variable, read in this one place (listed in the README's table)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+@dataclass(frozen=True)
+class Settings:
+    interpret: bool  # IOAWARE_INTERPRET: run Triton kernels on CPU tensors through Triton's interpreter
+    debug: bool  # IOAWARE_DEBUG: log which implementation each op dispatched to
+    cache_dir: Path  # IOAWARE_CACHE_DIR: probe results, converted stores
+    model: str | None  # IOAWARE_MODEL: default model path for `ioaware generate`
+
+
+def settings() -> Settings:
+    """Read the environment now (not at import), so tests can change it with monkeypatch."""
+    cache = os.environ.get("IOAWARE_CACHE_DIR") or str(Path.home() / ".cache" / "ioaware")
+    return Settings(
+        interpret=_flag("IOAWARE_INTERPRET"),
+        debug=_flag("IOAWARE_DEBUG"),
+        cache_dir=Path(cache),
+        model=os.environ.get("IOAWARE_MODEL") or None,
+    )
+
+
+ENV_TABLE = [
+    ("IOAWARE_INTERPRET", "0", "1: CPU tensors run Triton kernels in Triton's interpreter (how CI tests them)"),
+    ("IOAWARE_DEBUG", "0", "1: log which implementation every op dispatched to"),
+    ("IOAWARE_CACHE_DIR", "~/.cache/ioaware", "where probe results and converted stores are kept"),
+    ("IOAWARE_MODEL", "(embedded SmolLM2-135M)", "default model file or folder for `ioaware generate`"),
+]

@@ -1,0 +1,122 @@
+"""FLOPs and HBM traffic of attention: standard (materialised S and P) and FlashAttention-2.
+
+Conventions (stated once, used by every benchmark):
+  forward FLOPs  = 4 * B * H * Tq * Tk * D   (two matmuls, 2 FLOPs per multiply-add), halved when causal;
+  backward FLOPs = 2.5 * forward (five matmuls instead of two).
+Traffic counts elements moved between HBM and on-chip memory, times the bytes per element; LSE and
+the backward's row statistics are fp32. The FlashAttention count follows the kernel's schedule exactly
+(which blocks each program loads); with block sizes derived from the on-chip memory M it reduces to the
+paper's Theta(N^2 d^2 / M). L2 is not modelled: re-reads that hit L2 are still counted as HBM traffic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .cost import Cost
+
+FP32 = 4
+
+
+def attention_flops(B: int, H: int, Tq: int, Tk: int, D: int, causal: bool = False, backward: bool = False) -> float:
+    f = 4.0 * B * H * Tq * Tk * D
+    if causal:
+        f /= 2
+    return f * 2.5 if backward else f
+
+
+def standard_attention_cost(B: int, H: int, Tq: int, Tk: int, D: int, elem_bytes: int = 2,
+                            causal: bool = False, backward: bool = False) -> Cost:
+    """Attention written as three kernels (S = QK^T, P = softmax(S), O = PV), S and P round-tripping HBM."""
+    n, m = Tq, Tk
+    if not backward:
+        read = n * D + m * D + n * m + n * m + m * D  # QK^T: Q, K | softmax: S | PV: P, V
+        write = n * m + n * m + n * D  # S | P | O
+    else:
+        # dV = P^T dO | dP = dO V^T | dS = P * (dP - rowsum) | dQ = dS K | dK = dS^T Q
+        read = (n * m + n * D) + (n * D + m * D) + (2 * n * m) + (n * m + m * D) + (n * m + n * D)
+        write = m * D + n * m + n * m + n * D + m * D
+    scale = B * H * elem_bytes
+    flops = attention_flops(B, H, Tq, Tk, D, causal, backward)
+    return Cost.of(flops, label="standard attention " + ("bwd" if backward else "fwd"),
+                   hbm=(read * scale, write * scale))
+
+
+@dataclass(frozen=True)
+class Blocks:
+    q: int
+    k: int
+
+
+def blocks_for_sram(sram_bytes: float, D: int, elem_bytes: int = 2) -> Blocks:
+    """FlashAttention's choice: Q, O, K and V tiles of B rows each must fit in M, so B = M / (4 D)."""
+    m_elems = sram_bytes / elem_bytes
+    b = max(1, int(m_elems // (4 * D)))
+    return Blocks(b, b)
+
+
+def _kv_rows_seen(Tq: int, Tk: int, bq: int, bk: int, causal: bool) -> list[int]:
+    """Key rows the forward program of each query block loads (causal aligned bottom-right)."""
+    out = []
+    for i in range(math.ceil(Tq / bq)):
+        if not causal:
+            out.append(Tk)
+            continue
+        last_row = min((i + 1) * bq, Tq) - 1
+        need = min(max(last_row + Tk - Tq + 1, 0), Tk)
+        out.append(min(math.ceil(need / bk) * bk, Tk))
+    return out
+
+
+def _q_rows_seen(Tq: int, Tk: int, bq: int, bk: int, causal: bool) -> list[int]:
+    """Query rows the dK/dV program of each key block loads."""
+    out = []
+    for j in range(math.ceil(Tk / bk)):
+        if not causal:
+            out.append(Tq)
+            continue
+        first_key = j * bk
+        first_row = max(first_key - (Tk - Tq), 0)  # row r sees keys <= r + Tk - Tq
+        start_block = first_row // bq
+        out.append(max(Tq - start_block * bq, 0) if first_row < Tq else 0)
+    return out
+
+
+def flash_attention_cost(B: int, Hq: int, Tq: int, Tk: int, D: int, *, Hkv: int | None = None,
+                         sram_bytes: float | None = None, block_q: int | None = None, block_k: int | None = None,
+                         elem_bytes: int = 2, causal: bool = False, backward: bool = False) -> Cost:
+    """HBM traffic of ioaware's FlashAttention-2 kernels, forward or backward, for the given tiles.
+
+    Give either the tile sizes (`block_q`, `block_k`) or the on-chip memory `sram_bytes` (tiles from M / 4D).
+    """
+    Hkv = Hkv or Hq
+    if block_q is None or block_k is None:
+        if sram_bytes is None:
+            raise ValueError("give block_q and block_k, or sram_bytes to derive them")
+        b = blocks_for_sram(sram_bytes, D, elem_bytes)
+        block_q, block_k = block_q or b.q, block_k or b.k
+    bq, bk = min(block_q, max(Tq, 1)), min(block_k, max(Tk, 1))
+    e = elem_bytes
+    kv_rows = _kv_rows_seen(Tq, Tk, bq, bk, causal)
+    if not backward:
+        read = Hq * (Tq * D * e + 2 * D * e * sum(kv_rows))  # Q once; K and V per query block
+        write = Hq * (Tq * D * e + Tq * FP32)  # O and LSE
+    else:
+        q_rows = _q_rows_seen(Tq, Tk, bq, bk, causal)
+        pre_r, pre_w = Hq * 2 * Tq * D * e, Hq * Tq * FP32  # delta = rowsum(dO * O)
+        # dK/dV: one program per key block and KV head; it walks the query blocks of every head of its group
+        dkdv_r = Hkv * 2 * Tk * D * e + Hq * sum(q_rows) * (2 * D * e + 2 * FP32)
+        dkdv_w = Hkv * 2 * Tk * D * e
+        # dQ: one program per query block and query head; it walks the key blocks it sees
+        dq_r = Hq * (Tq * (2 * D * e + 2 * FP32) + 2 * D * e * sum(kv_rows))
+        dq_w = Hq * Tq * D * e
+        read, write = pre_r + dkdv_r + dq_r, pre_w + dkdv_w + dq_w
+    flops = attention_flops(B, Hq, Tq, Tk, D, causal, backward)
+    label = f"flash attention {'bwd' if backward else 'fwd'} (Bq={bq}, Bk={bk})"
+    return Cost.of(flops, label=label, hbm=(B * read, B * write))
+
+
+def flash_attention_theta(N: int, D: int, sram_elems: float) -> float:
+    """The FlashAttention paper's forward count, 2Nd + 8 N^2 d^2 / M elements (Theorem 2, constants ours)."""
+    return 2 * N * D + 8 * N * N * D * D / sram_elems

@@ -1,0 +1,5 @@
+from . import cost  # noqa: F401  (registers the op's cost in the iomodel)
+from .interface import flash_attn
+from .reference import attention_ref
+
+__all__ = ["attention_ref", "flash_attn"]

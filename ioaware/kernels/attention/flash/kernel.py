@@ -1,0 +1,373 @@
+"""FlashAttention-2 in Triton: forward and backward, GQA, causal (bottom-right), any head dim <= 256.
+
+Forward: one program per (query block, batch x query head). Q stays on chip; K and V stream through in
+blocks of BN rows; the softmax is computed online (running max m, running sum l, rescaled accumulator),
+and only O and the row log-sum-exp are written. Blocks that no mask touches run a loop without mask
+arithmetic; the diagonal and ragged-tail blocks run the masked loop.
+
+Backward (recomputation, no S or P in HBM):
+  1. delta = rowsum(dO * O)                       per query row
+  2. dK, dV: one program per (key block, batch x KV head); it walks the query blocks of every query head
+     of its group and accumulates in registers, so GQA needs no atomics and the result is deterministic.
+  3. dQ: one program per (query block, batch x query head); it walks the key blocks.
+Exponentials are taken base 2 with the scale folded in (scale * log2 e); the LSE is stored in natural log.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..._dispatch import interpreting
+
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------- forward
+@triton.jit
+def _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m, o_n, o_d, lo, hi, Tk, offset,
+                          scale_log2, D: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                          MASK: tl.constexpr, PRECISION: tl.constexpr):
+    m_d = o_d < D
+    for start_n in range(lo, hi, BN):
+        o_k = start_n + o_n
+        if MASK:
+            m_k = o_k < Tk
+            b_kt = tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None], mask=m_k[None, :] & m_d[:, None], other=0.0)
+        elif D == BD:
+            b_kt = tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None])
+        else:
+            b_kt = tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0)
+        b_s = tl.dot(b_q, b_kt, input_precision=PRECISION) * scale_log2  # (BM, BN), log2 units
+        if MASK:
+            m_s = m_k[None, :]
+            if IS_CAUSAL:
+                m_s = m_s & (o_k[None, :] <= o_m[:, None] + offset)
+            b_s = tl.where(m_s, b_s, float("-inf"))
+            b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+            b_m_use = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)  # rows that have seen no key yet
+        else:
+            b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+            b_m_use = b_m_new
+        b_p = tl.math.exp2(b_s - b_m_use[:, None])
+        b_alpha = tl.math.exp2(b_m - b_m_use)
+        b_l = b_l * b_alpha + tl.sum(b_p, 1)
+        b_acc = b_acc * b_alpha[:, None]
+        if MASK:
+            b_v = tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :], mask=m_k[:, None] & m_d[None, :], other=0.0)
+        elif D == BD:
+            b_v = tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :])
+        else:
+            b_v = tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :], mask=m_d[None, :], other=0.0)
+        b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc, input_precision=PRECISION)
+        b_m = b_m_new
+    return b_acc, b_m, b_l
+
+
+@triton.jit
+def _flash_attn_fwd_kernel(Q, K, V, O, LSE,
+                           s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
+                           Tq, Tk, scale_log2, T_BUCKET,
+                           HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                           BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = (i_bh // HQ).to(tl.int64)
+    i_h = i_bh % HQ
+    i_hk = i_h // GROUP
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_n = tl.arange(0, BN)
+    o_d = tl.arange(0, BD)
+    m_m = o_m < Tq
+    m_d = o_d < D
+    p_q = Q + i_b * s_qb + i_h * s_qh + o_m[:, None] * s_qt + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    k_base = K + i_b * s_kb + i_hk * s_kh
+    v_base = V + i_b * s_vb + i_hk * s_vh
+    b_m = tl.full([BM], float("-inf"), tl.float32)
+    b_l = tl.zeros([BM], tl.float32)
+    b_acc = tl.zeros([BM, BD], tl.float32)
+    offset = Tk - Tq  # causal: row r sees keys c <= r + offset
+    if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(Tk, (i_m + 1) * BM + offset), 0)
+        # key blocks that every row of this query block sees in full need no mask
+        lo_mask = tl.maximum(tl.minimum((i_m * BM + offset + 1) // BN * BN, (Tk // BN) * BN), 0)
+    else:
+        hi = Tk
+        lo_mask = (Tk // BN) * BN
+    b_acc, b_m, b_l = _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m, o_n, o_d,
+                                            0, lo_mask, Tk, offset, scale_log2, D, BD, BN, IS_CAUSAL, False, PRECISION)
+    b_acc, b_m, b_l = _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m, o_n, o_d,
+                                            lo_mask, hi, Tk, offset, scale_log2, D, BD, BN, IS_CAUSAL, True, PRECISION)
+    b_empty = b_l == 0.0  # a row that saw no key: output 0, LSE -inf
+    b_o = b_acc / tl.where(b_empty, 1.0, b_l)[:, None]
+    b_lse = tl.where(b_empty, float("-inf"), (b_m + tl.math.log2(tl.where(b_empty, 1.0, b_l))) * 0.6931471805599453)
+    p_o = O + i_b * s_ob + i_h * s_oh + o_m[:, None] * s_ot + o_d[None, :]
+    tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+    tl.store(LSE + i_bh.to(tl.int64) * Tq + o_m, b_lse, mask=m_m)
+
+
+# ---------------------------------------------------------------------------------------------- backward
+@triton.jit
+def _flash_attn_bwd_preprocess_kernel(O, DO, DELTA, s_ob, s_ot, s_oh, s_db, s_dt, s_dh, Tq,
+                                      HQ: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr):
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = (i_bh // HQ).to(tl.int64)
+    i_h = i_bh % HQ
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m = (o_m < Tq)[:, None] & (o_d < D)[None, :]
+    b_o = tl.load(O + i_b * s_ob + i_h * s_oh + o_m[:, None] * s_ot + o_d[None, :], mask=m, other=0.0)
+    b_do = tl.load(DO + i_b * s_db + i_h * s_dh + o_m[:, None] * s_dt + o_d[None, :], mask=m, other=0.0)
+    b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
+    tl.store(DELTA + i_bh.to(tl.int64) * Tq + o_m, b_delta, mask=o_m < Tq)
+
+
+@triton.jit
+def _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, delta_base, s_qt, s_dot,
+                               o_n, o_m0, o_d, lo, hi, Tq, offset, scale_log2,
+                               D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                               MASK: tl.constexpr, PRECISION: tl.constexpr):
+    m_d = o_d < D
+    for start_m in range(lo, hi, BM):
+        o_m = start_m + o_m0
+        if MASK:
+            m_m = o_m < Tq
+            b_qt = tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_m[None, :] & m_d[:, None], other=0.0)
+            b_do = tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_m[:, None] & m_d[None, :],
+                           other=0.0)
+            b_lse = tl.load(lse_base + o_m, mask=m_m, other=0.0)
+            b_delta = tl.load(delta_base + o_m, mask=m_m, other=0.0)
+        else:
+            b_qt = tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_d[:, None], other=0.0)
+            b_do = tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_d[None, :], other=0.0)
+            b_lse = tl.load(lse_base + o_m)
+            b_delta = tl.load(delta_base + o_m)
+        b_st = tl.dot(b_k, b_qt, input_precision=PRECISION) * scale_log2  # (BN, BM)
+        b_pt = tl.math.exp2(b_st - b_lse[None, :] * 1.4426950408889634)
+        if MASK:
+            m_s = m_m[None, :]
+            if IS_CAUSAL:
+                m_s = m_s & (o_n[:, None] <= o_m[None, :] + offset)
+            b_pt = tl.where(m_s, b_pt, 0.0)
+        b_dv = tl.dot(b_pt.to(b_do.dtype), b_do, b_dv, input_precision=PRECISION)
+        b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # (BN, BM)
+        b_dst = b_pt * (b_dpt - b_delta[None, :])
+        b_dk = tl.dot(b_dst.to(b_qt.dtype), tl.trans(b_qt), b_dk, input_precision=PRECISION)
+    return b_dk, b_dv
+
+
+@triton.jit
+def _flash_attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA,
+                                s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh,
+                                s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh,
+                                Tq, Tk, scale, scale_log2, T_BUCKET,
+                                HQ: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+                                BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                                PRECISION: tl.constexpr):
+    i_n = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = (i_bh // HKV).to(tl.int64)
+    i_hk = i_bh % HKV
+    o_n = i_n * BN + tl.arange(0, BN)
+    o_m0 = tl.arange(0, BM)
+    o_d = tl.arange(0, BD)
+    m_kd = (o_n < Tk)[:, None] & (o_d < D)[None, :]
+    b_k = tl.load(K + i_b * s_kb + i_hk * s_kh + o_n[:, None] * s_kt + o_d[None, :], mask=m_kd, other=0.0)
+    b_v = tl.load(V + i_b * s_vb + i_hk * s_vh + o_n[:, None] * s_vt + o_d[None, :], mask=m_kd, other=0.0)
+    b_dk = tl.zeros([BN, BD], tl.float32)
+    b_dv = tl.zeros([BN, BD], tl.float32)
+    offset = Tk - Tq
+    if IS_CAUSAL:
+        # the first query row that sees this block's first key, and the first that sees all of its keys
+        lo = tl.maximum(i_n * BN - offset, 0) // BM * BM
+        lo_full = tl.minimum(tl.maximum((i_n * BN + BN - 1 - offset + BM - 1) // BM * BM, lo), Tq // BM * BM)
+        lo_full = tl.maximum(lo_full, lo)
+    else:
+        lo = 0
+        lo_full = 0
+    hi_full = Tq // BM * BM
+    for g in range(GROUP):
+        i_h = i_hk * GROUP + g
+        q_base = Q + i_b * s_qb + i_h * s_qh
+        do_base = DO + i_b * s_db + i_h * s_dh
+        lse_base = LSE + (i_b * HQ + i_h) * Tq
+        delta_base = DELTA + (i_b * HQ + i_h) * Tq
+        # the diagonal blocks (causal only), then the blocks every key sees in full, then the ragged tail
+        b_dk, b_dv = _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, delta_base,
+                                                s_qt, s_dt, o_n, o_m0, o_d, lo, lo_full, Tq, offset, scale_log2,
+                                                D, BD, BM, IS_CAUSAL, True, PRECISION)
+        b_dk, b_dv = _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, delta_base,
+                                                s_qt, s_dt, o_n, o_m0, o_d, lo_full, hi_full, Tq, offset, scale_log2,
+                                                D, BD, BM, IS_CAUSAL, False, PRECISION)
+        b_dk, b_dv = _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, delta_base,
+                                                s_qt, s_dt, o_n, o_m0, o_d, tl.maximum(hi_full, lo_full), Tq, Tq,
+                                                offset, scale_log2, D, BD, BM, IS_CAUSAL, True, PRECISION)
+    b_dk = b_dk * scale
+    tl.store(DK + i_b * s_dkb + i_hk * s_dkh + o_n[:, None] * s_dkt + o_d[None, :], b_dk.to(DK.dtype.element_ty),
+             mask=m_kd)
+    tl.store(DV + i_b * s_dvb + i_hk * s_dvh + o_n[:, None] * s_dvt + o_d[None, :], b_dv.to(DV.dtype.element_ty),
+             mask=m_kd)
+
+
+@triton.jit
+def _flash_attn_bwd_dq_inner(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s_kt, s_vt, o_m, o_n0, o_d,
+                             lo, hi, Tk, offset, scale_log2, D: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+                             IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr):
+    m_d = o_d < D
+    for start_n in range(lo, hi, BN):
+        o_n = start_n + o_n0
+        if MASK:
+            m_n = o_n < Tk
+            b_kt = tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0)
+            b_vt = tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0)
+        else:
+            b_kt = tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0)
+            b_vt = tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_d[:, None], other=0.0)
+        b_s = tl.dot(b_q, b_kt, input_precision=PRECISION) * scale_log2  # (BM, BN)
+        b_p = tl.math.exp2(b_s - b_lse2[:, None])
+        if MASK:
+            m_s = m_n[None, :]
+            if IS_CAUSAL:
+                m_s = m_s & (o_n[None, :] <= o_m[:, None] + offset)
+            b_p = tl.where(m_s, b_p, 0.0)
+        b_dp = tl.dot(b_do, b_vt, input_precision=PRECISION)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_dq = tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), b_dq, input_precision=PRECISION)
+    return b_dq
+
+
+@triton.jit
+def _flash_attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA,
+                              s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh,
+                              s_dqb, s_dqt, s_dqh, Tq, Tk, scale, scale_log2, T_BUCKET,
+                              HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                              BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = (i_bh // HQ).to(tl.int64)
+    i_h = i_bh % HQ
+    i_hk = i_h // GROUP
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_n0 = tl.arange(0, BN)
+    o_d = tl.arange(0, BD)
+    m_m = o_m < Tq
+    m_qd = m_m[:, None] & (o_d < D)[None, :]
+    b_q = tl.load(Q + i_b * s_qb + i_h * s_qh + o_m[:, None] * s_qt + o_d[None, :], mask=m_qd, other=0.0)
+    b_do = tl.load(DO + i_b * s_db + i_h * s_dh + o_m[:, None] * s_dt + o_d[None, :], mask=m_qd, other=0.0)
+    b_lse2 = tl.load(LSE + i_bh.to(tl.int64) * Tq + o_m, mask=m_m, other=0.0) * 1.4426950408889634
+    b_delta = tl.load(DELTA + i_bh.to(tl.int64) * Tq + o_m, mask=m_m, other=0.0)
+    b_dq = tl.zeros([BM, BD], tl.float32)
+    k_base = K + i_b * s_kb + i_hk * s_kh
+    v_base = V + i_b * s_vb + i_hk * s_vh
+    offset = Tk - Tq
+    if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(Tk, (i_m + 1) * BM + offset), 0)
+        lo_mask = tl.maximum(tl.minimum((i_m * BM + offset + 1) // BN * BN, (Tk // BN) * BN), 0)
+    else:
+        hi = Tk
+        lo_mask = (Tk // BN) * BN
+    b_dq = _flash_attn_bwd_dq_inner(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s_kt, s_vt, o_m, o_n0, o_d,
+                                    0, lo_mask, Tk, offset, scale_log2, D, BD, BN, IS_CAUSAL, False, PRECISION)
+    b_dq = _flash_attn_bwd_dq_inner(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s_kt, s_vt, o_m, o_n0, o_d,
+                                    lo_mask, hi, Tk, offset, scale_log2, D, BD, BN, IS_CAUSAL, True, PRECISION)
+    b_dq = b_dq * scale
+    tl.store(DQ + i_b * s_dqb + i_h * s_dqh + o_m[:, None] * s_dqt + o_d[None, :], b_dq.to(DQ.dtype.element_ty),
+             mask=m_qd)
+
+
+# ---------------------------------------------------------------------------------------------- launchers
+def _configs(pairs, D: int):
+    """Tile configurations for the autotuner; big head dims drop the tiles that cannot fit in SRAM."""
+    out = []
+    for bm, bn, warps, stages in pairs:
+        if D > 128 and bm * bn > 64 * 64:
+            continue
+        out.append(triton.Config({"BM": bm, "BN": bn}, num_warps=warps, num_stages=stages))
+    return out
+
+
+_FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 2)]
+_DKDV_TILES = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 64, 4, 2)]
+_DQ_TILES = [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)]
+_INTERPRET_TILE = {"BM": 32, "BN": 32}
+_TUNED: dict = {}
+
+
+def _tuned(kernel, tiles, D: int):
+    """The autotuned launcher of `kernel` for head-dim bucket D (made lazily: autotune only exists on GPU)."""
+    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), D > 128)
+    if key not in _TUNED:
+        _TUNED[key] = triton.autotune(configs=_configs(tiles, D), key=["T_BUCKET", "D", "GROUP", "IS_CAUSAL"])(kernel)
+    return _TUNED[key]
+
+
+def _launch(kernel, tiles, grid_fn, head_dim: int, *args, **kw):
+    if interpreting():
+        kernel[grid_fn(_INTERPRET_TILE)](*args, **kw, **_INTERPRET_TILE)
+    else:
+        _tuned(kernel, tiles, head_dim)[grid_fn](*args, **kw)
+
+
+def _bucket(t: int) -> int:
+    return 1 << max(int(t) - 1, 0).bit_length()
+
+
+def _head_dim_block(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get true fp32 products (as plain PyTorch does); tf32 would be 8x less precise
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                   softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel. Returns out (B, Tq, Hq, D) and lse (B, Hq, Tq) fp32 (natural log)."""
+    B, Tq, Hq, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    o = torch.empty_like(q)
+    lse = torch.empty((B, Hq, Tq), device=q.device, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(Tq, meta["BM"]), B * Hq)
+    _launch(_flash_attn_fwd_kernel, _FWD_TILES, grid, D,
+            q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
+            Tq, Tk, softmax_scale * LOG2E, _bucket(max(Tq, Tk)),
+            HQ=Hq, GROUP=Hq // Hkv, D=D, BD=_head_dim_block(D), IS_CAUSAL=causal, PRECISION=_precision(q.dtype))
+    return o, lse
+
+
+def flash_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                   lse: torch.Tensor, causal: bool, softmax_scale: float) -> tuple[torch.Tensor, ...]:
+    """Launch the three backward kernels. Returns dq, dk, dv in the inputs' shapes and dtypes."""
+    B, Tq, Hq, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    BD = _head_dim_block(D)
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    delta = torch.empty((B, Hq, Tq), device=q.device, dtype=torch.float32)
+    bm_pre = 64 if not interpreting() else 32
+    _flash_attn_bwd_preprocess_kernel[(triton.cdiv(Tq, bm_pre), B * Hq)](
+        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2), Tq,
+        HQ=Hq, D=D, BD=BD, BM=bm_pre)
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    prec = _precision(q.dtype)
+    common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+              v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
+    bucket = _bucket(max(Tq, Tk))
+    _launch(_flash_attn_bwd_dkdv_kernel, _DKDV_TILES, lambda meta: (triton.cdiv(Tk, meta["BN"]), B * Hkv), D,
+            q, k, v, do, dk, dv, lse, delta, *common, dk.stride(0), dk.stride(1), dk.stride(2),
+            dv.stride(0), dv.stride(1), dv.stride(2), Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket,
+            HQ=Hq, HKV=Hkv, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec)
+    _launch(_flash_attn_bwd_dq_kernel, _DQ_TILES, lambda meta: (triton.cdiv(Tq, meta["BM"]), B * Hq), D,
+            q, k, v, do, dq, lse, delta, *common, dq.stride(0), dq.stride(1), dq.stride(2),
+            Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket,
+            HQ=Hq, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec)
+    return dq, dk, dv
+
+
+__all__ = ["flash_attn_bwd", "flash_attn_fwd"]
