@@ -24,21 +24,34 @@ from ..._dispatch import interpreting
 LOG2E = 1.4426950408889634
 
 
+# Triton 3.9's interpreter returns garbage for tl.dot on bfloat16 tiles (seen on 2026-11-26: errors of 1e10
+# on a 16x16 product), so under the interpreter bf16 tiles are upcast to fp32 as they are loaded. Compiled
+# kernels never take this branch (UPCAST is False), so the GPU path is exactly the bf16 kernel.
+@triton.jit
+def _up(x, UPCAST: tl.constexpr):
+    if UPCAST:
+        return x.to(tl.float32)
+    else:
+        return x
+
+
 # ----------------------------------------------------------------------------------------------- forward
 @triton.jit
 def _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m, o_n, o_d, lo, hi, Tk, offset,
                           scale_log2, D: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                          MASK: tl.constexpr, PRECISION: tl.constexpr):
+                          MASK: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr):
     m_d = o_d < D
     for start_n in range(lo, hi, BN):
         o_k = start_n + o_n
         if MASK:
             m_k = o_k < Tk
-            b_kt = tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None], mask=m_k[None, :] & m_d[:, None], other=0.0)
+            b_kt = _up(tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None],
+                mask=m_k[None, :] & m_d[:, None], other=0.0), UPCAST)
         elif D == BD:
-            b_kt = tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None])
+            b_kt = _up(tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None]), UPCAST)
         else:
-            b_kt = tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0)
+            b_kt = _up(tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
         b_s = tl.dot(b_q, b_kt, input_precision=PRECISION) * scale_log2  # (BM, BN), log2 units
         if MASK:
             m_s = m_k[None, :]
@@ -55,11 +68,12 @@ def _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m,
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
         b_acc = b_acc * b_alpha[:, None]
         if MASK:
-            b_v = tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :], mask=m_k[:, None] & m_d[None, :], other=0.0)
+            b_v = _up(tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :],
+                mask=m_k[:, None] & m_d[None, :], other=0.0), UPCAST)
         elif D == BD:
-            b_v = tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :])
+            b_v = _up(tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :]), UPCAST)
         else:
-            b_v = tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :], mask=m_d[None, :], other=0.0)
+            b_v = _up(tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
         b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc, input_precision=PRECISION)
         b_m = b_m_new
     return b_acc, b_m, b_l
@@ -70,7 +84,8 @@ def _flash_attn_fwd_kernel(Q, K, V, O, LSE,
                            s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
                            Tq, Tk, scale_log2, T_BUCKET,
                            HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                           BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+                           BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr):
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = (i_bh // HQ).to(tl.int64)
@@ -82,7 +97,7 @@ def _flash_attn_fwd_kernel(Q, K, V, O, LSE,
     m_m = o_m < Tq
     m_d = o_d < D
     p_q = Q + i_b * s_qb + i_h * s_qh + o_m[:, None] * s_qt + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_q = _up(tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0), UPCAST)
     k_base = K + i_b * s_kb + i_hk * s_kh
     v_base = V + i_b * s_vb + i_hk * s_vh
     b_m = tl.full([BM], float("-inf"), tl.float32)
@@ -97,9 +112,11 @@ def _flash_attn_fwd_kernel(Q, K, V, O, LSE,
         hi = Tk
         lo_mask = (Tk // BN) * BN
     b_acc, b_m, b_l = _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m, o_n, o_d,
-                                            0, lo_mask, Tk, offset, scale_log2, D, BD, BN, IS_CAUSAL, False, PRECISION)
+                                            0, lo_mask, Tk, offset, scale_log2, D, BD, BN,
+                                            IS_CAUSAL, False, PRECISION, UPCAST)
     b_acc, b_m, b_l = _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m, o_n, o_d,
-                                            lo_mask, hi, Tk, offset, scale_log2, D, BD, BN, IS_CAUSAL, True, PRECISION)
+                                            lo_mask, hi, Tk, offset, scale_log2, D, BD, BN,
+                                            IS_CAUSAL, True, PRECISION, UPCAST)
     b_empty = b_l == 0.0  # a row that saw no key: output 0, LSE -inf
     b_o = b_acc / tl.where(b_empty, 1.0, b_l)[:, None]
     b_lse = tl.where(b_empty, float("-inf"), (b_m + tl.math.log2(tl.where(b_empty, 1.0, b_l))) * 0.6931471805599453)
@@ -129,20 +146,22 @@ def _flash_attn_bwd_preprocess_kernel(O, DO, DELTA, s_ob, s_ot, s_oh, s_db, s_dt
 def _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, delta_base, s_qt, s_dot,
                                o_n, o_m0, o_d, lo, hi, Tq, offset, scale_log2,
                                D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                               MASK: tl.constexpr, PRECISION: tl.constexpr):
+                               MASK: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr):
     m_d = o_d < D
     for start_m in range(lo, hi, BM):
         o_m = start_m + o_m0
         if MASK:
             m_m = o_m < Tq
-            b_qt = tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_m[None, :] & m_d[:, None], other=0.0)
-            b_do = tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_m[:, None] & m_d[None, :],
-                           other=0.0)
+            b_qt = _up(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None],
+                mask=m_m[None, :] & m_d[:, None], other=0.0), UPCAST)
+            b_do = _up(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_m[:, None] & m_d[None, :],
+                           other=0.0), UPCAST)
             b_lse = tl.load(lse_base + o_m, mask=m_m, other=0.0)
             b_delta = tl.load(delta_base + o_m, mask=m_m, other=0.0)
         else:
-            b_qt = tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_d[:, None], other=0.0)
-            b_do = tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_d[None, :], other=0.0)
+            b_qt = _up(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
+            b_do = _up(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
             b_lse = tl.load(lse_base + o_m)
             b_delta = tl.load(delta_base + o_m)
         b_st = tl.dot(b_k, b_qt, input_precision=PRECISION) * scale_log2  # (BN, BM)
@@ -166,7 +185,8 @@ def _flash_attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA,
                                 Tq, Tk, scale, scale_log2, T_BUCKET,
                                 HQ: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                                 BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                                PRECISION: tl.constexpr):
+                                PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr):
     i_n = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = (i_bh // HKV).to(tl.int64)
@@ -175,8 +195,8 @@ def _flash_attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA,
     o_m0 = tl.arange(0, BM)
     o_d = tl.arange(0, BD)
     m_kd = (o_n < Tk)[:, None] & (o_d < D)[None, :]
-    b_k = tl.load(K + i_b * s_kb + i_hk * s_kh + o_n[:, None] * s_kt + o_d[None, :], mask=m_kd, other=0.0)
-    b_v = tl.load(V + i_b * s_vb + i_hk * s_vh + o_n[:, None] * s_vt + o_d[None, :], mask=m_kd, other=0.0)
+    b_k = _up(tl.load(K + i_b * s_kb + i_hk * s_kh + o_n[:, None] * s_kt + o_d[None, :], mask=m_kd, other=0.0), UPCAST)
+    b_v = _up(tl.load(V + i_b * s_vb + i_hk * s_vh + o_n[:, None] * s_vt + o_d[None, :], mask=m_kd, other=0.0), UPCAST)
     b_dk = tl.zeros([BN, BD], tl.float32)
     b_dv = tl.zeros([BN, BD], tl.float32)
     offset = Tk - Tq
@@ -198,13 +218,13 @@ def _flash_attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA,
         # the diagonal blocks (causal only), then the blocks every key sees in full, then the ragged tail
         b_dk, b_dv = _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, delta_base,
                                                 s_qt, s_dt, o_n, o_m0, o_d, lo, lo_full, Tq, offset, scale_log2,
-                                                D, BD, BM, IS_CAUSAL, True, PRECISION)
+                                                D, BD, BM, IS_CAUSAL, True, PRECISION, UPCAST)
         b_dk, b_dv = _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, delta_base,
                                                 s_qt, s_dt, o_n, o_m0, o_d, lo_full, hi_full, Tq, offset, scale_log2,
-                                                D, BD, BM, IS_CAUSAL, False, PRECISION)
+                                                D, BD, BM, IS_CAUSAL, False, PRECISION, UPCAST)
         b_dk, b_dv = _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, delta_base,
                                                 s_qt, s_dt, o_n, o_m0, o_d, tl.maximum(hi_full, lo_full), Tq, Tq,
-                                                offset, scale_log2, D, BD, BM, IS_CAUSAL, True, PRECISION)
+                                                offset, scale_log2, D, BD, BM, IS_CAUSAL, True, PRECISION, UPCAST)
     b_dk = b_dk * scale
     tl.store(DK + i_b * s_dkb + i_hk * s_dkh + o_n[:, None] * s_dkt + o_d[None, :], b_dk.to(DK.dtype.element_ty),
              mask=m_kd)
@@ -215,17 +235,20 @@ def _flash_attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA,
 @triton.jit
 def _flash_attn_bwd_dq_inner(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s_kt, s_vt, o_m, o_n0, o_d,
                              lo, hi, Tk, offset, scale_log2, D: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-                             IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr):
+                             IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr):
     m_d = o_d < D
     for start_n in range(lo, hi, BN):
         o_n = start_n + o_n0
         if MASK:
             m_n = o_n < Tk
-            b_kt = tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0)
-            b_vt = tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0)
+            b_kt = _up(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None],
+                mask=m_n[None, :] & m_d[:, None], other=0.0), UPCAST)
+            b_vt = _up(tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None],
+                mask=m_n[None, :] & m_d[:, None], other=0.0), UPCAST)
         else:
-            b_kt = tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0)
-            b_vt = tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_d[:, None], other=0.0)
+            b_kt = _up(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
+            b_vt = _up(tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
         b_s = tl.dot(b_q, b_kt, input_precision=PRECISION) * scale_log2  # (BM, BN)
         b_p = tl.math.exp2(b_s - b_lse2[:, None])
         if MASK:
@@ -244,7 +267,8 @@ def _flash_attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA,
                               s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh,
                               s_dqb, s_dqt, s_dqh, Tq, Tk, scale, scale_log2, T_BUCKET,
                               HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                              BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
+                              BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr):
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = (i_bh // HQ).to(tl.int64)
@@ -255,8 +279,8 @@ def _flash_attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA,
     o_d = tl.arange(0, BD)
     m_m = o_m < Tq
     m_qd = m_m[:, None] & (o_d < D)[None, :]
-    b_q = tl.load(Q + i_b * s_qb + i_h * s_qh + o_m[:, None] * s_qt + o_d[None, :], mask=m_qd, other=0.0)
-    b_do = tl.load(DO + i_b * s_db + i_h * s_dh + o_m[:, None] * s_dt + o_d[None, :], mask=m_qd, other=0.0)
+    b_q = _up(tl.load(Q + i_b * s_qb + i_h * s_qh + o_m[:, None] * s_qt + o_d[None, :], mask=m_qd, other=0.0), UPCAST)
+    b_do = _up(tl.load(DO + i_b * s_db + i_h * s_dh + o_m[:, None] * s_dt + o_d[None, :], mask=m_qd, other=0.0), UPCAST)
     b_lse2 = tl.load(LSE + i_bh.to(tl.int64) * Tq + o_m, mask=m_m, other=0.0) * 1.4426950408889634
     b_delta = tl.load(DELTA + i_bh.to(tl.int64) * Tq + o_m, mask=m_m, other=0.0)
     b_dq = tl.zeros([BM, BD], tl.float32)
@@ -270,9 +294,9 @@ def _flash_attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA,
         hi = Tk
         lo_mask = (Tk // BN) * BN
     b_dq = _flash_attn_bwd_dq_inner(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s_kt, s_vt, o_m, o_n0, o_d,
-                                    0, lo_mask, Tk, offset, scale_log2, D, BD, BN, IS_CAUSAL, False, PRECISION)
+                                    0, lo_mask, Tk, offset, scale_log2, D, BD, BN, IS_CAUSAL, False, PRECISION, UPCAST)
     b_dq = _flash_attn_bwd_dq_inner(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s_kt, s_vt, o_m, o_n0, o_d,
-                                    lo_mask, hi, Tk, offset, scale_log2, D, BD, BN, IS_CAUSAL, True, PRECISION)
+                                    lo_mask, hi, Tk, offset, scale_log2, D, BD, BN, IS_CAUSAL, True, PRECISION, UPCAST)
     b_dq = b_dq * scale
     tl.store(DQ + i_b * s_dqb + i_h * s_dqh + o_m[:, None] * s_dqt + o_d[None, :], b_dq.to(DQ.dtype.element_ty),
              mask=m_qd)
@@ -324,6 +348,10 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _upcast(dtype: torch.dtype) -> bool:
+    return interpreting() and dtype == torch.bfloat16
+
+
 def flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                    softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel. Returns out (B, Tq, Hq, D) and lse (B, Hq, Tq) fp32 (natural log)."""
@@ -336,7 +364,8 @@ def flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
             q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
             Tq, Tk, softmax_scale * LOG2E, _bucket(max(Tq, Tk)),
-            HQ=Hq, GROUP=Hq // Hkv, D=D, BD=_head_dim_block(D), IS_CAUSAL=causal, PRECISION=_precision(q.dtype))
+            HQ=Hq, GROUP=Hq // Hkv, D=D, BD=_head_dim_block(D), IS_CAUSAL=causal, PRECISION=_precision(q.dtype),
+            UPCAST=_upcast(q.dtype))
     return o, lse
 
 
@@ -362,11 +391,11 @@ def flash_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     _launch(_flash_attn_bwd_dkdv_kernel, _DKDV_TILES, lambda meta: (triton.cdiv(Tk, meta["BN"]), B * Hkv), D,
             q, k, v, do, dk, dv, lse, delta, *common, dk.stride(0), dk.stride(1), dk.stride(2),
             dv.stride(0), dv.stride(1), dv.stride(2), Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket,
-            HQ=Hq, HKV=Hkv, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec)
+            HQ=Hq, HKV=Hkv, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec, UPCAST=_upcast(q.dtype))
     _launch(_flash_attn_bwd_dq_kernel, _DQ_TILES, lambda meta: (triton.cdiv(Tq, meta["BM"]), B * Hq), D,
             q, k, v, do, dq, lse, delta, *common, dq.stride(0), dq.stride(1), dq.stride(2),
             Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket,
-            HQ=Hq, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec)
+            HQ=Hq, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec, UPCAST=_upcast(q.dtype))
     return dq, dk, dv
 
 

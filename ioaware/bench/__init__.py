@@ -1,0 +1,3 @@
+"""One benchmark registry and one runner (`ioaware bench OP`); results go to benchmarks/results/."""
+
+BENCHMARKS = {"attention": "ioaware.bench.attention"}

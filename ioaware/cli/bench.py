@@ -1,0 +1,47 @@
+"""`ioaware bench OP`: time ioaware's kernels beside PyTorch's on this GPU and write the results JSON."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+from ._report import emit_json, print_table, write_json_atomic
+
+
+def add_parser(sp) -> None:
+    sub = sp.add_subparsers(dest="op", metavar="OP", required=True)
+    a = sub.add_parser("attention", help="flash_attn vs SDPA's flash, cuDNN and efficient backends",
+                       description="flash_attn vs SDPA's flash, cuDNN and efficient backends (B*T=16k, H*D=2048)")
+    a.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    a.add_argument("--seqlens", type=int, nargs="+", default=[1024, 4096, 16384])
+    a.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    a.add_argument("--modes", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
+    a.add_argument("--out", default=None, help="results file (default benchmarks/results/attention-<card>-<date>.json)")
+    a.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
+    a.set_defaults(func=run_attention)
+
+
+def run_attention(args) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("`ioaware bench attention` needs a CUDA GPU; on CPU, run the tests (make test) instead")
+    from rich.progress import Progress
+
+    from ..bench import attention
+
+    with Progress(transient=True) as prog:
+        task = prog.add_task("benchmarking shapes", total=None)
+        res = attention.run(args.dtype, tuple(args.modes), seqlens=tuple(args.seqlens),
+                            head_dims=tuple(args.head_dims),
+                            progress=lambda i, n: prog.update(task, completed=i, total=n))
+    m = res["machine"]
+    print_table(f"attention on {m.get('card')} (driver {m.get('driver')}, torch {m['torch']}, triton {m['triton']}); "
+                f"copy {res['ceilings']['copy_GBps']:.0f} GB/s, bf16 GEMM {res['ceilings']['gemm_bf16_TFLOPs']:.0f} "
+                "TFLOP/s", attention.TABLE_COLUMNS, attention.table_rows(res))
+    card = (m.get("card") or "gpu").split()[1].lower() if m.get("card") else "gpu"
+    out = args.out or f"benchmarks/results/attention-{card}-{_dt.date.today().isoformat()}.json"
+    write_json_atomic(Path(out), res)
+    print(f"results written to {out}")
+    emit_json(res, args.json)
+    return 0

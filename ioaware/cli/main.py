@@ -1,0 +1,62 @@
+"""The `ioaware` command. Each verb lives in its own module with `add_parser(sub)` and `run(args)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> module; a verb's module is imported only when it runs, so `ioaware --help` stays fast
+VERBS = {
+    "generate": ("ioaware.cli.generate", "generate text from a language model (GGUF or safetensors)"),
+    "cost": ("ioaware.cli.cost", "print the FLOPs, HBM traffic and roofline time of an op"),
+    "bench": ("ioaware.cli.bench", "benchmark ioaware's kernels against PyTorch on this GPU"),
+    "hardware": ("ioaware.cli.hardware", "show the spec table, or the device detected here"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ioaware", description="IO-aware deep learning: kernels, an out-of-core LLM "
+                                "runtime and cost models of the memory hierarchy.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (mod, help_) in VERBS.items():
+        sp = sub.add_parser(verb, help=help_, description=help_)
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # a verb whose optional parts are missing stays listed and says why
+            if e.name != mod:
+                raise
+            sp.set_defaults(func=lambda _a, m=mod: print(f"{m} is not installed in this build") or 1)
+            continue
+        module.add_parser(sp)
+    return p
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 0
+    from ..errors import IOAwareError
+
+    try:
+        return int(args.func(args) or 0)
+    except (IOAwareError, FileNotFoundError, ValueError, KeyError) as e:  # bad input: one clear line, no traceback
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"ioaware {args.verb}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
