@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..env import settings
+from ..errors import UnsupportedError
 from .model import ModelArgs, Transformer, load_hf_state_dict
 from .tokenizer import Tokenizer
 
@@ -37,6 +38,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     file_bytes: int
     tensor_types: dict[str, int] = field(default_factory=dict)  # e.g. {"Q4_1": 210, "F32": 61}
+    reader: object = None  # the open gguf.GGUFReader (quantized weights are packed straight from it)
 
 
 def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
@@ -59,16 +61,47 @@ def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
     args = gl.read_args(reader)
     tok = Tokenizer.from_gguf(reader)
     sd = gl.read_state_dict(reader, args)
-    return Checkpoint(path, "gguf", args, sd, tok, path.stat().st_size, gl.tensor_type_counts(reader))
+    return Checkpoint(path, "gguf", args, sd, tok, path.stat().st_size, gl.tensor_type_counts(reader), reader)
 
 
-def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-                ) -> Transformer:
-    """Instantiate the model on `device` in `dtype` and copy the checkpoint's weights in (fp32 -> dtype)."""
+def choose_weights(ckpt: Checkpoint, device: str, dtype: torch.dtype | None, weights: str = "auto") -> str:
+    """'dense' or 'quantized'. auto: quantized on CPU for a 4-bit GGUF when no dtype was asked for, since decode
+    speed is bound by the bytes of weights read per token; dense otherwise."""
+    from .quant import Q4_TYPES, int4_cpu_available
+
+    q4 = ckpt.format == "gguf" and any(ckpt.tensor_types.get(t) for t in Q4_TYPES)
+    if weights == "quantized":
+        if str(device) != "cpu":
+            raise UnsupportedError("--weights quantized runs on CPU only (PyTorch's int4 CPU matmul); use dense")
+        if not q4:
+            raise UnsupportedError("--weights quantized needs a GGUF file with Q4_0/Q4_1 tensors")
+        if not int4_cpu_available():
+            raise UnsupportedError(f"torch {torch.__version__} lacks the int4 CPU matmul; use --weights dense")
+        return "quantized"
+    if weights == "auto" and q4 and str(device) == "cpu" and dtype is None and int4_cpu_available():
+        return "quantized"
+    return "dense"
+
+
+def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                weights: str = "dense") -> Transformer:
+    """Instantiate the model on `device` and copy the checkpoint's weights in. dtype defaults to float32 on CPU
+    and bfloat16 on CUDA. weights: 'dense' (every weight dequantised to dtype), 'quantized' (4-bit GGUF
+    projections kept packed, see quant.py) or 'auto' (choose_weights). `model.weight_format` says which ran.
+    A later issue's --memory-budget plugs in here: weights then stream from a flash store instead."""
+    device = torch.device(device)
+    fmt = choose_weights(ckpt, device.type, dtype, weights)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with torch.device("meta"):
         model = Transformer(ckpt.args)
     model = model.to_empty(device=device).to(dtype)
     if ckpt.args.tie_embeddings:  # to_empty breaks the tie; restore it
         model.output.weight = model.tok_embeddings.weight
     load_hf_state_dict(model, ckpt.state_dict)
+    if fmt == "quantized":
+        from .quant import quantize_from_gguf
+
+        quantize_from_gguf(model, ckpt.reader)
+    model.weight_format = fmt
     return model.eval().requires_grad_(False)

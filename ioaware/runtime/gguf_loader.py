@@ -122,7 +122,9 @@ def dequantize(t) -> torch.Tensor:
                                f"(supported: {', '.join(SUPPORTED_TYPES)})")
     shape = tuple(int(x) for x in reversed(t.shape))  # GGUF lists the fastest dim first
     arr = _deq(np.asarray(t.data), qtype).astype(np.float32, copy=False).reshape(shape)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    if not arr.flags.writeable or not arr.flags.c_contiguous:  # F32/F16 tensors are read-only views of the mmap
+        arr = np.array(arr, copy=True, order="C")
+    return torch.from_numpy(arr)
 
 
 def read_state_dict(reader, args: ModelArgs) -> dict[str, torch.Tensor]:

@@ -122,6 +122,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(a.dim, (a.n_heads + 2 * a.n_kv_heads) * a.head_dim, bias=False)
         self.wo = nn.Linear(a.n_heads * a.head_dim, a.dim, bias=False)
         self.cache: KVCache | None = None
+        self.impl = "flash_attn"  # or "sdpa", set by Transformer.set_attention
 
     def forward(self, x, cos, sin, start: int | None, pos: torch.Tensor | None = None):
         """x: (B, T, dim). `start` (int): tokens already cached, attention on the view cache[:, :start+T] through
@@ -137,8 +138,11 @@ class Attention(nn.Module):
             end = start + T
             c.k[:, start:end] = k
             c.v[:, start:end] = v
-            # causal is aligned bottom-right, so the T new queries see the whole cache before them
-            o = flash_attn(q, c.k[:, :end], c.v[:, :end], causal=True)  # (B, T, H, D)
+            if self.impl == "flash_attn":
+                # causal is aligned bottom-right, so the T new queries see the whole cache before them
+                o = flash_attn(q, c.k[:, :end], c.v[:, :end], causal=True)  # (B, T, H, D)
+            else:
+                o = _sdpa(q, c.k[:, :end], c.v[:, :end], start)  # (B, T, H, D)
         else:
             # A CUDA graph needs fixed shapes and addresses, so the position is a tensor and attention covers
             # the whole cache with a validity mask. flash_attn takes no per-call key length yet (the decoding
@@ -151,6 +155,19 @@ class Attention(nn.Module):
                 q.transpose(1, 2), c.k.transpose(1, 2), c.v.transpose(1, 2), attn_mask=mask,
                 enable_gqa=True).transpose(1, 2)  # (B, T, H, D)
         return self.wo(o.reshape(B, T, H * D))
+
+
+def _sdpa(q, k, v, start: int) -> torch.Tensor:
+    """PyTorch's fused SDPA with the same bottom-right causal alignment as flash_attn. q: (B, T, H, D),
+    k/v: (B, start+T, Hkv, D). SDPA's is_causal aligns top-left, which equals bottom-right only when start = 0."""
+    T = q.shape[1]
+    mask, causal = None, False
+    if T > 1 and start == 0:
+        causal = True
+    elif T > 1:
+        mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(diagonal=start)  # (T, start+T)
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                          is_causal=causal, enable_gqa=True).transpose(1, 2)
 
 
 class FeedForward(nn.Module):
@@ -189,17 +206,27 @@ class Transformer(nn.Module):
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.cache_len = 0
+        self.attn_impl = "flash_attn"
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
 
     def setup_cache(self, batch: int, seq_len: int) -> None:
         """Allocate the KV cache for `seq_len` positions once; RoPE tables are built here, not per token."""
-        p = self.output.weight
+        p = self.norm.weight  # the activation dtype (projections may be packed or bf16)
         for layer in self.layers:
             layer.attention.cache = KVCache(batch, seq_len, self.args.n_kv_heads, self.args.head_dim, p.dtype,
                                             p.device)
         self.cos, self.sin = rope_tables(self.args, seq_len, p.device)
         self.cache_len = seq_len
+
+    def set_attention(self, impl: str) -> None:
+        """'flash_attn' (ioaware's kernel: Triton on CUDA; on CPU the PyTorch reference, or the Triton
+        interpreter under IOAWARE_INTERPRET) or 'sdpa' (ATen's fused attention, the fast choice on CPU)."""
+        if impl not in ("flash_attn", "sdpa"):
+            raise ValueError(f"attention implementation {impl!r} is not one of flash_attn, sdpa")
+        for layer in self.layers:
+            layer.attention.impl = impl
+        self.attn_impl = impl
 
     def forward(self, tokens: torch.Tensor, start: int = 0, last_only: bool = False) -> torch.Tensor:
         """tokens: (B, T) at positions start..start+T-1 -> logits (B, T, vocab) fp32 ((B, 1, vocab) if last_only)."""

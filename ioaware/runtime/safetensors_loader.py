@@ -32,6 +32,12 @@ def args_from_config(cfg: dict) -> ModelArgs:
         raise UnsupportedError("Llama configs with attention_bias or mlp_bias are not supported")
     if cfg.get("hidden_act", "silu") != "silu":
         raise UnsupportedError(f"hidden_act {cfg.get('hidden_act')!r} is not supported (supported: silu)")
+    # transformers < 5 writes rope_theta + rope_scaling; 5.x writes rope_parameters holding both
+    rp = dict(cfg.get("rope_parameters") or {})
+    theta = float(cfg.get("rope_theta") or rp.pop("rope_theta", 10000.0))
+    scaling = cfg.get("rope_scaling") or rp or None
+    if scaling and (scaling.get("rope_type") or scaling.get("type")) in (None, "default"):
+        scaling = None
     try:
         n_heads = int(cfg["num_attention_heads"])
         return ModelArgs(
@@ -40,8 +46,7 @@ def args_from_config(cfg: dict) -> ModelArgs:
             hidden_dim=int(cfg["intermediate_size"]), vocab_size=int(cfg["vocab_size"]),
             head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // n_heads),
             norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_base=float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
-            rope_scaling=cfg.get("rope_scaling"), max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
+            rope_base=theta, rope_scaling=scaling, max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), arch="llama")
     except KeyError as e:
         raise KeyError(f"config.json lacks {e.args[0]!r}") from None

@@ -1,0 +1,97 @@
+"""`ioaware generate`: stream text from a Llama-family model (GGUF file or Hugging Face folder), then report
+tokens/s, peak memory and the bandwidth achieved reading weights."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def add_parser(sp) -> None:
+    sp.add_argument("--prompt", required=True, help="the text to continue (or the user message with --chat)")
+    sp.add_argument("--model", default=None, help="a .gguf file or a folder with config.json, *.safetensors and "
+                    "tokenizer.json (default: IOAWARE_MODEL, else the embedded SmolLM2-135M-Instruct GGUF)")
+    sp.add_argument("--max-new-tokens", type=int, default=128)
+    sp.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    sp.add_argument("--top-p", type=float, default=1.0)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    sp.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    sp.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                    help="weights and activations (default: float32 on CPU, bfloat16 on CUDA)")
+    sp.add_argument("--weights", choices=["auto", "dense", "quantized"], default="auto",
+                    help="dense: dequantise GGUF weights to --dtype; quantized: keep 4-bit GGUF blocks packed "
+                    "(CPU; bf16 activations); auto: quantized on CPU for Q4_0/Q4_1 files with no --dtype, else dense")
+    sp.add_argument("--attention", choices=["auto", "flash_attn", "sdpa"], default="auto",
+                    help="auto: ioaware.flash_attn on CUDA; on CPU PyTorch's fused SDPA, because flash_attn's CPU "
+                    "path is its readable (slow) reference")
+    sp.add_argument("--cuda-graphs", action="store_true", default=None,
+                    help="capture the decode step in a CUDA graph (default on with --device cuda)")
+    sp.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
+    sp.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    # A later issue adds --memory-budget here: weights streamed from a flash store when they do not fit.
+    sp.add_argument("--json", default=None, metavar="FILE", help="also write the summary as JSON (- for stdout)")
+    sp.add_argument("--quiet", action="store_true", help="do not stream the text (the summary still prints)")
+    sp.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..errors import DeviceError
+    from ..runtime import SamplingConfig, build_model, generate, load_checkpoint
+    from ._report import emit_json, human_bytes, print_table
+
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty; give some text with --prompt")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sampling = SamplingConfig(args.temperature, args.top_p, args.seed)
+
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(args.model)
+    tok = ckpt.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+    ids = tok.encode(text)
+    if len(ids) >= ckpt.args.max_seq_len:  # checked before building the model: a clear error, fast
+        raise ValueError(f"the prompt has {len(ids)} tokens but the model's context is {ckpt.args.max_seq_len}; "
+                         "shorten it")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: None}[args.dtype]
+    model = build_model(ckpt, args.device, dtype, weights=args.weights)
+    weights = model.weight_format
+    model.set_attention(("flash_attn" if args.device == "cuda" else "sdpa") if args.attention == "auto"
+                        else args.attention)
+    load_s = time.perf_counter() - t0
+    graphs = args.device == "cuda" if args.cuda_graphs is None else args.cuda_graphs
+    if graphs and args.device != "cuda":
+        raise DeviceError("--cuda-graphs needs --device cuda")
+
+    def emit(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    res = generate(model, tok, ids, args.max_new_tokens, sampling, on_text=None if args.quiet else emit,
+                   cuda_graphs=graphs)
+    if not args.quiet:
+        sys.stdout.write("\n\n")
+    s = res.summary
+    s.update(model=str(ckpt.path), format=ckpt.format, tensor_types=ckpt.tensor_types, weights=weights,
+             load_s=load_s, chat=bool(args.chat), temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+             text=res.text)
+    rows = [
+        ["model", f"{ckpt.path.name} ({ckpt.format}, {weights} weights, {s['dtype']}, {s['device']})"],
+        ["prompt tokens", s["prompt_tokens"]],
+        ["generated tokens", s["generated_tokens"]],
+        ["prefill", f"{s['prefill_tok_s']:.1f} tok/s"],
+        ["decode", f"{s['decode_tok_s']:.1f} tok/s" + (" (CUDA graph)" if s["cuda_graphs"] else "")],
+        ["attention", s["attention"]],
+        ["peak memory", f"{human_bytes(s['peak_memory_bytes'])} ({s['peak_memory_kind']})"],
+        ["weights read / token", human_bytes(s["weight_bytes_per_token"])],
+        ["achieved weight bandwidth", f"{s['achieved_weight_GBps']:.1f} GB/s"],
+        ["load time", f"{load_s:.1f} s"],
+    ]
+    print_table("ioaware generate", ["", "value"], rows)
+    emit_json(s, args.json)
+    return 0

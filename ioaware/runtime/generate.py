@@ -1,0 +1,189 @@
+"""Prefill + token-by-token decode with sampling, streaming and a summary of speed, memory and bandwidth."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import Transformer
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+class Sampler:
+    def __init__(self, cfg: SamplingConfig, device):
+        self.cfg = cfg
+        self.gen = None
+        if cfg.temperature > 0:
+            self.gen = torch.Generator(device=device)
+            self.gen.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """logits: (vocab,) fp32 -> token id."""
+        if self.cfg.temperature == 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / self.cfg.temperature, dim=-1)
+        if self.cfg.top_p < 1:
+            p, idx = probs.sort(descending=True)
+            keep = p.cumsum(-1) - p < self.cfg.top_p  # smallest prefix whose mass reaches top_p (>= 1 token)
+            p = p * keep
+            return int(idx[torch.multinomial(p / p.sum(), 1, generator=self.gen)])
+        return int(torch.multinomial(probs, 1, generator=self.gen))
+
+
+class TextStream:
+    """Turns token ids into text pieces as they arrive; holds back an incomplete UTF-8 character, which
+    byte-level BPE can split across tokens."""
+
+    def __init__(self, tok: Tokenizer, emit: Callable[[str], None]):
+        self.tok, self.emit, self.ids, self.sent = tok, emit, [], 0
+
+    def put(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        if len(text) > self.sent:
+            self.emit(text[self.sent:])
+            self.sent = len(text)
+
+
+class CUDAGraphStep:
+    """One decode step (`Transformer.decode_static`) captured in a CUDA graph: a replay launches the ~20 kernels
+    of each of the model's layers at once instead of one by one from Python, which is what bounds a small model's
+    decode speed on a GPU. Capture before prefill: the warm-up runs write cache slot 0, which prefill rewrites."""
+
+    def __init__(self, model: Transformer, batch: int = 1):
+        dev = model.output.weight.device
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)
+        s = torch.cuda.Stream(dev)
+        s.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                model.decode_static(self.token, self.pos)
+        torch.cuda.current_stream(dev).wait_stream(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = model.decode_static(self.token, self.pos)  # (B, 1, vocab), a static output buffer
+
+    def __call__(self, token: torch.Tensor, pos: int) -> torch.Tensor:
+        self.token.copy_(token)
+        self.pos.fill_(pos)
+        self.graph.replay()
+        return self.logits
+
+
+def weight_bytes_per_token(model: Transformer) -> int:
+    """Bytes of weights one decode step reads: every parameter once (the tied embedding matrix is read whole
+    by the output projection), less the embedding lookup's unread rows for an untied model."""
+    seen, n = set(), 0
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if name == "tok_embeddings.weight" and model.output.weight is not p:
+            n += p.shape[1] * p.element_size()  # one row
+        else:
+            n += p.numel() * p.element_size()
+    for b in model.buffers():  # packed quantised weights live in buffers
+        if getattr(b, "_ioaware_weight", False):
+            n += b.numel() * b.element_size()
+    return n
+
+
+def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS of the process (ru_maxrss)"
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]
+    text: str
+    summary: dict = field(default_factory=dict)
+
+
+@torch.inference_mode()
+def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_tokens: int,
+             sampling: SamplingConfig | None = None, on_text: Callable[[str], None] | None = None,
+             cuda_graphs: bool = False, stop_at_eos: bool = True) -> GenerationResult:
+    """Greedy or sampled continuation of `prompt_ids`. Streams text through `on_text` as tokens arrive."""
+    sampling = sampling or SamplingConfig()
+    a = model.args
+    if not prompt_ids:
+        raise ValueError("the prompt is empty; give some text with --prompt")
+    if len(prompt_ids) >= a.max_seq_len:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens but the model's context is {a.max_seq_len}; "
+                         "shorten it")
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    max_new_tokens = min(max_new_tokens, a.max_seq_len - len(prompt_ids))
+    device = model.norm.weight.device
+    model.setup_cache(1, len(prompt_ids) + max_new_tokens)
+    step = CUDAGraphStep(model) if cuda_graphs else None
+    sampler = Sampler(sampling, device)
+    stream = TextStream(tok, on_text) if on_text else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.synchronize(device)
+
+    t0 = time.perf_counter()
+    x = torch.tensor([prompt_ids], device=device)  # (1, T)
+    logits = model(x, 0, last_only=True)  # (1, 1, vocab)
+    nxt = sampler(logits[0, -1])  # .item() inside syncs the device, so the time below is real
+    t1 = time.perf_counter()
+    out = [nxt]
+    stops = set(tok.eos_ids) if stop_at_eos else set()
+    pos = len(prompt_ids)
+    cur = torch.empty(1, 1, dtype=torch.long, device=device)
+    while nxt not in stops and len(out) < max_new_tokens:
+        if stream:
+            stream.put(nxt)
+        cur.fill_(nxt)
+        logits = step(cur, pos) if step else model(cur, pos)  # (1, 1, vocab)
+        pos += 1
+        nxt = sampler(logits[0, -1])
+        out.append(nxt)
+    if stream and nxt not in stops:
+        stream.put(nxt)
+    t2 = time.perf_counter()
+
+    n_dec = len(out) - 1  # tokens produced by decode steps (the first comes from prefill)
+    wbytes = weight_bytes_per_token(model)
+    kv_elem = model.layers[0].attention.cache.k.element_size()
+    mean_ctx = len(prompt_ids) + n_dec / 2
+    kv_bytes = 2 * a.n_layers * mean_ctx * a.n_kv_heads * a.head_dim * kv_elem  # K and V read per step, mean
+    peak, peak_how = peak_memory_bytes(device)
+    dec_s = t2 - t1
+    tok_s = n_dec / dec_s if n_dec and dec_s > 0 else 0.0
+    summary = {
+        "prompt_tokens": len(prompt_ids), "generated_tokens": len(out),
+        "prefill_s": t1 - t0, "prefill_tok_s": len(prompt_ids) / (t1 - t0),
+        "decode_s": dec_s, "decode_tokens": n_dec, "decode_tok_s": tok_s,
+        "stopped_at_eos": nxt in stops,
+        "peak_memory_bytes": peak, "peak_memory_kind": peak_how,
+        "weight_bytes_per_token": wbytes, "kv_bytes_per_token_mean": kv_bytes,
+        "achieved_weight_GBps": wbytes * tok_s / 1e9, "achieved_total_GBps": (wbytes + kv_bytes) * tok_s / 1e9,
+        "device": str(device), "dtype": str(model.norm.weight.dtype).replace("torch.", ""),
+        "cuda_graphs": bool(step), "attention": model.attn_impl, "threads": torch.get_num_threads(),
+    }
+    text = tok.decode([t for t in out if t not in stops])
+    return GenerationResult(out, text, summary)
