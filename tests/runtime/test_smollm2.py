@@ -57,11 +57,13 @@ def test_greedy_32_tokens_match_transformers(ckpt, models):
     ours, hf = models
     tok = ckpt.tokenizer
     # a prompt whose greedy path has no near-tie (smallest top-2 logit gap over the 32 steps: 0.07, while fp32
-    # differences are ~1e-4); on near-ties even transformers' cached and uncached forwards disagree
+    # differences are ~1e-4)
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Write a haiku about the sea."}]))
     res = generate(ours, tok, ids, 32, stop_at_eos=False)
     with torch.inference_mode():
-        ref = hf.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, eos_token_id=None,
+        # an explicit attention mask: else transformers masks every prompt token equal to pad_token_id
+        ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          max_new_tokens=32, do_sample=False, eos_token_id=None,
                           pad_token_id=tok.eos_ids[0])[0, len(ids):].tolist()
     assert res.tokens == ref
     assert "sea" in res.text.lower() or "wave" in res.text.lower()

@@ -126,7 +126,8 @@ def test_generate_greedy_and_sampling(tmp_path):
     prompt = ck.tokenizer.encode("the cat in the hat")
     pieces = []
     res = generate(model, ck.tokenizer, prompt, 12, on_text=pieces.append, stop_at_eos=False)
-    ref = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+    ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                      max_new_tokens=12, do_sample=False, eos_token_id=None,
                       pad_token_id=0)[0, len(prompt):].tolist()
     assert res.tokens == ref
     assert "".join(pieces) == res.text == ck.tokenizer.decode(ref)
