@@ -19,6 +19,7 @@ class Settings:
     debug: bool  # IOAWARE_DEBUG: log which implementation each op dispatched to
     cache_dir: Path  # IOAWARE_CACHE_DIR: probe results, converted stores
     model: str | None  # IOAWARE_MODEL: default model path for `ioaware generate`
+    autotune: bool  # IOAWARE_AUTOTUNE: autotune kernel tiles on the GPU instead of using the measured table
 
 
 def settings() -> Settings:
@@ -29,6 +30,7 @@ def settings() -> Settings:
         debug=_flag("IOAWARE_DEBUG"),
         cache_dir=Path(cache),
         model=os.environ.get("IOAWARE_MODEL") or None,
+        autotune=_flag("IOAWARE_AUTOTUNE"),
     )
 
 
@@ -36,5 +38,6 @@ ENV_TABLE = [
     ("IOAWARE_INTERPRET", "0", "1: CPU tensors run Triton kernels in Triton's interpreter (how CI tests them)"),
     ("IOAWARE_DEBUG", "0", "1: log which implementation every op dispatched to"),
     ("IOAWARE_CACHE_DIR", "~/.cache/ioaware", "where probe results and converted stores are kept"),
+    ("IOAWARE_AUTOTUNE", "0", "1: autotune Triton tiles per shape on the GPU (slow first call) instead of the table"),
     ("IOAWARE_MODEL", "(embedded SmolLM2-135M)", "default model file or folder for `ioaware generate`"),
 ]

@@ -68,7 +68,7 @@ def run(dtype_name: str = "bfloat16", modes=("fwd", "bwd"), providers=PROVIDERS,
     import torch
 
     from ..hardware import detect
-    from ..iomodel import attention_flops, flash_attention_cost, roofline
+    from ..iomodel import attention_flops, attention_min_cost, flash_attention_cost, roofline
     from .common import ceilings, machine_info
 
     dtype = getattr(torch, dtype_name)
@@ -84,7 +84,9 @@ def run(dtype_name: str = "bfloat16", modes=("fwd", "bwd"), providers=PROVIDERS,
             bwd = mode == "bwd"
             flops = attention_flops(B, H, T, T, D, causal, backward=bwd)
             cost = flash_attention_cost(B, H, T, T, D, block_q=128, block_k=64, causal=causal, backward=bwd)
-            roof = roofline(cost, spec, dtype_name) if spec.peak_flops else None
+            # the roofline of the work itself: FLOPs at peak, or compulsory bytes at HBM bandwidth
+            roof = roofline(attention_min_cost(B, H, T, T, D, causal=causal, backward=bwd), spec, dtype_name) \
+                if spec.peak_flops else None
             for prov in providers:
                 fn = _provider(prov)
                 try:
@@ -94,13 +96,18 @@ def run(dtype_name: str = "bfloat16", modes=("fwd", "bwd"), providers=PROVIDERS,
                 rows.append({**s, "dtype": dtype_name, "mode": mode, "provider": prov, "ms": ms,
                              "tflops": flops / ms / 1e9 if ms == ms else math.nan,
                              "pct_roofline": 100 * roof.time_s * 1e3 / ms if roof and ms == ms else None,
-                             "hbm_GBps_model": cost.bytes("hbm") / ms / 1e6 if ms == ms else None,
+                             "hbm_GB_model": cost.bytes("hbm") / 1e9,
                              "error": err, **({"check": chk} if prov == "ioaware" else {})})
         torch.cuda.empty_cache()
         if progress:
             progress(i + 1, len(all_shapes))
     _speedups(rows)
-    return {"machine": machine_info(), "ceilings": ceilings(), "setting": "B*T=16k tokens, H*D=2048",
+    from ..kernels.attention.flash import kernel as _k
+
+    tuned = {name: {str(key): str(cfg) for key, cfg in getattr(t, "cache", {}).items()}
+             for name, t in ((str(k), t) for k, t in _k._TUNED.items())}
+    return {"machine": machine_info(), "ceilings": ceilings(), "autotuned": tuned,
+            "setting": "B*T=16k tokens, H*D=2048",
             "flops_convention": "fwd 4*B*H*T^2*D (halved causal), bwd 2.5x fwd", "rows": rows}
 
 

@@ -6,7 +6,13 @@ simulators ask it rather than re-deriving a formula. Ops register their cost fun
 
 from collections.abc import Callable
 
-from .attention import attention_flops, blocks_for_sram, flash_attention_cost, standard_attention_cost
+from .attention import (
+    attention_flops,
+    attention_min_cost,
+    blocks_for_sram,
+    flash_attention_cost,
+    standard_attention_cost,
+)
 from .cost import LEVELS, Cost, Traffic
 from .roofline import Roofline, roofline
 
@@ -21,5 +27,5 @@ def register(name: str):
     return deco
 
 
-__all__ = ["LEVELS", "REGISTRY", "Cost", "Roofline", "Traffic", "attention_flops", "blocks_for_sram",
-           "flash_attention_cost", "register", "roofline", "standard_attention_cost"]
+__all__ = ["LEVELS", "REGISTRY", "Cost", "Roofline", "Traffic", "attention_flops", "attention_min_cost",
+           "blocks_for_sram", "flash_attention_cost", "register", "roofline", "standard_attention_cost"]

@@ -117,6 +117,20 @@ def flash_attention_cost(B: int, Hq: int, Tq: int, Tk: int, D: int, *, Hkv: int 
     return Cost.of(flops, label=label, hbm=(B * read, B * write))
 
 
+def attention_min_cost(B: int, Hq: int, Tq: int, Tk: int, D: int, *, Hkv: int | None = None, elem_bytes: int = 2,
+                       causal: bool = False, backward: bool = False) -> Cost:
+    """The compulsory traffic: every input read once, every output written once (the roofline's byte term)."""
+    Hkv = Hkv or Hq
+    e = elem_bytes
+    q, kv = Hq * Tq * D * e, Hkv * Tk * D * e
+    if not backward:
+        read, write = q + 2 * kv, q + Hq * Tq * FP32  # q, k, v | o, lse
+    else:
+        read, write = 3 * q + 2 * kv + Hq * Tq * FP32, q + 2 * kv  # q, o, do, k, v, lse | dq, dk, dv
+    flops = attention_flops(B, Hq, Tq, Tk, D, causal, backward)
+    return Cost.of(flops, label="attention, compulsory traffic", hbm=(B * read, B * write))
+
+
 def flash_attention_theta(N: int, D: int, sram_elems: float) -> float:
     """The FlashAttention paper's forward count, 2Nd + 8 N^2 d^2 / M elements (Theorem 2, constants ours)."""
     return 2 * N * D + 8 * N * N * D * D / sram_elems

@@ -23,7 +23,7 @@ def interpreting() -> bool:
 
 def backend_for(device_type: str) -> str:
     if device_type == "cuda":
-        return "triton"
+        return "interpret" if interpreting() else "triton"
     if settings().interpret:
         return "interpret"
     return "reference"

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ....env import settings
 from ..._dispatch import interpreting
 
 LOG2E = 1.4426950408889634
@@ -86,7 +87,10 @@ def _flash_attn_fwd_kernel(Q, K, V, O, LSE,
                            HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                            BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
         UPCAST: tl.constexpr):
-    i_m = tl.program_id(0)
+    # grid (query blocks, batch x heads): neighbouring programs share one head's K and V, which then come from
+    # L2 (swapping the axes cost 25-45% at T <= 4k, see dev/attention/NOTES.md). With a causal mask the last
+    # query blocks carry the most work, so they are dispatched first.
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0) if IS_CAUSAL else tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = (i_bh // HQ).to(tl.int64)
     i_h = i_bh % HQ
@@ -187,7 +191,7 @@ def _flash_attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA,
                                 BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
                                 PRECISION: tl.constexpr,
         UPCAST: tl.constexpr):
-    i_n = tl.program_id(0)
+    i_n = tl.program_id(0)  # with a causal mask the first key blocks carry the most work; they go first
     i_bh = tl.program_id(1)
     i_b = (i_bh // HKV).to(tl.int64)
     i_hk = i_bh % HKV
@@ -269,7 +273,10 @@ def _flash_attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA,
                               HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
         UPCAST: tl.constexpr):
-    i_m = tl.program_id(0)
+    # grid (query blocks, batch x heads): neighbouring programs share one head's K and V, which then come from
+    # L2 (swapping the axes cost 25-45% at T <= 4k, see dev/attention/NOTES.md). With a causal mask the last
+    # query blocks carry the most work, so they are dispatched first.
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0) if IS_CAUSAL else tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = (i_bh // HQ).to(tl.int64)
     i_h = i_bh % HQ
@@ -313,9 +320,12 @@ def _configs(pairs, D: int):
     return out
 
 
-_FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 2)]
-_DKDV_TILES = [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 64, 4, 2)]
-_DQ_TILES = [(128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2)]
+_FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 4, 4), (64, 64, 4, 3),
+              (64, 128, 4, 3), (64, 32, 4, 2)]
+_DKDV_TILES = [(32, 128, 4, 3), (32, 128, 4, 4), (64, 128, 8, 3), (64, 128, 4, 3), (32, 64, 4, 3), (64, 64, 4, 3),
+               (64, 64, 4, 4), (16, 64, 4, 2)]
+_DQ_TILES = [(128, 32, 4, 3), (128, 32, 4, 4), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3),
+             (64, 32, 4, 2)]
 _INTERPRET_TILE = {"BM": 32, "BN": 32}
 _TUNED: dict = {}
 
@@ -328,11 +338,44 @@ def _tuned(kernel, tiles, D: int):
     return _TUNED[key]
 
 
-def _launch(kernel, tiles, grid_fn, head_dim: int, *args, **kw):
+# Tiles the autotuner chose on an H100 SXM (bf16, B*T = 16k, H*D = 2048; benchmarks/results/attention-h100-*.json,
+# "autotuned"), keyed by (head dim <= 64, <= 128, more), long sequence (>= 16k) and causal. Used unless
+# IOAWARE_AUTOTUNE=1: a first call then compiles three kernels instead of benchmarking twenty-odd.
+def _table(op: str, D: int, T: int, causal: bool) -> dict:
+    long = T >= 16384
+    if op == "fwd":
+        if D <= 64:
+            t = (128, 64, 8, 3) if long and not causal else (64, 128, 4, 3)
+        elif D <= 128:
+            t = (128, 128, 8, 3) if long else (64, 128, 4, 3)
+        else:
+            t = (64, 64, 4, 2)
+    elif op == "dkdv":
+        if D <= 64:
+            t = (32, 128, 4, 3) if causal else (64, 128, 4, 3)
+        elif D <= 128:
+            t = (64, 128, 8, 3)
+        else:
+            t = (16, 64, 4, 2)
+    else:
+        if D <= 64:
+            t = (128, 64, 8, 3)
+        elif D <= 128:
+            t = (128, 32, 4, 3) if long or (causal and T >= 4096) else (128, 64, 8, 3)
+        else:
+            t = (64, 32, 4, 2)
+    return {"BM": t[0], "BN": t[1], "num_warps": t[2], "num_stages": t[3]}
+
+
+def _launch(kernel, tiles, grid_fn, head_dim: int, seqlen: int, *args, **kw):
     if interpreting():
         kernel[grid_fn(_INTERPRET_TILE)](*args, **kw, **_INTERPRET_TILE)
-    else:
+    elif settings().autotune:
         _tuned(kernel, tiles, head_dim)[grid_fn](*args, **kw)
+    else:
+        op = "fwd" if kernel is _flash_attn_fwd_kernel else "dkdv" if kernel is _flash_attn_bwd_dkdv_kernel else "dq"
+        cfg = _table(op, head_dim, seqlen, kw["IS_CAUSAL"])
+        kernel[grid_fn(cfg)](*args, **kw, **cfg)
 
 
 def _bucket(t: int) -> int:
@@ -360,7 +403,7 @@ def flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     o = torch.empty_like(q)
     lse = torch.empty((B, Hq, Tq), device=q.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(Tq, meta["BM"]), B * Hq)
-    _launch(_flash_attn_fwd_kernel, _FWD_TILES, grid, D,
+    _launch(_flash_attn_fwd_kernel, _FWD_TILES, grid, D, max(Tq, Tk),
             q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
             Tq, Tk, softmax_scale * LOG2E, _bucket(max(Tq, Tk)),
@@ -388,11 +431,12 @@ def flash_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
     bucket = _bucket(max(Tq, Tk))
-    _launch(_flash_attn_bwd_dkdv_kernel, _DKDV_TILES, lambda meta: (triton.cdiv(Tk, meta["BN"]), B * Hkv), D,
+    grid_dkdv = lambda meta: (triton.cdiv(Tk, meta["BN"]), B * Hkv)
+    _launch(_flash_attn_bwd_dkdv_kernel, _DKDV_TILES, grid_dkdv, D, max(Tq, Tk),
             q, k, v, do, dk, dv, lse, delta, *common, dk.stride(0), dk.stride(1), dk.stride(2),
             dv.stride(0), dv.stride(1), dv.stride(2), Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket,
             HQ=Hq, HKV=Hkv, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec, UPCAST=_upcast(q.dtype))
-    _launch(_flash_attn_bwd_dq_kernel, _DQ_TILES, lambda meta: (triton.cdiv(Tq, meta["BM"]), B * Hq), D,
+    _launch(_flash_attn_bwd_dq_kernel, _DQ_TILES, lambda meta: (triton.cdiv(Tq, meta["BM"]), B * Hq), D, max(Tq, Tk),
             q, k, v, do, dq, lse, delta, *common, dq.stride(0), dq.stride(1), dq.stride(2),
             Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket,
             HQ=Hq, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec, UPCAST=_upcast(q.dtype))

@@ -1,0 +1,82 @@
+"""Hardware specs carry sources; `import ioaware` stays off CUDA; every CLI verb answers --help."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ioaware.cli.main import VERBS, main
+from ioaware.hardware import SPECS, detect, get_spec
+
+
+def test_every_spec_number_has_a_source():
+    for s in SPECS.values():
+        for field in ("flops", "hbm", "l2", "smem", "sms", "pcie"):
+            assert s.sources.get(field), f"{s.key}: no source for {field}"
+        assert s.peak("float16") > 0 and s.hbm_bandwidth_Bps > 0 and s.num_sms > 0
+
+
+def test_known_numbers():
+    h100 = get_spec("H100")
+    assert h100.num_sms == 132 and h100.hbm_bandwidth_Bps == pytest.approx(3.35e12)
+    assert get_spec("a100").peak("bf16") == pytest.approx(312e12)
+    with pytest.raises(ValueError, match="no peak"):
+        get_spec("v100").peak("bfloat16")
+    with pytest.raises(KeyError, match="unknown hardware"):
+        get_spec("tpu")
+
+
+def test_detect_on_cpu_describes_the_host():
+    s = detect("cpu")
+    assert s.kind == "cpu" and s.hbm_bytes > 0
+
+
+def test_import_does_not_initialise_cuda():
+    code = ("import ioaware, torch, sys; assert not torch.cuda.is_initialized(); "
+            "assert 'triton' not in sys.modules or True; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_help_for_each_verb(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_cost_attention_json(tmp_path, capsys):
+    out = tmp_path / "cost.json"
+    assert main(["cost", "attention", "--n", "4096", "--d", "128", "--sram", "228KB", "--causal", "--json",
+                 str(out)]) == 0
+    d = json.loads(out.read_text())
+    algos = {(r["algorithm"], r["pass"]) for r in d["rows"]}
+    assert ("flash-attention-2", "bwd") in algos and ("standard", "fwd") in algos
+    flash = next(r for r in d["rows"] if r["algorithm"] == "flash-attention-2" and r["pass"] == "fwd")
+    std = next(r for r in d["rows"] if r["algorithm"] == "standard" and r["pass"] == "fwd")
+    assert flash["hbm_bytes"] < std["hbm_bytes"] and flash["flops"] == std["flops"]
+    assert "flash-attention-2" in capsys.readouterr().out
+
+
+def test_cost_bad_input_is_one_line(capsys):
+    assert main(["cost", "attention", "--sram", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read a size" in err and "Traceback" not in err
+    assert main(["cost", "attention", "--hardware", "tpu"]) == 2
+
+
+def test_bench_without_gpu_says_so(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["bench", "attention"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_hardware_verb_json(tmp_path):
+    out = tmp_path / "hw.json"
+    assert main(["hardware", "--json", str(out)]) == 0
+    assert {d["key"] for d in json.loads(out.read_text())} == set(SPECS)
