@@ -41,7 +41,7 @@ def _up(x, UPCAST: tl.constexpr):
 def _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m, o_n, o_d, lo, hi, Tk, offset,
                           scale_log2, D: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
                           MASK: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr):
+                          UPCAST: tl.constexpr):
     m_d = o_d < D
     for start_n in range(lo, hi, BN):
         o_k = start_n + o_n
@@ -83,14 +83,14 @@ def _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m,
 @triton.jit
 def _flash_attn_fwd_kernel(Q, K, V, O, LSE,
                            s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
-                           Tq, Tk, scale_log2, T_BUCKET,
+                           Tq, Tk, scale_log2, T_BUCKET, W_BUCKET,
                            HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                            BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr):
+                           UPCAST: tl.constexpr, REV: tl.constexpr):
     # grid (query blocks, batch x heads): neighbouring programs share one head's K and V, which then come from
     # L2 (swapping the axes cost 25-45% at T <= 4k, see dev/attention/NOTES.md). With a causal mask the last
-    # query blocks carry the most work, so they are dispatched first.
-    i_m = tl.num_programs(0) - 1 - tl.program_id(0) if IS_CAUSAL else tl.program_id(0)
+    # query blocks carry the most work; REV dispatches them first (a tuning choice: it shortens the tail).
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0) if REV else tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = (i_bh // HQ).to(tl.int64)
     i_h = i_bh % HQ
@@ -151,7 +151,7 @@ def _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, 
                                o_n, o_m0, o_d, lo, hi, Tq, offset, scale_log2,
                                D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, IS_CAUSAL: tl.constexpr,
                                MASK: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr):
+                          UPCAST: tl.constexpr):
     m_d = o_d < D
     for start_m in range(lo, hi, BM):
         o_m = start_m + o_m0
@@ -186,11 +186,11 @@ def _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, 
 def _flash_attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA,
                                 s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh,
                                 s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh,
-                                Tq, Tk, scale, scale_log2, T_BUCKET,
+                                Tq, Tk, scale, scale_log2, T_BUCKET, W_BUCKET,
                                 HQ: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                                 BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
                                 PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr):
+                          UPCAST: tl.constexpr):
     i_n = tl.program_id(0)  # with a causal mask the first key blocks carry the most work; they go first
     i_bh = tl.program_id(1)
     i_b = (i_bh // HKV).to(tl.int64)
@@ -240,7 +240,7 @@ def _flash_attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA,
 def _flash_attn_bwd_dq_inner(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s_kt, s_vt, o_m, o_n0, o_d,
                              lo, hi, Tk, offset, scale_log2, D: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
                              IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr):
+                          UPCAST: tl.constexpr):
     m_d = o_d < D
     for start_n in range(lo, hi, BN):
         o_n = start_n + o_n0
@@ -269,14 +269,14 @@ def _flash_attn_bwd_dq_inner(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s
 @triton.jit
 def _flash_attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA,
                               s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh,
-                              s_dqb, s_dqt, s_dqh, Tq, Tk, scale, scale_log2, T_BUCKET,
+                              s_dqb, s_dqt, s_dqh, Tq, Tk, scale, scale_log2, T_BUCKET, W_BUCKET,
                               HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-        UPCAST: tl.constexpr):
+                           UPCAST: tl.constexpr, REV: tl.constexpr):
     # grid (query blocks, batch x heads): neighbouring programs share one head's K and V, which then come from
     # L2 (swapping the axes cost 25-45% at T <= 4k, see dev/attention/NOTES.md). With a causal mask the last
-    # query blocks carry the most work, so they are dispatched first.
-    i_m = tl.num_programs(0) - 1 - tl.program_id(0) if IS_CAUSAL else tl.program_id(0)
+    # query blocks carry the most work; REV dispatches them first (a tuning choice: it shortens the tail).
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0) if REV else tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = (i_bh // HQ).to(tl.int64)
     i_h = i_bh % HQ
@@ -310,14 +310,23 @@ def _flash_attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA,
 
 
 # ---------------------------------------------------------------------------------------------- launchers
-def _configs(pairs, D: int):
-    """Tile configurations for the autotuner; big head dims drop the tiles that cannot fit in SRAM."""
+def _configs(pairs, D: int, orders=(None,)):
+    """Tile configurations for the autotuner; big head dims drop the tiles that cannot fit in SRAM. `orders`
+    adds the dispatch order (REV) as a tuning choice for the kernels that have one."""
     out = []
     for bm, bn, warps, stages in pairs:
         if D > 128 and bm * bn > 64 * 64:
             continue
-        out.append(triton.Config({"BM": bm, "BN": bn}, num_warps=warps, num_stages=stages))
+        for rev in orders:
+            extra = {} if rev is None else {"REV": rev}
+            out.append(triton.Config({"BM": bm, "BN": bn, **extra}, num_warps=warps, num_stages=stages))
     return out
+
+
+def _prune(configs, named_args, **kwargs):
+    """Reversed dispatch only matters with a causal mask."""
+    causal = kwargs.get("IS_CAUSAL", named_args.get("IS_CAUSAL"))
+    return [c for c in configs if causal or not c.kwargs.get("REV", False)]
 
 
 _FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 4, 4), (64, 64, 4, 3),
@@ -334,7 +343,10 @@ def _tuned(kernel, tiles, D: int):
     """The autotuned launcher of `kernel` for head-dim bucket D (made lazily: autotune only exists on GPU)."""
     key = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), D > 128)
     if key not in _TUNED:
-        _TUNED[key] = triton.autotune(configs=_configs(tiles, D), key=["T_BUCKET", "D", "GROUP", "IS_CAUSAL"])(kernel)
+        has_rev = kernel is not _flash_attn_bwd_dkdv_kernel
+        configs = _configs(tiles, D, (False, True) if has_rev else (None,))
+        _TUNED[key] = triton.autotune(configs=configs, key=["T_BUCKET", "W_BUCKET", "D", "GROUP", "IS_CAUSAL"],
+                                      prune_configs_by={"early_config_prune": _prune} if has_rev else None)(kernel)
     return _TUNED[key]
 
 
@@ -364,17 +376,21 @@ def _table(op: str, D: int, T: int, causal: bool) -> dict:
             t = (128, 32, 4, 3) if long or (causal and T >= 4096) else (128, 64, 8, 3)
         else:
             t = (64, 32, 4, 2)
-    return {"BM": t[0], "BN": t[1], "num_warps": t[2], "num_stages": t[3]}
+    return {"BM": t[0], "BN": t[1], "num_warps": t[2], "num_stages": t[3], "REV": causal}
 
 
 def _launch(kernel, tiles, grid_fn, head_dim: int, seqlen: int, *args, **kw):
+    has_rev = kernel is not _flash_attn_bwd_dkdv_kernel
     if interpreting():
-        kernel[grid_fn(_INTERPRET_TILE)](*args, **kw, **_INTERPRET_TILE)
+        rev = {"REV": kw["IS_CAUSAL"]} if has_rev else {}
+        kernel[grid_fn(_INTERPRET_TILE)](*args, **kw, **_INTERPRET_TILE, **rev)
     elif settings().autotune:
         _tuned(kernel, tiles, head_dim)[grid_fn](*args, **kw)
     else:
         op = "fwd" if kernel is _flash_attn_fwd_kernel else "dkdv" if kernel is _flash_attn_bwd_dkdv_kernel else "dq"
         cfg = _table(op, head_dim, seqlen, kw["IS_CAUSAL"])
+        if not has_rev:
+            cfg.pop("REV")
         kernel[grid_fn(cfg)](*args, **kw, **cfg)
 
 
@@ -406,7 +422,7 @@ def flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     _launch(_flash_attn_fwd_kernel, _FWD_TILES, grid, D, max(Tq, Tk),
             q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-            Tq, Tk, softmax_scale * LOG2E, _bucket(max(Tq, Tk)),
+            Tq, Tk, softmax_scale * LOG2E, _bucket(max(Tq, Tk)), _bucket(B * Hq),
             HQ=Hq, GROUP=Hq // Hkv, D=D, BD=_head_dim_block(D), IS_CAUSAL=causal, PRECISION=_precision(q.dtype),
             UPCAST=_upcast(q.dtype))
     return o, lse
@@ -435,10 +451,11 @@ def flash_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     _launch(_flash_attn_bwd_dkdv_kernel, _DKDV_TILES, grid_dkdv, D, max(Tq, Tk),
             q, k, v, do, dk, dv, lse, delta, *common, dk.stride(0), dk.stride(1), dk.stride(2),
             dv.stride(0), dv.stride(1), dv.stride(2), Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket,
+            _bucket(B * Hq),
             HQ=Hq, HKV=Hkv, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec, UPCAST=_upcast(q.dtype))
     _launch(_flash_attn_bwd_dq_kernel, _DQ_TILES, lambda meta: (triton.cdiv(Tq, meta["BM"]), B * Hq), D, max(Tq, Tk),
             q, k, v, do, dq, lse, delta, *common, dq.stride(0), dq.stride(1), dq.stride(2),
-            Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket,
+            Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket, _bucket(B * Hq),
             HQ=Hq, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec, UPCAST=_upcast(q.dtype))
     return dq, dk, dv
 
