@@ -350,33 +350,36 @@ def _tuned(kernel, tiles, D: int):
     return _TUNED[key]
 
 
-# Tiles the autotuner chose on an H100 SXM (bf16, B*T = 16k, H*D = 2048; benchmarks/results/attention-h100-*.json,
-# "autotuned"), keyed by (head dim <= 64, <= 128, more), long sequence (>= 16k) and causal. Used unless
-# IOAWARE_AUTOTUNE=1: a first call then compiles three kernels instead of benchmarking twenty-odd.
+# Tiles measured best on an H100 SXM (bf16, B*T = 16k, H*D = 2048), picked from the autotuned runs and the
+# table runs recorded in dev/attention/NOTES.md; keyed by head dim, sequence length and causal. REV (heaviest
+# query blocks first) helped dQ with a causal mask and hurt the forward at T = 1k, so only dQ uses it.
+# Used unless IOAWARE_AUTOTUNE=1: a first call then compiles three kernels instead of benchmarking dozens.
 def _table(op: str, D: int, T: int, causal: bool) -> dict:
-    long = T >= 16384
+    short = T < 2048
+    rev = False
     if op == "fwd":
         if D <= 64:
-            t = (128, 64, 8, 3) if long and not causal else (64, 128, 4, 3)
+            t = (64, 64, 4, 3) if causal and short else (128, 64, 8, 3)
         elif D <= 128:
-            t = (128, 128, 8, 3) if long else (64, 128, 4, 3)
+            t = (64, 64, 4, 3) if causal and short else (64, 128, 4, 3) if short else (128, 128, 8, 3)
         else:
             t = (64, 64, 4, 2)
     elif op == "dkdv":
         if D <= 64:
-            t = (32, 128, 4, 3) if causal else (64, 128, 4, 3)
+            t = (32, 128, 4, 3) if causal and short else (64, 128, 4, 3)
         elif D <= 128:
             t = (64, 128, 8, 3)
         else:
             t = (16, 64, 4, 2)
     else:
+        rev = causal
         if D <= 64:
             t = (128, 64, 8, 3)
         elif D <= 128:
-            t = (128, 32, 4, 3) if long or (causal and T >= 4096) else (128, 64, 8, 3)
+            t = (128, 32, 4, 3) if causal and T >= 4096 else (128, 64, 8, 3)
         else:
             t = (64, 32, 4, 2)
-    return {"BM": t[0], "BN": t[1], "num_warps": t[2], "num_stages": t[3], "REV": causal}
+    return {"BM": t[0], "BN": t[1], "num_warps": t[2], "num_stages": t[3], "REV": rev}
 
 
 def _launch(kernel, tiles, grid_fn, head_dim: int, seqlen: int, *args, **kw):
