@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 PROVIDERS = ("ioaware", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient")
+ROUNDS = 3
 
 
 def _sdpa(backend_name: str):
@@ -86,17 +87,27 @@ def run(dtype_name: str = "bfloat16", modes=("fwd", "bwd"), providers=PROVIDERS,
             # the roofline of the work itself: FLOPs at peak, or compulsory bytes at HBM bandwidth
             roof = roofline(attention_min_cost(B, H, T, T, D, causal=causal, backward=bwd), spec, dtype_name) \
                 if spec.peak_flops else None
+            # providers are timed round-robin, ROUNDS times, keeping each one's best median: short kernels (T = 1k)
+            # were bimodal between back-to-back runs, and a fixed order favoured whoever ran second
+            best: dict[str, tuple[float, str | None]] = {}
+            every: dict[str, list[float]] = {p: [] for p in providers}
+            for _ in range(ROUNDS):
+                for prov in providers:
+                    try:
+                        ms, err = _time(_provider(prov), q, k, v, do, causal, bwd), None
+                    except Exception as e:  # noqa: BLE001 - a backend that refuses a shape is reported, not fatal
+                        ms, err = math.nan, f"{type(e).__name__}: {str(e)[:120]}"
+                    every[prov].append(ms)
+                    prev = best.get(prov)
+                    if prev is None or (ms == ms and not ms >= prev[0]):
+                        best[prov] = (ms, err)
             for prov in providers:
-                fn = _provider(prov)
-                try:
-                    ms, err = _time(fn, q, k, v, do, causal, bwd), None
-                except Exception as e:  # noqa: BLE001 - a backend that refuses a shape is reported, not fatal
-                    ms, err = math.nan, f"{type(e).__name__}: {str(e)[:120]}"
+                ms, err = best[prov]
                 rows.append({**s, "dtype": dtype_name, "mode": mode, "provider": prov, "ms": ms,
                              "tflops": flops / ms / 1e9 if ms == ms else math.nan,
                              "pct_roofline": 100 * roof.time_s * 1e3 / ms if roof and ms == ms else None,
                              "hbm_GB_model": cost.bytes("hbm") / 1e9,
-                             "error": err})
+                             "ms_rounds": every[prov], "error": err})
         # checked after timing, so an autotuner tunes on the benchmarked shape, not on the small check shape
         chk = check(s, dtype)
         for r in rows:
@@ -115,6 +126,7 @@ def run(dtype_name: str = "bfloat16", modes=("fwd", "bwd"), providers=PROVIDERS,
     return {"machine": machine_info(), "ceilings": ceilings(), "autotuned": tuned,
             "tiles": "autotuned per shape (IOAWARE_AUTOTUNE=1)" if settings().autotune else "measured table (default)",
             "setting": "B*T=16k tokens, H*D=2048",
+            "timing": f"triton.testing.do_bench median; providers round-robin, best of {ROUNDS} rounds",
             "flops_convention": "fwd 4*B*H*T^2*D (halved causal), bwd 2.5x fwd", "rows": rows}
 
 
