@@ -80,3 +80,13 @@ def test_hardware_verb_json(tmp_path):
     out = tmp_path / "hw.json"
     assert main(["hardware", "--json", str(out)]) == 0
     assert {d["key"] for d in json.loads(out.read_text())} == set(SPECS)
+
+
+def test_readme_lists_every_environment_variable():
+    from pathlib import Path
+
+    from ioaware.env import ENV_TABLE
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for name, _default, _ in ENV_TABLE:
+        assert f"| `{name}` |" in readme, f"{name} missing from the README's table"
