@@ -13,6 +13,16 @@ from .attention import (
     flash_attention_cost,
     standard_attention_cost,
 )
+from .bounds import (
+    IOBound,
+    attention_io_lower_bound,
+    decode_io,
+    fa1_forward_io,
+    fa2_backward_io,
+    fa2_forward_io,
+    small_sram_io,
+    standard_attention_io,
+)
 from .cost import LEVELS, Cost, Traffic
 from .roofline import Roofline, roofline
 
@@ -27,5 +37,7 @@ def register(name: str):
     return deco
 
 
-__all__ = ["LEVELS", "REGISTRY", "Cost", "Roofline", "Traffic", "attention_flops", "attention_min_cost",
-           "blocks_for_sram", "flash_attention_cost", "register", "roofline", "standard_attention_cost"]
+__all__ = ["LEVELS", "REGISTRY", "Cost", "IOBound", "Roofline", "Traffic", "attention_flops",
+           "attention_io_lower_bound", "attention_min_cost", "blocks_for_sram", "decode_io", "fa1_forward_io",
+           "fa2_backward_io", "fa2_forward_io", "flash_attention_cost", "register", "roofline", "small_sram_io",
+           "standard_attention_cost", "standard_attention_io"]
