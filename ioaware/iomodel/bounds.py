@@ -217,3 +217,18 @@ def attention_io_lower_bound(Nq: int, d: int, M: float, *, Nk: int | None = None
         asym = (nn * d * d + n * d**3) / M if large else (nn * d + n * d * d) / math.sqrt(M)
         compulsory = 2 * (Nq + Nk) * d + (Nq + 2 * Nk) * d  # read Q, K, V, dO; write dQ, dK, dV
     return IOBound("M >= d^2" if large else "M < d^2", asym, compulsory)
+
+
+def fa2_backward_blocks(M: int, d: int) -> tuple[int, int]:
+    """Square blocks for the backward in M words (one tile pair serves both the dK/dV and the dQ kernel).
+
+    Square tiles keep both kernels' re-reads at N/b, but the two (b x b) P and dP tiles cap b near sqrt(M/2):
+    for M up to ~16 d^2 that is within a constant of M/d; beyond, per-kernel tiles (dK/dV: bk ~ M/d, dQ:
+    bq ~ M/d) are what reach the N^2 d^2 / M bound.
+    """
+    b = 0
+    while fa2_backward_footprint(d, b + 1, b + 1) <= M:
+        b += 1
+    if b == 0:
+        raise ValueError(f"M={M} words cannot hold the backward's tiles for d={d}")
+    return b, b
