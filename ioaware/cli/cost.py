@@ -22,12 +22,15 @@ def add_parser(sp) -> None:
                    help="FlashAttention tile sizes instead of deriving them from --sram")
     a.add_argument("--hardware", default="h100", help="spec for the roofline: h100, h200, a100, v100")
     a.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON ('-' for stdout)")
+    a.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="draw HBM traffic against N and against M (log-log) with the lower bound")
     a.set_defaults(func=run_attention)
 
 
 def attention_rows(args) -> tuple[list[dict], dict]:
     from ..hardware import get_spec
-    from ..iomodel import flash_attention_cost, roofline, standard_attention_cost
+    from ..iomodel import Cost, flash_attention_cost, roofline, standard_attention_cost
+    from ..iomodel.bounds import attention_io_lower_bound, fa1_forward_io
 
     if min(args.n, args.d, args.batch, args.heads) <= 0:
         raise ValueError("--n, --d, --batch and --heads must be positive")
@@ -37,11 +40,23 @@ def attention_rows(args) -> tuple[list[dict], dict]:
     sram = parse_bytes(args.sram) if args.sram else spec.sram_bytes
     kw = {"block_q": args.block[0], "block_k": args.block[1]} if args.block else {"sram_bytes": sram}
     rows = []
+    bh, m_elems = args.batch * args.heads, sram / e
     for bwd in (False, True):
         std = standard_attention_cost(args.batch, args.heads, args.n, nk, args.d, e, args.causal, bwd)
         fl = flash_attention_cost(args.batch, args.heads, args.n, nk, args.d, Hkv=args.kv_heads, elem_bytes=e,
                                   causal=args.causal, backward=bwd, **kw)
-        for name, c in (("standard", std), ("flash-attention-2", fl)):
+        algos = [("standard", std), ("flash-attention-2", fl)]
+        if not bwd:  # FlashAttention-1's Algorithm 1 (forward only): Bc = M/4d, Br = min(M/4d, d)
+            bc = args.block[1] if args.block else max(1, int(m_elems // (4 * args.d)))
+            br = args.block[0] if args.block else min(bc, args.d)
+            t = fa1_forward_io(args.n, args.d, min(br, args.n), min(bc, nk), Nk=nk, causal=args.causal, elem=e,
+                               stat=4)
+            algos.insert(1, ("flash-attention-1", Cost.of(fl.flops, label=f"flash attention-1 fwd (Br={br}, Bc={bc})",
+                                                          hbm=(bh * t.read, bh * t.write))))
+        lb = attention_io_lower_bound(args.n, args.d, m_elems, Nk=nk, backward=bwd)
+        algos.append(("lower bound", Cost.of(fl.flops, label=f"I/O lower bound, {lb.regime}, Theta with constant 1",
+                                             hbm=(bh * e * lb.words, 0))))
+        for name, c in algos:
             r = roofline(c, spec, args.dtype)
             rows.append({"algorithm": name, "pass": "bwd" if bwd else "fwd", "detail": c.label,
                          "hbm_bytes": c.bytes("hbm"), "flops": c.flops, "intensity": r.intensity,
@@ -60,4 +75,43 @@ def run_attention(args) -> int:
                 [[r["algorithm"], r["pass"], human_bytes(r["hbm_bytes"]), r["flops"] / 1e9, r["intensity"],
                   r["roofline_ms"], r["bound"]] for r in rows])
     emit_json({"meta": meta, "rows": rows}, args.json)
+    if args.plot:
+        plot_attention(args, meta, args.plot)
+        print(f"plot written to {args.plot}")
     return 0
+
+
+def plot_attention(args, meta: dict, path: str) -> None:
+    """Two log-log panels of forward HBM bytes (per batch-head): against N at this M, against M at this N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..iomodel import flash_attention_cost, standard_attention_cost
+    from ..iomodel.bounds import attention_io_lower_bound
+
+    d, e, causal = meta["d"], {"float16": 2, "bfloat16": 2, "float32": 4}[meta["dtype"]], meta["causal"]
+
+    def curves(n: int, sram: float) -> tuple[float, float, float]:
+        std = standard_attention_cost(1, 1, n, n, d, e, causal).bytes("hbm")
+        fl = flash_attention_cost(1, 1, n, n, d, sram_bytes=sram, elem_bytes=e, causal=causal).bytes("hbm")
+        return std, fl, e * attention_io_lower_bound(n, d, sram / e).words
+
+    ns = [2**k for k in range(8, 18)]
+    ms = [meta["sram_bytes"] * 2.0**k for k in range(-6, 4) if meta["sram_bytes"] * 2.0**k >= 4 * d * e]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, xs, pts, xlabel in ((axes[0], ns, [curves(n, meta["sram_bytes"]) for n in ns], "N (sequence length)"),
+                                (axes[1], ms, [curves(meta["n"], m) for m in ms], "M (on-chip bytes)")):
+        for i, name in enumerate(("standard", "FlashAttention-2", "lower bound (Theta, constant 1)")):
+            ax.loglog(xs, [p[i] for p in pts], marker="o", ms=3, label=name, ls="--" if i == 2 else "-")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("HBM bytes (forward, per batch-head)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_title(f"d={d}, M={human_bytes(meta['sram_bytes'])}")
+    axes[1].set_title(f"d={d}, N={meta['n']}; M = d^2 at {human_bytes(d * d * e)}")
+    axes[1].axvline(d * d * e, color="grey", lw=0.8)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

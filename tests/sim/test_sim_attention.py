@@ -209,3 +209,19 @@ def test_memory_accounting_errors():
     with pytest.raises(ValueError, match="freed twice"):
         mem.free(t)
     assert mem.used == 0 and mem.peak == 6
+
+
+def test_cost_attention_cli_plot_and_rows(tmp_path, capsys):
+    import json
+
+    from ioaware.cli.main import main
+
+    png, js = tmp_path / "io.png", tmp_path / "io.json"
+    assert main(["cost", "attention", "--n", "4096", "--d", "128", "--sram", "228KB", "--hardware", "h100",
+                 "--plot", str(png), "--json", str(js)]) == 0
+    assert png.exists() and png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    rows = {(r["algorithm"], r["pass"]): r for r in json.loads(js.read_text())["rows"]}
+    assert {("flash-attention-1", "fwd"), ("lower bound", "fwd"), ("lower bound", "bwd")} <= set(rows)
+    lb, fa2, std = (rows[(a, "fwd")]["hbm_bytes"] for a in ("lower bound", "flash-attention-2", "standard"))
+    assert lb < fa2 < std
+    assert "lower bound" in capsys.readouterr().out
