@@ -13,6 +13,7 @@ import sys
 
 from ioaware.iomodel import attention_min_cost, flash_attention_cost
 from ioaware.kernels.attention.flash.kernel import _table
+from ioaware.sim.l2 import flash_fwd_l2_traffic
 
 KERNEL_OP = {"_flash_attn_fwd_kernel": "fwd", "_flash_attn_bwd_dkdv_kernel": "dkdv", "_flash_attn_bwd_dq_kernel": "dq"}
 measured = collections.defaultdict(dict)
@@ -39,6 +40,13 @@ for (name, kern), m in sorted(measured.items()):
         row["l2_vs_model"] = row["measured_l2_bytes"] / row["model_sm_requests"] - 1
         row["dram_read_vs_floor"] = row["measured_dram_read"] / row["model_dram_read_floor"] - 1
         row["dram_write_vs_floor"] = row["measured_dram_write"] / row["model_dram_write_floor"] - 1
+        # the L2 schedule model (ioaware.sim.l2): 132 programs in lockstep (one per SM at these tiles), LRU L2 of
+        # 50 MB (the whole L2) and of 25 MB (one of its two partitions)
+        for mb in (50, 25):
+            l2 = flash_fwd_l2_traffic(B, H, T, D, t["BM"], t["BN"], causal=causal, rev=t["REV"], concurrent=132,
+                                      l2_bytes=mb * 1e6)
+            row[f"model_l2sched_{mb}MB_dram_read"] = l2.dram_read
+            row[f"dram_read_vs_l2sched_{mb}MB"] = row["measured_dram_read"] / l2.dram_read - 1
     out.append(row)
 json.dump({"card": "NVIDIA H100 80GB HBM3", "driver": "580.159.04", "torch": "2.11.0+cu130", "triton": "3.6.0",
            "tool": "Nsight Compute, --cache-control all (caches flushed before each profiled kernel)",
