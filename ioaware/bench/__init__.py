@@ -1,3 +1,3 @@
 """One benchmark registry and one runner (`ioaware bench OP`); results go to benchmarks/results/."""
 
-BENCHMARKS = {"attention": "ioaware.bench.attention"}
+BENCHMARKS = {"attention": "ioaware.bench.attention", "decode": "ioaware.bench.decode"}

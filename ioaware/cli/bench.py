@@ -19,6 +19,11 @@ def add_parser(sp) -> None:
     a.add_argument("--out", default=None, help="results file (default benchmarks/results/attention-<card>-<date>.json)")
     a.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
     a.set_defaults(func=run_attention)
+    d = sub.add_parser("decode", help="flash_decode vs SDPA's flash and cuDNN backends (KV read GB/s)",
+                       description="flash_decode vs SDPA's flash and cuDNN backends (KV read GB/s)")
+    d.add_argument("--out", default=None, help="results file (default benchmarks/results/decode-<card>-<date>.json)")
+    d.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
+    d.set_defaults(func=run_decode)
 
 
 def run_attention(args) -> int:
@@ -41,6 +46,29 @@ def run_attention(args) -> int:
                 "TFLOP/s", attention.TABLE_COLUMNS, attention.table_rows(res))
     card = (m.get("card") or "gpu").split()[1].lower() if m.get("card") else "gpu"
     out = args.out or f"benchmarks/results/attention-{card}-{_dt.date.today().isoformat()}.json"
+    write_json_atomic(Path(out), res)
+    print(f"results written to {out}")
+    emit_json(res, args.json)
+    return 0
+
+
+def run_decode(args) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("`ioaware bench decode` needs a CUDA GPU; on CPU, run the tests (make test) instead")
+    from rich.progress import Progress
+
+    from ..bench import decode
+
+    with Progress(transient=True) as prog:
+        task = prog.add_task("benchmarking decode", total=None)
+        res = decode.run(progress=lambda i, n: prog.update(task, completed=i, total=n))
+    m = res["machine"]
+    print_table(f"decode on {m.get('card')} (driver {m.get('driver')}, torch {m['torch']}, triton {m['triton']}); "
+                f"copy {res['ceilings']['copy_GBps']:.0f} GB/s", decode.TABLE_COLUMNS, decode.table_rows(res))
+    card = (m.get("card") or "gpu").split()[1].lower() if m.get("card") else "gpu"
+    out = args.out or f"benchmarks/results/decode-{card}-{_dt.date.today().isoformat()}.json"
     write_json_atomic(Path(out), res)
     print(f"results written to {out}")
     emit_json(res, args.json)

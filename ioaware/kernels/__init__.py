@@ -1,6 +1,6 @@
 """How work runs: one folder per op (reference.py, kernel.py, interface.py, cost.py, README.md)."""
 
 from ._dispatch import last_backend
-from .attention import attention_ref, flash_attn
+from .attention import attention_ref, decode_ref, flash_attn, flash_decode
 
-__all__ = ["attention_ref", "flash_attn", "last_backend"]
+__all__ = ["attention_ref", "decode_ref", "flash_attn", "flash_decode", "last_backend"]

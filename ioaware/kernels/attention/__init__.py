@@ -1,3 +1,4 @@
+from .decode import decode_ref, flash_decode
 from .flash import attention_ref, flash_attn
 
-__all__ = ["attention_ref", "flash_attn"]
+__all__ = ["attention_ref", "decode_ref", "flash_attn", "flash_decode"]
