@@ -12,6 +12,8 @@ VERBS = {
     "cost": ("ioaware.cli.cost", "print the FLOPs, HBM traffic and roofline time of an op"),
     "bench": ("ioaware.cli.bench", "benchmark ioaware's kernels against PyTorch on this GPU"),
     "hardware": ("ioaware.cli.hardware", "show the spec table, or the device detected here"),
+    "convert": ("ioaware.cli.convert", "write a model's flash store (row-column bundled FFN, for --memory-budget)"),
+    "probe": ("ioaware.cli.probe", "measure this machine: disk read throughput vs chunk size and threads"),
 }
 
 

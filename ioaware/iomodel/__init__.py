@@ -24,6 +24,7 @@ from .bounds import (
     standard_attention_io,
 )
 from .cost import LEVELS, Cost, Traffic
+from .io import predict_batches_seconds, predict_read_seconds
 from .roofline import Roofline, roofline
 
 REGISTRY: dict[str, Callable[..., Cost]] = {}
@@ -39,5 +40,6 @@ def register(name: str):
 
 __all__ = ["LEVELS", "REGISTRY", "Cost", "IOBound", "Roofline", "Traffic", "attention_flops",
            "attention_io_lower_bound", "attention_min_cost", "blocks_for_sram", "decode_io", "fa1_forward_io",
-           "fa2_backward_io", "fa2_forward_io", "flash_attention_cost", "register", "roofline", "small_sram_io",
+           "fa2_backward_io", "fa2_forward_io", "flash_attention_cost", "predict_batches_seconds",
+           "predict_read_seconds", "register", "roofline", "small_sram_io",
            "standard_attention_cost", "standard_attention_io"]

@@ -1,0 +1,262 @@
+"""Parallel reads of FFN neuron bundles from a flash store.
+
+`NeuronReader.read(layer, ids)` sorts the ids, coalesces neighbours into runs (bundling makes a run of neurons one
+contiguous byte range), splits long runs into chunks of the probed best size and issues them with `os.preadv` on a
+thread pool (preadv releases the GIL, so the threads give the disk real queue depth). With O_DIRECT the runs are
+widened to 4096-byte pages and land in a page-aligned staging buffer, from which the bundles are gathered; without
+it (tmpfs, some overlay filesystems refuse O_DIRECT) each run is read straight into its place in the output.
+Buffers are anonymous mmaps: page-aligned, as O_DIRECT needs, and allocated once.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .flash_store import ALIGN, FlashStore
+
+DEFAULT_CHUNK = 256 << 10  # used when no probe curve is given: the knee of the measured curves (offload.md §5)
+
+
+@dataclass
+class ReadStats:
+    bytes: int = 0  # bytes requested from the disk (with O_DIRECT, widened to pages)
+    useful_bytes: int = 0  # bundle bytes the caller asked for
+    chunks: int = 0
+    seconds: float = 0.0
+    chunk_sizes: list[int] = field(default_factory=list)
+
+    def add(self, o: ReadStats) -> None:
+        self.bytes += o.bytes
+        self.useful_bytes += o.useful_bytes
+        self.chunks += o.chunks
+        self.seconds += o.seconds
+        self.chunk_sizes.extend(o.chunk_sizes)
+
+
+@dataclass
+class ReadResult:
+    layer: int
+    ids: np.ndarray  # (n,) sorted unique neuron ids
+    bundles: torch.Tensor  # (n, 3, dim): row j is neuron ids[j]; a view valid until this slot is reused
+    stats: ReadStats
+
+
+def direct_io_supported(path) -> bool:
+    """Whether O_DIRECT opens *and* reads on this file's filesystem: tmpfs refuses the open, some overlay and
+    network filesystems accept it and fail the read with EINVAL."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False
+    buf = mmap.mmap(-1, ALIGN)
+    try:
+        os.preadv(fd, [buf], 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        buf.close()
+
+
+def coalesce(ids: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique ids -> [(first, count)] runs of consecutive ids."""
+    if len(ids) == 0:
+        return []
+    brk = np.flatnonzero(np.diff(ids) != 1) + 1
+    starts = np.concatenate([[0], brk])
+    ends = np.concatenate([brk, [len(ids)]])
+    return [(int(ids[s]), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+
+def split_chunks(ranges: list[tuple[int, int]], chunk: int) -> list[tuple[int, int]]:
+    """[(offset, nbytes)] -> the same bytes in pieces of at most `chunk` bytes."""
+    out = []
+    for off, n in ranges:
+        while n > 0:
+            k = min(n, chunk)
+            out.append((off, k))
+            off, n = off + k, n - k
+    return out
+
+
+class _Slot:
+    """One read's buffers: a staging area (O_DIRECT) and the output, each an anonymous mmap sized for a whole
+    layer, so no read ever allocates."""
+
+    def __init__(self, layer_bytes: int, direct: bool):
+        self.out = mmap.mmap(-1, max(layer_bytes, ALIGN))
+        self.stage = mmap.mmap(-1, _round_up(layer_bytes, ALIGN) + 2 * ALIGN) if direct else None
+
+
+def _round_up(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+class NeuronReader:
+    """Reads bundles of chosen neurons of one layer. threads: the pool's size; chunk: the largest single read
+    (from `probe_disk.best_chunk`); direct: True / False / None (= use O_DIRECT when the filesystem allows).
+    `slots` results may be alive at once (read + prefetch double buffering); the next read reuses the oldest."""
+
+    def __init__(self, store: FlashStore, threads: int = 8, chunk: int | None = None, direct: bool | None = None,
+                 slots: int = 2):
+        self.store = store
+        self.threads = threads
+        self.chunk = max(ALIGN, (chunk or DEFAULT_CHUNK) // ALIGN * ALIGN)
+        can = direct_io_supported(store.path)
+        if direct and not can:
+            from ..errors import UnsupportedError
+
+            raise UnsupportedError(f"O_DIRECT is not supported on the filesystem of {store.path}; use direct=None")
+        self.direct = can if direct is None else bool(direct)
+        self.fd = os.open(store.path, os.O_RDONLY | (os.O_DIRECT if self.direct else 0))
+        a = store.args
+        self.dim, self.hidden = a.dim, a.hidden_dim
+        self.bundle = store.bundle_bytes
+        self.np_dtype = store.np_dtype
+        layer_bytes = self.hidden * self.bundle
+        self.slots = [_Slot(layer_bytes, self.direct) for _ in range(slots)]
+        self._next_slot = 0
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="ioaware-read")
+        self._coord = ThreadPoolExecutor(1, thread_name_prefix="ioaware-prefetch")  # runs prefetch() bodies
+        self._lock = threading.Lock()
+        self.total = ReadStats()
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def plan(self, layer: int, ids) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]:
+        """ids -> (sorted unique ids, runs [(first id, count)], chunks [(file offset, nbytes)]): what a read
+        will issue. The iomodel prices exactly these chunks."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if len(ids) and (ids[0] < 0 or ids[-1] >= self.hidden):
+            raise IndexError(f"neuron ids must be in [0, {self.hidden}), got {ids[0]}..{ids[-1]}")
+        runs = coalesce(ids)
+        base = self.store.layers[layer]["offset"]
+        ranges = [(base + s * self.bundle, n * self.bundle) for s, n in runs]
+        if self.direct:
+            ranges = _page_ranges(ranges)
+        return ids, runs, split_chunks(ranges, self.chunk)
+
+    def read(self, layer: int, ids) -> ReadResult:
+        t0 = time.perf_counter()
+        ids, runs, chunks = self.plan(layer, ids)
+        with self._lock:
+            slot = self.slots[self._next_slot]
+            self._next_slot = (self._next_slot + 1) % len(self.slots)
+        n = len(ids)
+        out = np.frombuffer(slot.out, dtype=self.np_dtype, count=n * 3 * self.dim).reshape(n, 3, self.dim)
+        if self.direct:
+            # chunks are page ranges; lay them out back to back in the staging buffer
+            stage_pos, pos = [], 0
+            for _off, k in chunks:
+                stage_pos.append(pos)
+                pos += k
+            views = [memoryview(slot.stage)[p:p + k] for p, (_, k) in zip(stage_pos, chunks, strict=True)]
+            self._issue(chunks, views)
+            self._gather(runs, chunks, stage_pos, slot, out, layer)
+        else:
+            views, dst = [], 0
+            outb = memoryview(slot.out)
+            for _off, k in chunks:
+                views.append(outb[dst:dst + k])
+                dst += k
+            self._issue(chunks, views)
+        st = ReadStats(sum(k for _, k in chunks), n * self.bundle, len(chunks), time.perf_counter() - t0,
+                       [k for _, k in chunks])
+        with self._lock:
+            self.total.add(st)
+        return ReadResult(layer, ids, torch.from_numpy(out), st)
+
+    def prefetch(self, layer: int, ids) -> Future:
+        """Start `read(layer, ids)` in the background; `.result()` gives the ReadResult."""
+        return self._coord.submit(self.read, layer, ids)
+
+    def _issue(self, chunks, views) -> None:
+        if len(chunks) == 1:
+            _pread_full(self.fd, views[0], chunks[0][0])
+            return
+        futs = [self.pool.submit(_pread_full, self.fd, v, off) for (off, _), v in zip(chunks, views, strict=True)]
+        for f in futs:
+            f.result()
+
+    def _gather(self, runs, chunks, stage_pos, slot, out: np.ndarray, layer: int) -> None:
+        """Copy each run's bundles from the page-aligned staging buffer to its rows of `out`."""
+        base = self.store.layers[layer]["offset"]
+        stage = np.frombuffer(slot.stage, dtype=np.uint8)
+        outb = out.reshape(-1).view(np.uint8)
+        # file offset -> staging position, chunk by chunk (chunks are sorted and non-overlapping)
+        c_off = np.array([o for o, _ in chunks], dtype=np.int64)
+        c_pos = np.array(stage_pos, dtype=np.int64)
+        row = 0
+        for first, count in runs:
+            start = base + first * self.bundle
+            nbytes = count * self.bundle
+            dst = row * self.bundle
+            done = 0
+            while done < nbytes:  # a run may span several chunks
+                f = start + done
+                j = int(np.searchsorted(c_off, f, side="right")) - 1
+                within = f - c_off[j]
+                k = min(nbytes - done, chunks[j][1] - within)
+                src = c_pos[j] + within
+                outb[dst + done:dst + done + k] = stage[src:src + k]
+                done += k
+            row += count
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self._coord.shutdown(wait=True)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        # the mmaps are not closed here: results handed out may still view them; they go with the last view
+        self.slots = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _page_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Widen byte ranges to whole pages and merge those that then touch (O_DIRECT reads whole pages anyway)."""
+    out: list[list[int]] = []
+    for off, n in ranges:
+        a = off // ALIGN * ALIGN
+        b = _round_up(off + n, ALIGN)
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b - a) for a, b in out]
+
+
+def _pread_full(fd: int, view: memoryview, off: int) -> int:
+    """preadv until `view` is full (a read may return short)."""
+    got, n = 0, len(view)
+    while got < n:
+        k = os.preadv(fd, [view[got:]], off + got)
+        if k == 0:
+            raise EOFError(f"unexpected end of store at byte {off + got}")
+        got += k
+    return got
+
+
+def drop_page_cache(path) -> None:
+    """Evict a file's pages from the page cache (no root needed): each benchmark case starts cold."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages are not dropped; flush them first
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

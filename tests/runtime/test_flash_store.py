@@ -1,0 +1,200 @@
+"""The flash store: exact round trip, bundle layout, alignment, checksums, atomic writes, fingerprints; the
+neuron reader with and without O_DIRECT; the disk probe's curve and the iomodel's read-time prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from ioaware.errors import IOAwareError
+from ioaware.runtime import flash_store as fs
+from ioaware.runtime import load_checkpoint
+from ioaware.runtime.flash_io import NeuronReader, coalesce, direct_io_supported
+
+from .helpers import byte_vocab, tiny_hf_model, write_gguf
+
+VOCAB = len(byte_vocab()[0])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("flash")
+    g = write_gguf(d / "tiny.gguf", tiny_hf_model(VOCAB, seed=5, intermediate_size=97))  # 97: odd neuron count
+    out = fs.convert(g, d / "tiny.store", progress=False)
+    return g, out, load_checkpoint(g)
+
+
+def test_round_trip_every_tensor_exactly(tiny):
+    g, out, ck = tiny
+    st = fs.open_store(out, fs.model_fingerprint(g))
+    res = st.read_resident()
+    resident = {n for n in ck.state_dict if not fs.is_ffn(n)}
+    assert set(res) == resident
+    for n in resident:
+        assert res[n].dtype == torch.float16 and torch.equal(res[n], ck.state_dict[n].half()), n
+    for i in range(ck.args.n_layers):
+        gate, up, down = st.read_layer_dense(i)
+        p = f"model.layers.{i}.mlp."
+        assert torch.equal(gate, ck.state_dict[p + "gate_proj.weight"].half())
+        assert torch.equal(up, ck.state_dict[p + "up_proj.weight"].half())
+        assert torch.equal(down, ck.state_dict[p + "down_proj.weight"].half())
+    assert st.args == ck.args
+    st.verify()
+
+
+def test_bundle_layout_and_alignment(tiny):
+    g, out, ck = tiny
+    st = fs.open_store(out)
+    raw = out.read_bytes()
+    d, B = ck.args.dim, st.bundle_bytes
+    assert B == 3 * d * 2
+    for i, sec in enumerate(st.layers):
+        assert sec["offset"] % 4096 == 0
+        p = f"model.layers.{i}.mlp."
+        for n in (0, 1, 50, ck.args.hidden_dim - 1):  # neuron n is one contiguous run of 3*dim fp16 values
+            b = np.frombuffer(raw[sec["offset"] + n * B: sec["offset"] + (n + 1) * B], dtype=np.float16)
+            want = torch.cat([ck.state_dict[p + "gate_proj.weight"][n], ck.state_dict[p + "up_proj.weight"][n],
+                              ck.state_dict[p + "down_proj.weight"][:, n]]).half().numpy()
+            assert np.array_equal(b, want)
+    assert st.header["resident"]["offset"] % 4096 == 0 and len(raw) % 4096 == 0
+
+
+def test_checksum_corruption_detected(tiny, tmp_path):
+    _, out, _ = tiny
+    bad = tmp_path / "bad.store"
+    raw = bytearray(out.read_bytes())
+    st = fs.open_store(out)
+    raw[st.layers[1]["offset"] + 77] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    st2 = fs.open_store(bad)  # the header is intact: opening is cheap and succeeds
+    st2.read_layer_dense(0)
+    with pytest.raises(fs.StoreError, match="checksum mismatch in section layer 1"):
+        st2.read_layer_dense(1)
+    with pytest.raises(fs.StoreError, match="checksum"):
+        st2.verify()
+    raw = bytearray(out.read_bytes())
+    hoff = int.from_bytes(out.read_bytes()[12:20], "little")  # header offset, from the preamble
+    raw[hoff + 5] ^= 0x01
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(fs.StoreError, match="header checksum"):
+        fs.open_store(bad)
+
+
+def test_interrupted_convert_leaves_no_valid_store(tiny, tmp_path, monkeypatch):
+    g, _, ck = tiny
+    out = tmp_path / "cut.store"
+    real = fs.bundle_layer
+    calls = {"n": 0}
+
+    def boom(*a):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # a kill mid-write
+        return real(*a)
+
+    monkeypatch.setattr(fs, "bundle_layer", boom)
+    with pytest.raises(KeyboardInterrupt):
+        fs.write_store(out, ck.args, ck.state_dict, "x", progress=False)
+    assert not out.exists() and not list(tmp_path.glob("cut.store.tmp-*"))
+    # a file cut short before the preamble was written (a power loss after the rename is impossible: rename is last)
+    monkeypatch.setattr(fs, "bundle_layer", real)
+    full = fs.write_store(tmp_path / "ok.store", ck.args, ck.state_dict, "x", progress=False).read_bytes()
+    (tmp_path / "half.store").write_bytes(b"\0" * 4096 + full[4096: len(full) // 2])
+    with pytest.raises(fs.StoreError, match="not a complete"):
+        fs.open_store(tmp_path / "half.store")
+
+
+def test_wrong_model_or_version_fails_clearly(tiny, tmp_path):
+    g, out, _ = tiny
+    other = write_gguf(tmp_path / "other.gguf", tiny_hf_model(VOCAB, seed=6))
+    with pytest.raises(fs.StoreError, match="made from another model"):
+        fs.open_store(out, fs.model_fingerprint(other))
+    raw = bytearray(out.read_bytes())
+    raw[8:12] = (fs.FORMAT_VERSION + 1).to_bytes(4, "little")
+    (tmp_path / "v.store").write_bytes(bytes(raw))
+    with pytest.raises(IOAwareError, match="format version 2"):
+        fs.open_store(tmp_path / "v.store")
+    with pytest.raises(IOAwareError, match="ioaware convert"):
+        fs.open_store(tmp_path / "missing.store")
+
+
+def test_coalesce():
+    assert coalesce(np.array([1, 2, 3, 7, 9, 10])) == [(1, 3), (7, 1), (9, 2)]
+    assert coalesce(np.array([], dtype=np.int64)) == []
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
+@pytest.mark.parametrize("chunk", [4096, 1 << 20], ids=["chunk4K", "chunk1M"])
+def test_neuron_reader_returns_exact_rows(tiny, direct, chunk):
+    g, out, ck = tiny
+    if direct and not direct_io_supported(out):
+        pytest.skip("O_DIRECT not supported on this filesystem")
+    st = fs.open_store(out)
+    h = ck.args.hidden_dim
+    rng = np.random.default_rng(0)
+    with NeuronReader(st, threads=4, chunk=chunk, direct=direct) as r:
+        assert r.direct is direct
+        for layer, ids in [(0, [5, 3, 4, 96, 0, 4]), (1, rng.choice(h, 40, replace=False)), (1, np.arange(h)),
+                           (0, [])]:
+            fut = r.prefetch(layer, ids)
+            res = fut.result()
+            want_ids = np.unique(np.asarray(ids, dtype=np.int64))
+            assert np.array_equal(res.ids, want_ids)
+            ii = torch.from_numpy(want_ids)
+            p = f"model.layers.{layer}.mlp."
+            assert torch.equal(res.bundles[:, 0], ck.state_dict[p + "gate_proj.weight"][ii].half())
+            assert torch.equal(res.bundles[:, 1], ck.state_dict[p + "up_proj.weight"][ii].half())
+            assert torch.equal(res.bundles[:, 2], ck.state_dict[p + "down_proj.weight"][:, ii].t().half())
+            assert res.stats.useful_bytes == len(want_ids) * st.bundle_bytes
+            assert res.stats.bytes >= res.stats.useful_bytes and all(c <= max(chunk, 4096)
+                                                                      for c in res.stats.chunk_sizes)
+            if direct:
+                assert all(c % 4096 == 0 for c in res.stats.chunk_sizes)
+        with pytest.raises(IndexError):
+            r.read(0, [h])
+
+
+def test_probe_curve_format_and_iomodel(tmp_path, monkeypatch):
+    from ioaware.cli.main import main
+    from ioaware.hardware.probe_disk import best_chunk, load_curve, throughput_at
+    from ioaware.iomodel import predict_read_seconds
+
+    monkeypatch.setenv("IOAWARE_CACHE_DIR", str(tmp_path / "cache"))
+    js = tmp_path / "curve.json"
+    assert main(["probe", "disk", "--path", str(tmp_path), "--size", "1MiB", "--seconds", "0.01", "--threads", "1,2",
+                 "--json", str(js)]) == 0
+    c = json.loads(js.read_text())
+    assert c == load_curve(tmp_path)  # the cached copy
+    assert c["version"] == 1 and not list(tmp_path.glob(".ioaware-probe-*"))
+    modes = {p["direct"] for p in c["points"]}
+    assert modes == ({False, True} if c["direct_supported"] else {False})
+    assert {p["chunk"] for p in c["points"]} == {4096, 16384, 65536, 262144, 1 << 20}
+    assert all(p["GBps"] > 0 and p["threads"] in (1, 2) for p in c["points"])
+    assert best_chunk(c) in {p["chunk"] for p in c["points"]}
+    # throughput_at hits measured points exactly and interpolates between them
+    p0 = c["points"][0]
+    assert throughput_at(c, p0["chunk"], p0["threads"], p0["direct"]) == pytest.approx(p0["GBps"] * 1e9)
+    synth = {"version": 1, "points": [{"chunk": 4096, "threads": 8, "direct": True, "GBps": 0.2},
+                                      {"chunk": 16384, "threads": 8, "direct": True, "GBps": 0.6}]}
+    assert throughput_at(synth, 8192, 8, True) == pytest.approx(0.4e9)
+    # 10 reads of 4 KiB at 0.2 GB/s, then 1 read of 16 KiB alone (1 thread: clamped to the 8-thread curve here)
+    assert predict_read_seconds([4096] * 10, synth, threads=8) == pytest.approx(10 * 4096 / 0.2e9)
+    assert predict_read_seconds([], synth) == 0.0
+    assert os.path.exists(tmp_path / "cache" / "probe")
+
+
+def test_convert_cli(tiny, tmp_path, capsys):
+    from ioaware.cli.main import main
+
+    g, _, ck = tiny
+    js = tmp_path / "c.json"
+    assert main(["convert", str(g), str(tmp_path / "c.store"), "--verify", "--no-progress", "--json", str(js)]) == 0
+    s = json.loads(js.read_text())
+    assert s["verified"] and s["fingerprint"] == fs.model_fingerprint(g) and s["neurons_per_layer"] == 97
+    assert s["ffn_bytes"] == ck.args.n_layers * 97 * 3 * ck.args.dim * 2
+    assert main(["convert", str(tmp_path / "nope.gguf"), str(tmp_path / "x.store")]) == 2
+    assert "not found" in capsys.readouterr().err
