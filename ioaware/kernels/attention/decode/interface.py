@@ -134,7 +134,9 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if k_new is not None:
         _append(k_cache, k_new, cache_seqlens, block_table)
         _append(v_cache, v_new, cache_seqlens, block_table)
-    seqlens = (cache_seqlens + Tnew).to(torch.int32)
+    seqlens = cache_seqlens + Tnew if Tnew else cache_seqlens
+    if seqlens.dtype != torch.int32:
+        seqlens = seqlens.to(torch.int32)
     q = q if q.stride(-1) == 1 else q.contiguous()
     backend = backend_for(q.device.type)
     record("flash_decode", backend)

@@ -173,7 +173,8 @@ def flash_decode_fwd(q, k_cache, v_cache, seqlens, block_table, softmax_scale: f
     split_len = -(-split_len // BN) * BN
     o_part = torch.empty((B * Hkv, num_splits, BM, BD), device=q.device, dtype=torch.float32)
     lse_part = torch.empty((B * Hkv, num_splits, BM), device=q.device, dtype=torch.float32)
-    fallback = torch.zeros(1, device=q.device, dtype=torch.int32)
+    # the fallback counter needs zeroing (a kernel launch) only when the unified path can write it
+    fallback = torch.zeros(1, device=q.device, dtype=torch.int32) if unified_max is not None else seqlens
     bt = block_table if paged else seqlens  # any int tensor: not read when PAGED is False
     # safe range of s - phi (log2 units): P is cast to the cache dtype before the P V product
     hi, lo = (14.0, 10.0) if q.dtype == torch.float16 else (100.0, 100.0)
