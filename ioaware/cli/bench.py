@@ -24,6 +24,12 @@ def add_parser(sp) -> None:
     d.add_argument("--out", default=None, help="results file (default benchmarks/results/decode-<card>-<date>.json)")
     d.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
     d.set_defaults(func=run_decode)
+    g = sub.add_parser("gemm", help="GEMV / flat GEMM / torch.matmul for decoding; calibrates the dataflow table",
+                       description="GEMV / flat GEMM / torch.matmul on Llama-8B projection shapes, M = 1..64; writes "
+                       "the per-GPU dataflow table the dispatcher reads")
+    g.add_argument("--out", default=None, help="results file (default benchmarks/results/gemm-<card>-<date>.json)")
+    g.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
+    g.set_defaults(func=run_gemm)
 
 
 def run_attention(args) -> int:
@@ -71,5 +77,28 @@ def run_decode(args) -> int:
     out = args.out or f"benchmarks/results/decode-{card}-{_dt.date.today().isoformat()}.json"
     write_json_atomic(Path(out), res)
     print(f"results written to {out}")
+    emit_json(res, args.json)
+    return 0
+
+
+def run_gemm(args) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("`ioaware bench gemm` needs a CUDA GPU; on CPU, run the tests (make test) instead")
+    from rich.progress import Progress
+
+    from ..bench import gemm
+
+    with Progress(transient=True) as prog:
+        task = prog.add_task("benchmarking gemm", total=None)
+        res = gemm.run(progress=lambda i, n: prog.update(task, completed=i, total=n))
+    m = res["machine"]
+    print_table(f"decode GEMM on {m.get('card')} (driver {m.get('driver')}, torch {m['torch']}, triton {m['triton']})",
+                gemm.TABLE_COLUMNS, gemm.table_rows(res))
+    card = (m.get("card") or "gpu").split()[1].lower() if m.get("card") else "gpu"
+    out = args.out or f"benchmarks/results/gemm-{card}-{_dt.date.today().isoformat()}.json"
+    write_json_atomic(Path(out), res)
+    print(f"results written to {out}; dataflow table: {res['dataflow_file']}")
     emit_json(res, args.json)
     return 0

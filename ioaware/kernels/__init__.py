@@ -2,5 +2,6 @@
 
 from ._dispatch import last_backend
 from .attention import attention_ref, decode_ref, flash_attn, flash_decode
+from .gemm import flat_linear
 
-__all__ = ["attention_ref", "decode_ref", "flash_attn", "flash_decode", "last_backend"]
+__all__ = ["attention_ref", "decode_ref", "flash_attn", "flash_decode", "flat_linear", "last_backend"]

@@ -1,0 +1,3 @@
+from .flat import flat_linear
+
+__all__ = ["flat_linear"]
