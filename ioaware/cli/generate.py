@@ -29,7 +29,15 @@ def add_parser(sp) -> None:
                     help="capture the decode step in a CUDA graph (default on with --device cuda)")
     sp.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
     sp.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    # A later issue adds --memory-budget here: weights streamed from a flash store when they do not fit.
+    sp.add_argument("--memory-budget", default=None, metavar="PCT|BYTES",
+                    help="cap on weight bytes resident in DRAM, e.g. 40%% (of the model's fp16 weights) or 120MB: "
+                    "FFN neurons stream from a flash store (converted into the cache dir if needed), predicted per "
+                    "token, kept in a window cache")
+    sp.add_argument("--store", default=None, help="the flash store to stream from (default: the cache dir's)")
+    sp.add_argument("--window", type=int, default=5, help="tokens whose neurons stay cached (--memory-budget)")
+    sp.add_argument("--read-threads", type=int, default=8, help="parallel reads (--memory-budget)")
+    sp.add_argument("--ffn-sparsity", type=float, default=0.5,
+                    help="fraction of FFN neurons the gate threshold zeroes (--memory-budget; default 0.5)")
     sp.add_argument("--json", default=None, metavar="FILE", help="also write the summary as JSON (- for stdout)")
     sp.add_argument("--quiet", action="store_true", help="do not stream the text (the summary still prints)")
     sp.set_defaults(func=run)
@@ -50,6 +58,8 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     sampling = SamplingConfig(args.temperature, args.top_p, args.seed)
 
+    if args.memory_budget:
+        return _run_streamed(args, sampling)
     t0 = time.perf_counter()
     ckpt = load_checkpoint(args.model)
     tok = ckpt.tokenizer
@@ -93,5 +103,61 @@ def run(args) -> int:
         ["load time", f"{load_s:.1f} s"],
     ]
     print_table("ioaware generate", ["", "value"], rows)
+    emit_json(s, args.json)
+    return 0
+
+
+def _run_streamed(args, sampling) -> int:
+    """--memory-budget: weights not resident stream from the flash store; the summary says what moved."""
+    from ..errors import UnsupportedError
+    from ..runtime import generate
+    from ..runtime.flash_ffn import flash_summary, open_streamed
+    from ._report import emit_json, human_bytes, print_table
+
+    if args.device != "cpu":
+        raise UnsupportedError("--memory-budget runs on CPU for now (the GPU path stages through pinned memory)")
+    t0 = time.perf_counter()
+    model, rt, acct, tok, store = open_streamed(args.model, args.memory_budget, args.store, args.window,
+                                                args.read_threads, args.ffn_sparsity)
+    model.set_attention("sdpa" if args.attention == "auto" else args.attention)
+    text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+    ids = tok.encode(text)
+    load_s = time.perf_counter() - t0
+
+    def emit(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    try:
+        res = generate(model, tok, ids, args.max_new_tokens, sampling, on_text=None if args.quiet else emit)
+    finally:
+        rt.close()
+    if not args.quiet:
+        sys.stdout.write("\n\n")
+    s = res.summary
+    s.update(flash_summary(rt, acct, s["decode_s"]))
+    s.update(model=str(args.model or "default"), store=str(store.path), weights=model.weight_format, load_s=load_s,
+             text=res.text, memory_budget=args.memory_budget)
+    m = acct
+    pred = s["flash_predicted_io_s_per_token"]
+    rows = [
+        ["model", f"{store.header['source']} → {store.path.name} ({model.weight_format})"],
+        ["decode", f"{s['decode_tok_s']:.1f} tok/s ({s['decode_tokens']} tokens)"],
+        ["resident weights vs cap", f"{human_bytes(m['resident_total'])} ≤ {human_bytes(m['budget'])} "
+         f"({m['budget'] / m['weight_bytes']:.0%} of {human_bytes(m['weight_bytes'])})"],
+        ["  resident / predictors / cache / I/O buffers", f"{human_bytes(m['resident_measured'])} / "
+         f"{human_bytes(m['predictors'])} / {human_bytes(m['neuron_cache'])} "
+         f"({m['cache_neurons_per_layer']} neurons/layer) / {human_bytes(m['io_buffers'])}"],
+        ["flash read / token", human_bytes(s["flash_bytes_read_per_token"])],
+        ["I/O time / token: measured vs iomodel", f"{s['flash_io_s_per_token'] * 1e3:.2f} ms vs "
+         + (f"{pred * 1e3:.2f} ms" if pred == pred else "n/a (run `ioaware probe disk`)")],
+        ["flash GB/s vs probed peak", f"{s['flash_GBps']:.2f} vs {s['flash_peak_GBps']:.2f}"],
+        ["window hit rate", f"{s['window_hit_rate']:.1%} (k={s['window']})"],
+        ["FFN neurons loaded / token", f"{s['ffn_frac_loaded_per_token']:.1%} (predicted "
+         f"{s['ffn_frac_predicted_per_token']:.1%})"],
+        ["peak memory (process)", f"{human_bytes(s['peak_memory_bytes'])} ({s['peak_memory_kind']})"],
+        ["load time", f"{load_s:.1f} s"],
+    ]
+    print_table("ioaware generate --memory-budget", ["", "value"], rows)
     emit_json(s, args.json)
     return 0

@@ -91,12 +91,24 @@ def split_chunks(ranges: list[tuple[int, int]], chunk: int) -> list[tuple[int, i
 
 
 class _Slot:
-    """One read's buffers: a staging area (O_DIRECT) and the output, each an anonymous mmap sized for a whole
-    layer, so no read ever allocates."""
+    """One read's buffers: the output (n, 3, dim) and, for O_DIRECT, a staging area of whole pages; anonymous mmaps
+    allocated once, so no read allocates. A scattered neuron spans at most its own pages plus one."""
 
-    def __init__(self, layer_bytes: int, direct: bool):
-        self.out = mmap.mmap(-1, max(layer_bytes, ALIGN))
-        self.stage = mmap.mmap(-1, _round_up(layer_bytes, ALIGN) + 2 * ALIGN) if direct else None
+    def __init__(self, max_neurons: int, bundle: int, layer_bytes: int, direct: bool):
+        out, stage = slot_sizes(max_neurons, bundle, layer_bytes, direct)
+        self.out = mmap.mmap(-1, out)
+        self.stage = mmap.mmap(-1, stage) if direct else None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.out) + (len(self.stage) if self.stage is not None else 0)
+
+
+def slot_sizes(max_neurons: int, bundle: int, layer_bytes: int, direct: bool) -> tuple[int, int]:
+    """(output bytes, staging bytes) of one read slot; memory budgets count these."""
+    out = max(max_neurons * bundle, ALIGN)
+    stage = min(max_neurons * (_round_up(bundle, ALIGN) + ALIGN), _round_up(layer_bytes, ALIGN) + 2 * ALIGN)
+    return out, (stage if direct else 0)
 
 
 def _round_up(n: int, a: int) -> int:
@@ -106,10 +118,11 @@ def _round_up(n: int, a: int) -> int:
 class NeuronReader:
     """Reads bundles of chosen neurons of one layer. threads: the pool's size; chunk: the largest single read
     (from `probe_disk.best_chunk`); direct: True / False / None (= use O_DIRECT when the filesystem allows).
-    `slots` results may be alive at once (read + prefetch double buffering); the next read reuses the oldest."""
+    `slots` results may be alive at once (read + prefetch double buffering); the next read reuses the oldest.
+    max_neurons: the most neurons one read may ask for (sizes the buffers; default a whole layer)."""
 
     def __init__(self, store: FlashStore, threads: int = 8, chunk: int | None = None, direct: bool | None = None,
-                 slots: int = 2):
+                 slots: int = 2, max_neurons: int | None = None):
         self.store = store
         self.threads = threads
         self.chunk = max(ALIGN, (chunk or DEFAULT_CHUNK) // ALIGN * ALIGN)
@@ -124,13 +137,19 @@ class NeuronReader:
         self.dim, self.hidden = a.dim, a.hidden_dim
         self.bundle = store.bundle_bytes
         self.np_dtype = store.np_dtype
+        self.max_neurons = min(max_neurons or self.hidden, self.hidden)
         layer_bytes = self.hidden * self.bundle
-        self.slots = [_Slot(layer_bytes, self.direct) for _ in range(slots)]
+        self.slots = [_Slot(self.max_neurons, self.bundle, layer_bytes, self.direct) for _ in range(slots)]
         self._next_slot = 0
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="ioaware-read")
         self._coord = ThreadPoolExecutor(1, thread_name_prefix="ioaware-prefetch")  # runs prefetch() bodies
         self._lock = threading.Lock()
         self.total = ReadStats()
+
+    @property
+    def buffer_bytes(self) -> int:
+        """DRAM held by the read buffers (counted in a memory budget)."""
+        return sum(s.nbytes for s in self.slots)
 
     # -- reading --------------------------------------------------------------------------------------------
     def plan(self, layer: int, ids) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]:
@@ -149,6 +168,8 @@ class NeuronReader:
     def read(self, layer: int, ids) -> ReadResult:
         t0 = time.perf_counter()
         ids, runs, chunks = self.plan(layer, ids)
+        if len(ids) > self.max_neurons:
+            raise ValueError(f"{len(ids)} neurons in one read; this reader's buffers hold {self.max_neurons}")
         with self._lock:
             slot = self.slots[self._next_slot]
             self._next_slot = (self._next_slot + 1) % len(self.slots)

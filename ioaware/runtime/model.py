@@ -252,9 +252,10 @@ class Transformer(nn.Module):
 
 
 # Hugging Face Llama parameter names -> this module's (fused) parameters.
-def load_hf_state_dict(model: Transformer, sd: dict[str, torch.Tensor]) -> None:
+def load_hf_state_dict(model: Transformer, sd: dict[str, torch.Tensor], ffn: bool = True) -> None:
     """Copy HF-named weights (model.layers.{i}.self_attn.q_proj.weight, ...) into the model, fusing q/k/v and
-    gate/up. Missing or misshapen tensors raise KeyError/ValueError naming the tensor."""
+    gate/up. Missing or misshapen tensors raise KeyError/ValueError naming the tensor. ffn=False: everything but
+    the FFN (a streamed model's FFN weights stay in the flash store)."""
     a = model.args
 
     def get(name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -278,6 +279,8 @@ def load_hf_state_dict(model: Transformer, sd: dict[str, torch.Tensor]) -> None:
             get(p + "self_attn.q_proj.weight", (H * D, d)), get(p + "self_attn.k_proj.weight", (Hkv * D, d)),
             get(p + "self_attn.v_proj.weight", (Hkv * D, d))])
         new[f"layers.{i}.attention.wo.weight"] = get(p + "self_attn.o_proj.weight", (d, H * D))
+        if not ffn:
+            continue
         new[f"layers.{i}.feed_forward.w13.weight"] = torch.cat([
             get(p + "mlp.gate_proj.weight", (h, d)), get(p + "mlp.up_proj.weight", (h, d))])
         new[f"layers.{i}.feed_forward.w2.weight"] = get(p + "mlp.down_proj.weight", (d, h))

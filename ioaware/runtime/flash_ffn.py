@@ -1,0 +1,320 @@
+"""Models larger than memory: a Transformer whose FFN weights stay in the flash store and stream in per token.
+
+Resident in DRAM, under a hard cap (`--memory-budget`): the store's resident tensors (embeddings, attention,
+norms; fp16), the low-rank neuron predictors, a preallocated window cache of neuron bundles per layer, and the
+reader's I/O buffers. The cache gets whatever the cap leaves.
+
+Per layer and step: predictor(FFN input) -> neuron ids -> `lookup` in the window cache -> the misses are read
+from the store (bundles, coalesced runs, preadv pool, O_DIRECT) and inserted -> `sparse_ffn` over the cache's
+resident bundles (a superset of the predicted ones: the threshold on the real gate decides, so the result is the
+thresholded FFN over predicted ∪ window neurons). A step whose predicted set is larger than the cache reads the
+overflow into the I/O buffer and uses it without caching it (exact, just more I/O).
+
+Prefetch: none across layers. Layer l+1's neurons are predicted from its own FFN input, which exists only after
+its attention; a read issued then has nothing left to overlap with in a batch-1 decode step. Speculating with
+layer l's input would read neurons that are often not needed, which is exactly the I/O this runtime cuts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import IOAwareError
+from .flash_io import NeuronReader, slot_sizes
+from .flash_store import FlashStore
+from .model import Transformer, load_hf_state_dict
+
+MIN_CACHE_FRAC = 0.02  # the smallest useful window cache, per layer, as a fraction of its neurons
+MAX_READ_NEURONS = 512  # I/O buffer size in neurons: reads larger than this go in groups
+
+
+class BudgetError(IOAwareError, ValueError):
+    pass
+
+
+def parse_budget(text: str, weight_bytes: int) -> int:
+    """'40%' (of the model's weight bytes in the store) or a size ('300MB', '2GiB', '123456789') -> bytes."""
+    from ..cli._report import parse_bytes
+
+    t = str(text).strip()
+    if t.endswith("%"):
+        pct = float(t[:-1])
+        if not 0 < pct <= 100:
+            raise BudgetError(f"--memory-budget {text}: a percentage must be in (0, 100]")
+        return int(weight_bytes * pct / 100)
+    return int(parse_bytes(t))
+
+
+@dataclass
+class FlashStats:
+    tokens: int = 0  # decode steps (prefill counted apart)
+    bytes_read: int = 0
+    useful_bytes: int = 0
+    chunks: int = 0
+    io_s: float = 0.0  # wall time of the reads (the compute thread waits on them: no overlap, see above)
+    predicted_io_s: float = 0.0  # the iomodel's price of the same chunks
+    neurons_predicted: int = 0
+    neurons_read: int = 0
+    overflow_reads: int = 0  # neurons read but not cached because one step's set exceeded the cache
+    layer_steps: int = 0
+    per_token_io_s: list[float] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+class FlashRuntime:
+    """The streamed FFN's shared state: store reader, window cache, predictors, thresholds and the stats."""
+
+    def __init__(self, store: FlashStore, predictors, thresholds: torch.Tensor, cache_neurons: int, window: int,
+                 threads: int = 8, chunk: int | None = None, direct: bool | None = None, curve: dict | None = None):
+        from .neuron_cache import NeuronCache
+
+        a = store.args
+        self.store, self.args = store, a
+        self.predictors = predictors
+        self.thresholds = [float(t) for t in thresholds]
+        self.reader = NeuronReader(store, threads, chunk, direct, slots=1,
+                                   max_neurons=min(MAX_READ_NEURONS, a.hidden_dim))
+        self.cache = NeuronCache(a.n_layers, a.hidden_dim, cache_neurons, a.dim, window, dtype=store.torch_dtype)
+        self.curve = curve
+        self.stats = FlashStats()
+        self.counting = False  # decode steps only: prefill's reads are reported apart
+        self._forwards = 0
+        self.prefill = FlashStats()
+
+    def _price(self, chunk_sizes) -> float:
+        if self.curve is None:
+            return float("nan")
+        from ..iomodel.io import predict_read_seconds
+
+        return predict_read_seconds(chunk_sizes, self.curve, self.reader.threads, self.reader.direct)
+
+    def ffn(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, dim) FFN input -> (B, T, dim)."""
+        from .sparsity import sparse_ffn
+
+        if layer == 0:  # the first forward is the prefill; every later one is a decode step
+            self.counting = self._forwards > 0
+            self._forwards += 1
+            if self.counting:
+                self.stats.tokens += 1
+        st = self.stats if self.counting else self.prefill
+        shape = x.shape
+        xf = x.reshape(-1, shape[-1])  # (B*T, dim)
+        t = self.thresholds[layer]
+        ids = self.predictors.predict(layer, xf)  # (n,) sorted
+        c = self.cache[layer]
+        _, miss = c.lookup(ids)
+        fits = ids.numel() <= c.capacity
+        y = None
+        for g in range(0, miss.numel(), self.reader.max_neurons):
+            group = miss[g:g + self.reader.max_neurons]
+            res = self.reader.read(layer, group.numpy())
+            st.bytes_read += res.stats.bytes
+            st.useful_bytes += res.stats.useful_bytes
+            st.chunks += res.stats.chunks
+            st.io_s += res.stats.seconds
+            st.predicted_io_s += self._price(res.stats.chunk_sizes)
+            if fits:
+                c.insert(torch.from_numpy(res.ids), res.bundles)  # copied out of the I/O buffer
+            else:
+                part = sparse_ffn(xf, res.bundles, t).float()  # used once, not cached
+                y = part if y is None else y + part
+                st.overflow_reads += len(res.ids)
+        resident, _ = c.resident()  # (n, 3, dim) view: hits + what was just read + the rest of the window
+        part = sparse_ffn(xf, resident, t).float()
+        y = part if y is None else y + part
+        c.step_window(ids)
+        c.evict_outside_window()
+        st.neurons_predicted += ids.numel()
+        st.neurons_read += miss.numel()
+        st.layer_steps += 1
+        return y.to(x.dtype).reshape(shape)
+
+    def buffer_bytes(self) -> dict[str, int]:
+        return {"predictors": predictor_bytes(self.predictors),
+                "neuron_cache": self.cache.stats()["bytes_capacity"], "io_buffers": self.reader.buffer_bytes}
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def predictor_bytes(p) -> int:
+    return p.n_params() * p.A[0].element_size()
+
+
+class StreamedFFN(nn.Module):
+    """Stands in for `FeedForward`: owns no weights; asks the runtime for this layer's output."""
+
+    def __init__(self, runtime: FlashRuntime, layer: int):
+        super().__init__()
+        self.layer = layer
+        self._rt = [runtime]  # in a list: not a submodule, so the model's parameters stay the resident ones
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._rt[0].ffn(self.layer, x)
+
+
+def plan_cache(store: FlashStore, budget: int, pred_bytes: int, direct: bool) -> tuple[int, dict]:
+    """Neurons per layer the window cache can hold under `budget` bytes, and the accounting. Raises BudgetError
+    naming the minimum when the budget cannot hold what must stay resident plus the smallest cache."""
+    a = store.args
+    B = store.bundle_bytes
+    io_n = min(MAX_READ_NEURONS, a.hidden_dim)
+    io = sum(slot_sizes(io_n, B, a.hidden_dim * B, direct))  # NeuronReader's one slot
+    fixed = store.resident_bytes + pred_bytes + io
+    min_cache = max(1, math.ceil(MIN_CACHE_FRAC * a.hidden_dim))
+    minimum = fixed + min_cache * B * a.n_layers
+    acct = {"budget": budget, "resident": store.resident_bytes, "predictors": pred_bytes, "io_buffers": io,
+            "minimum": minimum, "weight_bytes": store.weight_bytes}
+    if budget < minimum:
+        raise BudgetError(
+            f"--memory-budget of {budget / 1e6:.1f} MB is below the minimum of {minimum / 1e6:.1f} MB "
+            f"({minimum / store.weight_bytes:.0%} of the weights: resident {store.resident_bytes / 1e6:.1f} MB + "
+            f"predictors {pred_bytes / 1e6:.1f} MB + I/O buffers {io / 1e6:.1f} MB + a cache of {min_cache} "
+            "neurons/layer)")
+    cap = min(a.hidden_dim, (budget - fixed) // (B * a.n_layers))
+    acct["cache_neurons_per_layer"] = int(cap)
+    return int(cap), acct
+
+
+def build_streamed_model(store: FlashStore, predictors, thresholds, budget: int, window: int = 5, threads: int = 8,
+                         chunk: int | None = None, direct: bool | None = None, curve: dict | None = None
+                         ) -> tuple[Transformer, FlashRuntime, dict]:
+    """A Transformer with the store's resident tensors (in the store's dtype) and StreamedFFN layers; no dense FFN
+    weight is ever allocated. Returns (model, runtime, accounting) where accounting['resident_total'] is the
+    measured bytes of every weight-holding buffer and is checked against `budget`."""
+    from .flash_io import direct_io_supported
+
+    if direct is None:
+        direct = direct_io_supported(store.path)
+    predictors = predictors.to(dtype=store.torch_dtype)
+    cap, acct = plan_cache(store, budget, predictor_bytes(predictors), direct)
+    if chunk is None and curve is not None:
+        from ..hardware.probe_disk import best_chunk
+
+        chunk = best_chunk(curve, threads, direct)
+    rt = FlashRuntime(store, predictors, thresholds, cap, window, threads, chunk, direct, curve)
+    a = store.args
+    with torch.device("meta"):
+        model = Transformer(a)
+    for i, layer in enumerate(model.layers):
+        layer.feed_forward = StreamedFFN(rt, i)  # before materialising: the dense FFN is never allocated
+    model = model.to_empty(device="cpu").to(store.torch_dtype)
+    if a.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    sd = store.read_resident()
+    load_hf_state_dict(model, sd, ffn=False)
+    model.weight_format = f"flash-streamed ({store.dtype})"
+    seen, res = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            res += p.numel() * p.element_size()
+    acct.update(rt.buffer_bytes())
+    acct["resident_measured"] = res
+    acct["resident_total"] = res + sum(rt.buffer_bytes().values())
+    if acct["resident_total"] > budget:  # the plan above is exact; this guards it
+        raise BudgetError(f"resident weights {acct['resident_total']} B exceed the budget {budget} B")
+    return model.eval().requires_grad_(False), rt, acct
+
+
+def flash_summary(rt: FlashRuntime, acct: dict, decode_s: float) -> dict:
+    """The numbers every streamed run prints: per decode token, measured beside predicted."""
+    s = rt.stats
+    n = max(s.tokens, 1)
+    cs = rt.cache.stats()
+    a = rt.args
+    peak = rt.curve["peak_GBps"] if rt.curve else float("nan")
+    gbps = s.bytes_read / s.io_s / 1e9 if s.io_s > 0 else 0.0
+    return {
+        "flash_bytes_read_per_token": s.bytes_read / n, "flash_useful_bytes_per_token": s.useful_bytes / n,
+        "flash_io_s_per_token": s.io_s / n, "flash_predicted_io_s_per_token": s.predicted_io_s / n,
+        "flash_io_vs_predicted": (s.io_s / s.predicted_io_s) if s.predicted_io_s else None,
+        "flash_GBps": gbps, "flash_peak_GBps": peak, "flash_chunks_per_token": s.chunks / n,
+        "window_hit_rate": cs["hit_rate"], "window": rt.cache[0].window,
+        "ffn_frac_loaded_per_token": s.neurons_read / (n * a.n_layers * a.hidden_dim),
+        "ffn_frac_predicted_per_token": s.neurons_predicted / (n * a.n_layers * a.hidden_dim),
+        "overflow_neurons": s.overflow_reads, "io_share_of_decode": s.io_s / decode_s if decode_s > 0 else None,
+        "direct_io": rt.reader.direct, "read_threads": rt.reader.threads, "read_chunk": rt.reader.chunk,
+        "prefill_bytes_read": rt.prefill.bytes_read, "prefill_io_s": rt.prefill.io_s,
+        "memory": acct, "decode_tokens_counted": s.tokens,
+    }
+
+
+PREDICTOR_RANK = 64
+
+
+def _predictor_bytes_estimate(a, rank: int, elem: int) -> int:
+    return a.n_layers * (rank * a.dim + a.hidden_dim * rank + a.hidden_dim) * elem
+
+
+def train_for_store(model_path, sparsity: float, rank: int = PREDICTOR_RANK, max_tokens: int = 8000,
+                    progress: bool = True):
+    """Thresholds and predictors fitted on the shipped calibration text. Needs the dense model once, in fp32 (a
+    one-off preparation step before any budgeted run; its memory is not the run's)."""
+    from . import sparsity as sp
+    from .checkpoint import build_model, load_checkpoint
+
+    ckpt = load_checkpoint(model_path)
+    dense = build_model(ckpt, "cpu", torch.float32, "dense")
+    batches = sp.token_batches(ckpt.tokenizer, sp.load_text("calibration"), 256, max_tokens=max_tokens)
+    th = sp.calibrate_thresholds(dense, batches, sparsity, progress=progress)
+    pr = sp.train_predictors(dense, batches, th, rank=rank, progress=progress)
+    return pr, th
+
+
+def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, window: int = 5, threads: int = 8,
+                  sparsity: float = 0.5, progress: bool = True):
+    """Everything `ioaware generate --memory-budget` needs: converts the model into the cache dir if it has no
+    store, checks the budget against the minimum at once, loads (or trains once, then caches) the predictors.
+    Returns (model, runtime, accounting, tokenizer, store)."""
+    from pathlib import Path
+
+    from ..env import settings
+    from ..hardware.probe_disk import load_curve
+    from . import sparsity as sp
+    from .checkpoint import default_model_path
+    from .flash_io import direct_io_supported
+    from .flash_store import convert, model_fingerprint, open_store
+
+    path = Path(model_path) if model_path else default_model_path()
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    fp = model_fingerprint(path)
+    cache = settings().cache_dir
+    store_path = Path(store_path) if store_path else cache / "stores" / f"{path.stem}-{fp[:12]}.store"
+    if not store_path.exists():
+        convert(path, store_path, progress=progress)
+    store = open_store(store_path, fp)
+    budget = parse_budget(budget_text, store.weight_bytes)
+    plan_cache(store, budget, _predictor_bytes_estimate(store.args, PREDICTOR_RANK, 2),
+               direct_io_supported(store.path))  # fail before any training
+    pred_path = cache / "predictors" / f"{fp[:16]}-s{sparsity:g}-r{PREDICTOR_RANK}.safetensors"
+    if pred_path.exists():
+        pr = sp.Predictors.load(pred_path, fp)
+    else:
+        pr, _ = train_for_store(path, sparsity, progress=progress)
+        pred_path.parent.mkdir(parents=True, exist_ok=True)
+        pr.save(pred_path, fp)
+    model, rt, acct = build_streamed_model(store, pr, pr.thresholds, budget, window, threads,
+                                           curve=load_curve(store_path.parent))
+    acct["predictors_file"] = str(pred_path)
+    return model, rt, acct, _tokenizer(path), store
+
+
+def _tokenizer(path):
+    from .tokenizer import Tokenizer
+
+    if path.is_dir():
+        from .safetensors_loader import read_config
+
+        return Tokenizer.from_folder(path, read_config(path))
+    from .gguf_loader import open_gguf
+
+    return Tokenizer.from_gguf(open_gguf(path))

@@ -1,0 +1,111 @@
+"""The streamed FFN under a memory budget: exact against the thresholded dense FFN (fp32 store, predict-all
+predictors), the budget held and measured, a too-small budget refused with the minimum, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ioaware.runtime import build_model, load_checkpoint
+from ioaware.runtime import flash_ffn as ff
+from ioaware.runtime import flash_store as fs
+from ioaware.runtime.flash_io import direct_io_supported
+
+from .helpers import byte_vocab, tiny_hf_model, write_gguf
+
+VOCAB = len(byte_vocab()[0])
+sp = pytest.importorskip("ioaware.runtime.sparsity")
+
+
+class PredictAll:
+    """Predicts every neuron: the streamed FFN must then equal the thresholded dense FFN exactly."""
+
+    def __init__(self, L, dim, H, thresholds):
+        self.A = [torch.zeros(1, dim)] * L
+        self.H, self.thresholds = H, thresholds
+
+    def predict(self, layer, x):
+        return torch.arange(self.H)
+
+    def to(self, device=None, dtype=None):
+        return self
+
+    def n_params(self):
+        return 0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ffn")
+    g = write_gguf(d / "tiny.gguf", tiny_hf_model(VOCAB, seed=11), context=48)
+    ck = load_checkpoint(g)
+    dense = build_model(ck, "cpu", torch.float32, "dense")
+    th = sp.calibrate_thresholds(dense, [torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(i))
+                                         for i in range(3)], 0.5)
+    store = fs.write_store(d / "f32.store", ck.args, ck.state_dict, fs.model_fingerprint(g), "float32",
+                           progress=False)
+    return g, ck, dense, th, fs.open_store(store)
+
+
+@pytest.mark.parametrize("cache_frac", [1.0, 0.3], ids=["cache-all", "cache-30pct-overflow"])
+def test_streamed_equals_thresholded_dense(tiny, cache_frac):
+    g, ck, dense, th, st = tiny
+    a = ck.args
+    io = sum(ff.slot_sizes(min(ff.MAX_READ_NEURONS, a.hidden_dim), st.bundle_bytes, a.hidden_dim * st.bundle_bytes,
+                           direct_io_supported(st.path)))
+    cap = int(a.hidden_dim * cache_frac)
+    budget = st.resident_bytes + io + cap * st.bundle_bytes * a.n_layers
+    model, rt, acct = ff.build_streamed_model(st, PredictAll(a.n_layers, a.dim, a.hidden_dim, th), th, budget,
+                                              window=2)
+    assert acct["cache_neurons_per_layer"] == cap and acct["resident_total"] <= budget
+    model.setup_cache(1, 16)
+    dense.setup_cache(1, 16)
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode(), sp.sparse_model(dense, th):
+        torch.testing.assert_close(model(ids[:, :8], 0), dense(ids[:, :8], 0), rtol=1e-5, atol=1e-5)
+        for t in range(8, 12):
+            torch.testing.assert_close(model(ids[:, t:t + 1], t), dense(ids[:, t:t + 1], t), rtol=1e-5, atol=1e-5)
+    s = ff.flash_summary(rt, acct, 1.0)
+    assert s["decode_tokens_counted"] == 4 and s["flash_bytes_read_per_token"] >= 0
+    if cache_frac == 1.0:  # everything cached after the prefill: decode reads nothing
+        assert s["window_hit_rate"] > 0.5 and rt.stats.bytes_read == 0
+    else:
+        assert rt.stats.overflow_reads > 0
+    rt.close()
+
+
+def test_budget_too_small_names_the_minimum(tiny):
+    g, ck, dense, th, st = tiny
+    a = ck.args
+    with pytest.raises(ff.BudgetError, match=r"below the minimum of [0-9.]+ MB"):
+        ff.build_streamed_model(st, PredictAll(a.n_layers, a.dim, a.hidden_dim, th), th, st.resident_bytes)
+    assert ff.parse_budget("40%", 1000) == 400 and ff.parse_budget("1KB", 1) == 1024
+    with pytest.raises(ValueError):
+        ff.parse_budget("140%", 1000)
+
+
+def test_generate_cli_memory_budget(tiny, tmp_path, monkeypatch, capsys):
+    from ioaware.cli.main import main
+
+    g, ck, dense, th, st = tiny
+    monkeypatch.setenv("IOAWARE_CACHE_DIR", str(tmp_path / "cache"))
+    # predictors trained here on random tokens (the shipped text is for the real model), saved where the run looks
+    fp = fs.model_fingerprint(g)
+    pr = sp.train_predictors(dense, [torch.randint(0, VOCAB, (1, 32))], th, rank=8, epochs=1, progress=False)
+    p = tmp_path / "cache" / "predictors" / f"{fp[:16]}-s0.5-r{ff.PREDICTOR_RANK}.safetensors"
+    p.parent.mkdir(parents=True)
+    pr.save(p, fp)
+    js = tmp_path / "s.json"
+    rc = main(["generate", "--model", str(g), "--prompt", "the cat sat", "--max-new-tokens", "5",
+               "--memory-budget", "400KB", "--quiet", "--json", str(js)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    s = json.loads(js.read_text())
+    m = s["memory"]
+    assert m["resident_total"] <= m["budget"] and m["budget"] == 400 * 1024
+    assert s["decode_tokens_counted"] == s["decode_tokens"] and "window hit rate" in out
+    assert list((tmp_path / "cache" / "stores").glob("*.store"))  # converted on first use
+    rc = main(["generate", "--model", str(g), "--prompt", "x", "--memory-budget", "10%"])
+    assert rc == 2 and "below the minimum" in capsys.readouterr().err
