@@ -29,3 +29,13 @@ def predict_batches_seconds(batches: Iterable[Iterable[int]], curve: dict, threa
                             direct: bool | None = None) -> float:
     """Batches issued one after another (one per layer and token): the sum of each batch's prediction."""
     return sum(predict_read_seconds(b, curve, threads, direct) for b in batches)
+
+
+def merge_gap_bytes(curve: dict, threads: int = 8, direct: bool | None = True, page: int = 4096) -> int:
+    """The largest gap worth reading through between two runs: the bytes a large read streams in the time one
+    extra page-sized request costs at this thread count, BW(best) * page / BW(page), rounded down to pages."""
+    from ..hardware.probe_disk import best_chunk, throughput_at
+
+    big = throughput_at(curve, best_chunk(curve, threads, direct), threads, direct)
+    small = throughput_at(curve, page, threads, direct)
+    return int(big * page / small) // page * page

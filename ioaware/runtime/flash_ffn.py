@@ -78,8 +78,13 @@ class FlashRuntime:
         self.store, self.args = store, a
         self.predictors = predictors
         self.thresholds = [float(t) for t in thresholds]
+        gap = 0
+        if curve is not None:
+            from ..iomodel.io import merge_gap_bytes
+
+            gap = merge_gap_bytes(curve, threads, True)
         self.reader = NeuronReader(store, threads, chunk, direct, slots=1,
-                                   max_neurons=min(MAX_READ_NEURONS, a.hidden_dim))
+                                   max_neurons=min(MAX_READ_NEURONS, a.hidden_dim), max_gap=gap)
         self.cache = NeuronCache(a.n_layers, a.hidden_dim, cache_neurons, a.dim, window, dtype=store.torch_dtype)
         self.curve = curve
         self.stats = FlashStats()
@@ -242,6 +247,7 @@ def flash_summary(rt: FlashRuntime, acct: dict, decode_s: float) -> dict:
         "ffn_frac_predicted_per_token": s.neurons_predicted / (n * a.n_layers * a.hidden_dim),
         "overflow_neurons": s.overflow_reads, "io_share_of_decode": s.io_s / decode_s if decode_s > 0 else None,
         "direct_io": rt.reader.direct, "read_threads": rt.reader.threads, "read_chunk": rt.reader.chunk,
+        "read_merge_gap": rt.reader.max_gap,
         "prefill_bytes_read": rt.prefill.bytes_read, "prefill_io_s": rt.prefill.io_s,
         "memory": acct, "decode_tokens_counted": s.tokens,
     }
@@ -255,7 +261,7 @@ def _predictor_bytes_estimate(a, rank: int, elem: int) -> int:
 
 
 def train_for_store(model_path, sparsity: float, rank: int = PREDICTOR_RANK, max_tokens: int = 8000,
-                    progress: bool = True):
+                    progress: bool = True, text: str | None = None):
     """Thresholds and predictors fitted on the shipped calibration text. Needs the dense model once, in fp32 (a
     one-off preparation step before any budgeted run; its memory is not the run's)."""
     from . import sparsity as sp
@@ -263,14 +269,15 @@ def train_for_store(model_path, sparsity: float, rank: int = PREDICTOR_RANK, max
 
     ckpt = load_checkpoint(model_path)
     dense = build_model(ckpt, "cpu", torch.float32, "dense")
-    batches = sp.token_batches(ckpt.tokenizer, sp.load_text("calibration"), 256, max_tokens=max_tokens)
+    text = sp.load_text("calibration") if text is None else text
+    batches = sp.token_batches(ckpt.tokenizer, text, 256, max_tokens=max_tokens)
     th = sp.calibrate_thresholds(dense, batches, sparsity, progress=progress)
     pr = sp.train_predictors(dense, batches, th, rank=rank, progress=progress)
     return pr, th
 
 
 def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, window: int = 5, threads: int = 8,
-                  sparsity: float = 0.5, progress: bool = True):
+                  sparsity: float = 0.5, progress: bool = True, calibration_text: str | None = None):
     """Everything `ioaware generate --memory-budget` needs: converts the model into the cache dir if it has no
     store, checks the budget against the minimum at once, loads (or trains once, then caches) the predictors.
     Returns (model, runtime, accounting, tokenizer, store)."""
@@ -299,7 +306,7 @@ def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, wi
     if pred_path.exists():
         pr = sp.Predictors.load(pred_path, fp)
     else:
-        pr, _ = train_for_store(path, sparsity, progress=progress)
+        pr, _ = train_for_store(path, sparsity, progress=progress, text=calibration_text)
         pred_path.parent.mkdir(parents=True, exist_ok=True)
         pr.save(pred_path, fp)
     model, rt, acct = build_streamed_model(store, pr, pr.thresholds, budget, window, threads,

@@ -119,10 +119,12 @@ class NeuronReader:
     """Reads bundles of chosen neurons of one layer. threads: the pool's size; chunk: the largest single read
     (from `probe_disk.best_chunk`); direct: True / False / None (= use O_DIRECT when the filesystem allows).
     `slots` results may be alive at once (read + prefetch double buffering); the next read reuses the oldest.
-    max_neurons: the most neurons one read may ask for (sizes the buffers; default a whole layer)."""
+    max_neurons: the most neurons one read may ask for (sizes the buffers; default a whole layer).
+    max_gap (O_DIRECT only): neighbouring runs closer than this many bytes are read as one range, gap included,
+    because one more small request costs more than streaming the gap (`iomodel.io.merge_gap_bytes` prices it)."""
 
     def __init__(self, store: FlashStore, threads: int = 8, chunk: int | None = None, direct: bool | None = None,
-                 slots: int = 2, max_neurons: int | None = None):
+                 slots: int = 2, max_neurons: int | None = None, max_gap: int = 0):
         self.store = store
         self.threads = threads
         self.chunk = max(ALIGN, (chunk or DEFAULT_CHUNK) // ALIGN * ALIGN)
@@ -138,6 +140,7 @@ class NeuronReader:
         self.bundle = store.bundle_bytes
         self.np_dtype = store.np_dtype
         self.max_neurons = min(max_neurons or self.hidden, self.hidden)
+        self.max_gap = max_gap if self.direct else 0
         layer_bytes = self.hidden * self.bundle
         self.slots = [_Slot(self.max_neurons, self.bundle, layer_bytes, self.direct) for _ in range(slots)]
         self._next_slot = 0
@@ -162,7 +165,10 @@ class NeuronReader:
         base = self.store.layers[layer]["offset"]
         ranges = [(base + s * self.bundle, n * self.bundle) for s, n in runs]
         if self.direct:
-            ranges = _page_ranges(ranges)
+            merged = _page_ranges(ranges, self.max_gap)
+            if self.max_gap and sum(n for _, n in merged) > len(self.slots[0].stage):
+                merged = _page_ranges(ranges, 0)  # the gaps would overflow the staging buffer
+            ranges = merged
         return ids, runs, split_chunks(ranges, self.chunk)
 
     def read(self, layer: int, ids) -> ReadResult:
@@ -249,13 +255,14 @@ class NeuronReader:
         self.close()
 
 
-def _page_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Widen byte ranges to whole pages and merge those that then touch (O_DIRECT reads whole pages anyway)."""
+def _page_ranges(ranges: list[tuple[int, int]], max_gap: int = 0) -> list[tuple[int, int]]:
+    """Widen byte ranges to whole pages and merge those that then touch or lie within `max_gap` bytes (O_DIRECT
+    reads whole pages anyway)."""
     out: list[list[int]] = []
     for off, n in ranges:
         a = off // ALIGN * ALIGN
         b = _round_up(off + n, ALIGN)
-        if out and a <= out[-1][1]:
+        if out and a <= out[-1][1] + max_gap:
             out[-1][1] = max(out[-1][1], b)
         else:
             out.append([a, b])

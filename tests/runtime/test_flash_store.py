@@ -198,3 +198,20 @@ def test_convert_cli(tiny, tmp_path, capsys):
     assert s["ffn_bytes"] == ck.args.n_layers * 97 * 3 * ck.args.dim * 2
     assert main(["convert", str(tmp_path / "nope.gguf"), str(tmp_path / "x.store")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_gap_merging_reads_fewer_chunks_same_rows(tiny):
+    from ioaware.iomodel.io import merge_gap_bytes
+
+    g, out, ck = tiny
+    if not direct_io_supported(out):
+        pytest.skip("O_DIRECT not supported on this filesystem")
+    st = fs.open_store(out)
+    ids = np.arange(0, ck.args.hidden_dim, 4)  # every 4th neuron: gaps of 3 bundles (384 B each here)
+    with NeuronReader(st, threads=2, chunk=4096, direct=True) as r0, \
+            NeuronReader(st, threads=2, chunk=1 << 20, direct=True, max_gap=8192) as r1:
+        a, b = r0.read(1, ids), r1.read(1, ids)
+        assert torch.equal(a.bundles, b.bundles) and b.stats.chunks < a.stats.chunks
+    curve = {"version": 1, "points": [{"chunk": 4096, "threads": 8, "direct": True, "GBps": 0.25},
+                                      {"chunk": 262144, "threads": 8, "direct": True, "GBps": 1.5}]}
+    assert merge_gap_bytes(curve, 8) == 24576  # 1.5/0.25 pages
