@@ -88,6 +88,7 @@ class FlashRuntime:
         self.cache = NeuronCache(a.n_layers, a.hidden_dim, cache_neurons, a.dim, window, dtype=store.torch_dtype)
         self.curve = curve
         self.stats = FlashStats()
+        self.trace: list | None = None  # set to a list to record (layer, predicted ids) per decode step
         self.counting = False  # decode steps only: prefill's reads are reported apart
         self._forwards = 0
         self.prefill = FlashStats()
@@ -113,6 +114,8 @@ class FlashRuntime:
         xf = x.reshape(-1, shape[-1])  # (B*T, dim)
         t = self.thresholds[layer]
         ids = self.predictors.predict(layer, xf)  # (n,) sorted
+        if self.trace is not None and self.counting:
+            self.trace.append((layer, ids.numpy().astype("int32")))
         c = self.cache[layer]
         _, miss = c.lookup(ids)
         fits = ids.numel() <= c.capacity
