@@ -136,6 +136,8 @@ def test_predictors_reach_target_recall_on_held_out_activations(trained):
     assert ev["used_frac"] <= ev["active_frac"] + 1e-9
     assert 0 < ev["window"]["5"]["hit_rate"] <= 1
     assert ev["window"]["5"]["loaded_frac_per_token"] <= ev["window"]["1"]["loaded_frac_per_token"]
+    assert ev["window"]["5"]["resident_frac"] >= ev["predicted_frac"]
+    assert ev["ppl_windowed"] <= ev["ppl_predicted"] * 1.02  # more neurons kept: no worse, up to noise
     assert ev["top1_agreement_thresholded"] > 0.5 and ev["ppl_dense"] > 1
 
 
