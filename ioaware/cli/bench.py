@@ -32,73 +32,40 @@ def add_parser(sp) -> None:
     g.set_defaults(func=run_gemm)
 
 
-def run_attention(args) -> int:
+def _run(op: str, args, start) -> int:
+    """Shared by every benchmark verb: GPU check, progress bar, table, atomic results file, --json."""
+    import importlib
+
     import torch
 
     if not torch.cuda.is_available():
-        raise ValueError("`ioaware bench attention` needs a CUDA GPU; on CPU, run the tests (make test) instead")
+        raise ValueError(f"`ioaware bench {op}` needs a CUDA GPU; on CPU, run the tests (make test) instead")
     from rich.progress import Progress
 
-    from ..bench import attention
-
+    mod = importlib.import_module(f"ioaware.bench.{op}")
     with Progress(transient=True) as prog:
-        task = prog.add_task("benchmarking shapes", total=None)
-        res = attention.run(args.dtype, tuple(args.modes), seqlens=tuple(args.seqlens),
-                            head_dims=tuple(args.head_dims),
-                            progress=lambda i, n: prog.update(task, completed=i, total=n))
-    m = res["machine"]
-    print_table(f"attention on {m.get('card')} (driver {m.get('driver')}, torch {m['torch']}, triton {m['triton']}); "
-                f"copy {res['ceilings']['copy_GBps']:.0f} GB/s, bf16 GEMM {res['ceilings']['gemm_bf16_TFLOPs']:.0f} "
-                "TFLOP/s", attention.TABLE_COLUMNS, attention.table_rows(res))
-    card = (m.get("card") or "gpu").split()[1].lower() if m.get("card") else "gpu"
-    out = args.out or f"benchmarks/results/attention-{card}-{_dt.date.today().isoformat()}.json"
+        task = prog.add_task(f"benchmarking {op}", total=None)
+        res = start(mod, lambda i, n: prog.update(task, completed=i, total=n))
+    m, c = res["machine"], res["ceilings"]
+    print_table(f"{op} on {m.get('card')} (driver {m.get('driver')}, torch {m['torch']}, triton {m['triton']}); "
+                f"copy {c['copy_GBps']:.0f} GB/s, bf16 GEMM {c['gemm_bf16_TFLOPs']:.0f} TFLOP/s",
+                mod.TABLE_COLUMNS, mod.table_rows(res))
+    card = m["card"].split()[1].lower() if m.get("card") and len(m["card"].split()) > 1 else "gpu"
+    out = args.out or f"benchmarks/results/{op}-{card}-{_dt.date.today().isoformat()}.json"
     write_json_atomic(Path(out), res)
-    print(f"results written to {out}")
+    print(f"results written to {out}" + (f"; dataflow table: {res['dataflow_file']}" if "dataflow_file" in res else ""))
     emit_json(res, args.json)
     return 0
+
+
+def run_attention(args) -> int:
+    return _run("attention", args, lambda mod, progress: mod.run(
+        args.dtype, tuple(args.modes), seqlens=tuple(args.seqlens), head_dims=tuple(args.head_dims), progress=progress))
 
 
 def run_decode(args) -> int:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ValueError("`ioaware bench decode` needs a CUDA GPU; on CPU, run the tests (make test) instead")
-    from rich.progress import Progress
-
-    from ..bench import decode
-
-    with Progress(transient=True) as prog:
-        task = prog.add_task("benchmarking decode", total=None)
-        res = decode.run(progress=lambda i, n: prog.update(task, completed=i, total=n))
-    m = res["machine"]
-    print_table(f"decode on {m.get('card')} (driver {m.get('driver')}, torch {m['torch']}, triton {m['triton']}); "
-                f"copy {res['ceilings']['copy_GBps']:.0f} GB/s", decode.TABLE_COLUMNS, decode.table_rows(res))
-    card = (m.get("card") or "gpu").split()[1].lower() if m.get("card") else "gpu"
-    out = args.out or f"benchmarks/results/decode-{card}-{_dt.date.today().isoformat()}.json"
-    write_json_atomic(Path(out), res)
-    print(f"results written to {out}")
-    emit_json(res, args.json)
-    return 0
+    return _run("decode", args, lambda mod, progress: mod.run(progress=progress))
 
 
 def run_gemm(args) -> int:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ValueError("`ioaware bench gemm` needs a CUDA GPU; on CPU, run the tests (make test) instead")
-    from rich.progress import Progress
-
-    from ..bench import gemm
-
-    with Progress(transient=True) as prog:
-        task = prog.add_task("benchmarking gemm", total=None)
-        res = gemm.run(progress=lambda i, n: prog.update(task, completed=i, total=n))
-    m = res["machine"]
-    print_table(f"decode GEMM on {m.get('card')} (driver {m.get('driver')}, torch {m['torch']}, triton {m['triton']})",
-                gemm.TABLE_COLUMNS, gemm.table_rows(res))
-    card = (m.get("card") or "gpu").split()[1].lower() if m.get("card") else "gpu"
-    out = args.out or f"benchmarks/results/gemm-{card}-{_dt.date.today().isoformat()}.json"
-    write_json_atomic(Path(out), res)
-    print(f"results written to {out}; dataflow table: {res['dataflow_file']}")
-    emit_json(res, args.json)
-    return 0
+    return _run("gemm", args, lambda mod, progress: mod.run(progress=progress))

@@ -90,3 +90,20 @@ def test_readme_lists_every_environment_variable():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for name, _default, _ in ENV_TABLE:
         assert f"| `{name}` |" in readme, f"{name} missing from the README's table"
+
+
+def test_bench_runner_writes_results(tmp_path, monkeypatch):
+    # the GPU-only part is replaced: this checks the shared runner (table, atomic results file, --json)
+    import torch
+
+    from ioaware.bench import decode
+
+    fake = {"machine": {"card": "NVIDIA H100 80GB HBM3", "driver": "x", "torch": "t", "triton": "y"},
+            "ceilings": {"copy_GBps": 3000.0, "gemm_bf16_TFLOPs": 700.0},
+            "rows": [{"B": 8, "L": 4096, "provider": "ioaware", "ms": 0.1, "kv_GBps": 2000.0, "rel_err": 1e-3,
+                      "ok": True, "error": None, "speedup_vs_best_sdpa": 1.02}]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(decode, "run", lambda progress=None: fake)
+    out, js = tmp_path / "decode.json", tmp_path / "copy.json"
+    assert main(["bench", "decode", "--out", str(out), "--json", str(js)]) == 0
+    assert json.loads(out.read_text()) == fake == json.loads(js.read_text())
