@@ -10,21 +10,9 @@ import triton.testing
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import ioaware
+from ioaware.bench.common import graphed
 
 bench = lambda f: triton.testing.do_bench(f, warmup=50, rep=200, return_mode="median")
-
-
-def graphed(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
 
 
 out = []

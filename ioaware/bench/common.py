@@ -50,3 +50,19 @@ def ceilings() -> dict:
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     gms = time_ms(lambda: a @ b)
     return {"copy_GBps": 2 * (1 << 30) / ms / 1e6, "gemm_bf16_TFLOPs": 2 * 8192**3 / gms / 1e9}
+
+
+def graphed(fn):
+    """`fn` captured in a CUDA graph (after a warm-up on a side stream); returns the replay."""
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay

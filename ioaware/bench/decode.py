@@ -31,26 +31,11 @@ def _sdpa(backend_name):
     return run
 
 
-def _graphed(fn):
-    import torch
-
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
-
-
 def _bench_case(c: dict) -> list[dict]:
     import torch
 
     from ..kernels.attention.decode import decode_ref, flash_decode
-    from .common import time_ms
+    from .common import graphed, time_ms
 
     rows = []
     B, L, Hq, Hkv, D = c["B"], c["L"], c["Hq"], c["Hkv"], c["D"]
@@ -86,7 +71,7 @@ def _bench_case(c: dict) -> list[dict]:
     # each provider also as a CUDA-graph replay: a decoding step is captured in a graph in real serving, and at
     # short contexts the eager numbers measure Python and launch latency rather than the kernel
     for name in list(providers):
-        providers[name + " (graph)"] = _graphed(providers[name])
+        providers[name + " (graph)"] = graphed(providers[name])
     best: dict = {}
     for _ in range(ROUNDS):
         for name, fn in providers.items():
