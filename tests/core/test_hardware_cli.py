@@ -33,8 +33,7 @@ def test_detect_on_cpu_describes_the_host():
 
 
 def test_import_does_not_initialise_cuda():
-    code = ("import ioaware, torch, sys; assert not torch.cuda.is_initialized(); "
-            "assert 'triton' not in sys.modules or True; print('ok')")
+    code = "import ioaware, torch; assert not torch.cuda.is_initialized(); print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 

@@ -10,12 +10,12 @@ import math
 
 import torch
 
-from ....errors import DeviceError, DTypeError, ShapeError, UnsupportedError
+from ....errors import ShapeError, UnsupportedError
 from ..._dispatch import backend_for, load_kernel_module, record
+from ..._validate import check_dtypes_and_device
 from .reference import decode_ref
 
 _KERNEL = "ioaware.kernels.attention.decode.kernel"
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 stats = {"fallbacks": 0}  # unified-max splits that fell back to the exact online softmax, last call
 
 
@@ -24,16 +24,8 @@ def _check(q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ShapeError(f"flash_decode: {name} must be a 4-D tensor, got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-        if t.dtype not in _DTYPES:
-            raise DTypeError(f"flash_decode: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
-    if not (q.dtype == k_cache.dtype == v_cache.dtype):
-        raise DTypeError(f"flash_decode: q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, "
-                         f"{v_cache.dtype}")
-    devs = {t.device for t in (q, k_cache, v_cache, cache_seqlens)}
-    if len(devs) != 1:
-        raise DeviceError(f"flash_decode: all tensors must be on one device, got {sorted(map(str, devs))}")
-    if q.device.type not in ("cuda", "cpu"):
-        raise DeviceError(f"flash_decode: device {q.device} is not supported")
+    check_dtypes_and_device("flash_decode", {"q": q, "k_cache": k_cache, "v_cache": v_cache},
+                            also_on_device={"cache_seqlens": cache_seqlens})
     B, Tq, Hq, D = q.shape
     if k_cache.shape != v_cache.shape:
         raise ShapeError(f"flash_decode: k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ")

@@ -10,11 +10,11 @@ import math
 
 import torch
 
-from ....errors import DeviceError, DTypeError, ShapeError, UnsupportedError
+from ....errors import ShapeError, UnsupportedError
 from ..._dispatch import backend_for, load_kernel_module, record
+from ..._validate import check_dtypes_and_device
 from .reference import attention_ref
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 _KERNEL = "ioaware.kernels.attention.flash.kernel"
 
@@ -26,14 +26,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         if t.dim() != 4:
             raise ShapeError(f"flash_attn: {name} must be 4-D (batch, seqlen, heads, head_dim), got shape "
                              f"{tuple(t.shape)}")
-        if t.dtype not in _DTYPES:
-            raise DTypeError(f"flash_attn: {name} has dtype {t.dtype}; supported: float16, bfloat16, float32")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise DTypeError(f"flash_attn: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise DeviceError(f"flash_attn: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.device.type not in ("cuda", "cpu"):
-        raise DeviceError(f"flash_attn: device {q.device} is not supported; use a CUDA GPU or the CPU")
+    check_dtypes_and_device("flash_attn", {"q": q, "k": k, "v": v})
     B, Tq, Hq, D = q.shape
     if k.shape != v.shape:
         raise ShapeError(f"flash_attn: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")

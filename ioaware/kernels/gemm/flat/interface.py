@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ....errors import DeviceError, DTypeError, ShapeError
+from ....errors import ShapeError
 from ..._dispatch import backend_for, load_kernel_module, record
+from ..._validate import check_dtypes_and_device
 from .reference import linear_ref
 
 _KERNEL = "ioaware.kernels.gemm.flat.kernel"
@@ -45,10 +46,7 @@ def flat_linear(x: torch.Tensor, w: torch.Tensor, path: str | None = None, **par
     """y = x @ w.T for x (M, K), w (N, K); `path` forces 'gemv', 'flat' or 'torch'."""
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ShapeError(f"flat_linear: x must be (M, K) and w (N, K), got {tuple(x.shape)} and {tuple(w.shape)}")
-    if x.dtype != w.dtype or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise DTypeError(f"flat_linear: x and w must share a dtype among fp16, bf16, fp32; got {x.dtype}, {w.dtype}")
-    if x.device != w.device:
-        raise DeviceError(f"flat_linear: x on {x.device}, w on {w.device}")
+    check_dtypes_and_device("flat_linear", {"x": x, "w": w})
     if path not in (None, "gemv", "flat", "torch"):
         raise ValueError(f"flat_linear: path must be 'gemv', 'flat' or 'torch', got {path!r}")
     x = x if x.stride(-1) == 1 else x.contiguous()
