@@ -67,7 +67,8 @@ def run_ioaware(model, tok, ids, n, reps, cuda_graphs=False) -> tuple[dict, list
             "weight_bytes_per_token": s["weight_bytes_per_token"],
             "achieved_weight_GBps": s["weight_bytes_per_token"] * statistics.median(
                 r.summary["decode_tok_s"] for r in runs) / 1e9,
-            "peak_memory_bytes": s["peak_memory_bytes"], "attention": s["attention"], "dtype": s["dtype"],
+            "peak_memory_bytes": s["peak_memory_bytes"], "attention": s["attention"], "linear": s["linear"],
+            "dtype": s["dtype"],
             "cuda_graphs": s["cuda_graphs"]}, runs[-1].tokens
 
 
@@ -147,10 +148,29 @@ def bench_cuda(a) -> dict:
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}]))
     res, toks, rows = {}, {}, []
     m = build_model(ck, "cuda", torch.bfloat16, weights="dense")
+    # the CUDA-graph decode step before #6 (SDPA over the whole cache with a validity mask, cuBLAS projections)
+    # and after (flash_decode reading only the filled cache, flat_linear's measured dataflow), same run
+    steps = {"SDPA step, torch linear": ("sdpa", "torch"), "flash_decode step, torch linear": ("flash_attn", "torch"),
+             "flash_decode step, flat linear": ("flash_attn", "flat")}
+    for label, (att, lin) in steps.items():
+        m.set_attention(att)
+        m.set_linear(lin)
+        res[f"ioaware bf16 + CUDA graph, {label}"], toks[f"ioaware bf16 + CUDA graph, {label}"] = run_ioaware(
+            m, tok, ids, a.new_tokens, a.reps, cuda_graphs=True)
     m.set_attention("flash_attn")
-    res["ioaware bf16 + CUDA graph"], toks["ioaware bf16 + CUDA graph"] = run_ioaware(
-        m, tok, ids, a.new_tokens, a.reps, cuda_graphs=True)
+    m.set_linear("torch")
     res["ioaware bf16 eager"], toks["ioaware bf16 eager"] = run_ioaware(m, tok, ids, a.new_tokens, a.reps)
+    # a long context, where the decode step's attention is a real share of the bytes read per token
+    long_ids = (ids * (a.long_prompt // len(ids) + 1))[:a.long_prompt]
+    long_res = {}
+    for label, (att, lin) in steps.items():
+        m.set_attention(att)
+        m.set_linear(lin)
+        long_res[f"ioaware bf16 + CUDA graph, {label}"] = run_ioaware(m, tok, long_ids, a.new_tokens, a.reps,
+                                                                      cuda_graphs=True)[0]
+    print_table(f"generate, {len(long_ids)}-token prompt, {a.new_tokens} new, median of {a.reps}",
+                ["provider", "prefill tok/s", "decode tok/s"],
+                [[k, r["prefill_tok_s"], r["decode_tok_s"]] for k, r in long_res.items()])
     del m
     ar = ck.args
     cfg = LlamaConfig(vocab_size=ar.vocab_size, hidden_size=ar.dim, intermediate_size=ar.hidden_dim,
@@ -194,7 +214,7 @@ def bench_cuda(a) -> dict:
     for k, c in cmp.items():
         print(f"{k}: vs transformers greedy: first difference at {c['first_difference']}")
     return {"results": res, "greedy_vs_transformers": cmp, "prompt_tokens": len(ids), "new_tokens": a.new_tokens,
-            "model": str(ck.path)}
+            "model": str(ck.path), "long_prompt": {"prompt_tokens": len(long_ids), "results": long_res}}
 
 
 def gpu_info() -> dict:
@@ -215,6 +235,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--long-prompt", type=int, default=4000, help="CUDA: tokens of the long-context case")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/generate-<device>-<date>.json)")
     a = p.parse_args(argv)

@@ -25,6 +25,9 @@ def add_parser(sp) -> None:
     sp.add_argument("--attention", choices=["auto", "flash_attn", "sdpa"], default="auto",
                     help="auto: ioaware.flash_attn on CUDA; on CPU PyTorch's fused SDPA, because flash_attn's CPU "
                     "path is its readable (slow) reference")
+    sp.add_argument("--linear", choices=["auto", "flat", "torch"], default="auto",
+                    help="projections: flat = ioaware.flat_linear (GEMV / flat GEMM / cuBLAS per shape from the "
+                    "measured dataflow table), torch = F.linear; auto: flat on CUDA, torch on CPU")
     sp.add_argument("--cuda-graphs", action="store_true", default=None,
                     help="capture the decode step in a CUDA graph (default on with --device cuda)")
     sp.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
@@ -74,6 +77,7 @@ def run(args) -> int:
     weights = model.weight_format
     model.set_attention(("flash_attn" if args.device == "cuda" else "sdpa") if args.attention == "auto"
                         else args.attention)
+    model.set_linear(("flat" if args.device == "cuda" else "torch") if args.linear == "auto" else args.linear)
     load_s = time.perf_counter() - t0
     graphs = args.device == "cuda" if args.cuda_graphs is None else args.cuda_graphs
     if graphs and args.device != "cuda":
@@ -98,6 +102,7 @@ def run(args) -> int:
         ["prefill", f"{s['prefill_tok_s']:.1f} tok/s"],
         ["decode", f"{s['decode_tok_s']:.1f} tok/s" + (" (CUDA graph)" if s["cuda_graphs"] else "")],
         ["attention", s["attention"]],
+        ["linear", s["linear"]],
         ["peak memory", f"{human_bytes(s['peak_memory_bytes'])} ({s['peak_memory_kind']})"],
         ["weights read / token", human_bytes(s["weight_bytes_per_token"])],
         ["achieved weight bandwidth", f"{s['achieved_weight_GBps']:.1f} GB/s"],

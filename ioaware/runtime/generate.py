@@ -183,7 +183,10 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_
         "weight_bytes_per_token": wbytes, "kv_bytes_per_token_mean": kv_bytes,
         "achieved_weight_GBps": wbytes * tok_s / 1e9, "achieved_total_GBps": (wbytes + kv_bytes) * tok_s / 1e9,
         "device": str(device), "dtype": str(model.norm.weight.dtype).replace("torch.", ""),
-        "cuda_graphs": bool(step), "attention": model.attn_impl, "threads": torch.get_num_threads(),
+        "cuda_graphs": bool(step), "threads": torch.get_num_threads(),
+        "attention": model.attn_impl + (" prefill, flash_decode steps" if step and model.attn_impl == "flash_attn"
+                                        else ""),
+        "linear": model.linear_impl,
     }
     text = tok.decode([t for t in out if t not in stops])
     return GenerationResult(out, text, summary)

@@ -1,5 +1,6 @@
 """A Llama-family decoder in one readable file (gpt-fast spirit): RMSNorm, RoPE, GQA, SwiGLU, tied embeddings,
-a preallocated KV cache. Prefill and decode attention run through `ioaware.flash_attn`.
+a preallocated KV cache. Prefill attention runs through `ioaware.flash_attn`, the static-shape (CUDA-graph)
+decode step through `ioaware.flash_decode`; projections optionally through `ioaware.flat_linear`.
 
 Weights use the Hugging Face layout (q/k rows in "rotate-half" order); `load_hf_state_dict` maps HF names onto
 this module's fused projections (wqkv = [q; k; v], w13 = [gate; up]) so a decode step does 4 matmuls a layer.
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedError
-from ..kernels import flash_attn
+from ..kernels import flash_attn, flash_decode, flat_linear
 
 
 @dataclass
@@ -104,6 +105,19 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose CUDA calls can go through `ioaware.flat_linear` (GEMV / flat GEMM / cuBLAS, chosen per
+    shape and row count from the per-GPU dataflow table); switched by `Transformer.set_linear`."""
+
+    flat = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flat and x.is_cuda and self.bias is None:
+            y = flat_linear(x.reshape(-1, x.shape[-1]), self.weight)  # (B*T, out)
+            return y.view(*x.shape[:-1], y.shape[-1])
+        return F.linear(x, self.weight, self.bias)
+
+
 class KVCache(nn.Module):
     """Preallocated (B, S, Hkv, D) keys and values: the layout flash_attn reads, so `k[:, :L]` is a free view."""
 
@@ -119,10 +133,11 @@ class Attention(nn.Module):
     def __init__(self, a: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = a.n_heads, a.n_kv_heads, a.head_dim
-        self.wqkv = nn.Linear(a.dim, (a.n_heads + 2 * a.n_kv_heads) * a.head_dim, bias=False)
-        self.wo = nn.Linear(a.n_heads * a.head_dim, a.dim, bias=False)
+        self.wqkv = Linear(a.dim, (a.n_heads + 2 * a.n_kv_heads) * a.head_dim, bias=False)
+        self.wo = Linear(a.n_heads * a.head_dim, a.dim, bias=False)
         self.cache: KVCache | None = None
         self.impl = "flash_attn"  # or "sdpa", set by Transformer.set_attention
+        self.unified_max: float | None = None  # FlashDecoding++'s phi for the decode step (None: exact max)
 
     def forward(self, x, cos, sin, start: int | None, pos: torch.Tensor | None = None):
         """x: (B, T, dim). `start` (int): tokens already cached, attention on the view cache[:, :start+T] through
@@ -144,16 +159,20 @@ class Attention(nn.Module):
             else:
                 o = _sdpa(q, c.k[:, :end], c.v[:, :end], start)  # (B, T, H, D)
         else:
-            # A CUDA graph needs fixed shapes and addresses, so the position is a tensor and attention covers
-            # the whole cache with a validity mask. flash_attn takes no per-call key length yet (the decoding
-            # op with seqlens will), so this path uses PyTorch's SDPA; tests check it equals the path above.
-            c.k.index_copy_(1, pos, k)
-            c.v.index_copy_(1, pos, v)
-            S = c.k.shape[1]
-            mask = (torch.arange(S, device=x.device) <= pos)[None, None, None, :]  # (1, 1, 1, S)
-            o = F.scaled_dot_product_attention(
-                q.transpose(1, 2), c.k.transpose(1, 2), c.v.transpose(1, 2), attn_mask=mask,
-                enable_gqa=True).transpose(1, 2)  # (B, T, H, D)
+            # A CUDA graph needs fixed shapes and addresses, so the position is a tensor. flash_decode takes the
+            # per-row cache length as a tensor: it appends k/v at `pos` in place and reads only keys < pos + T
+            # (splits past the end exit at once). The SDPA path covers the whole cache with a validity mask.
+            if self.impl == "flash_attn":
+                lens = pos.expand(B)  # (B,) tokens already cached
+                o = flash_decode(q, c.k, c.v, lens, k_new=k, v_new=v, unified_max=self.unified_max)  # (B, T, H, D)
+            else:
+                c.k.index_copy_(1, pos, k)
+                c.v.index_copy_(1, pos, v)
+                S = c.k.shape[1]
+                mask = (torch.arange(S, device=x.device) <= pos)[None, None, None, :]  # (1, 1, 1, S)
+                o = F.scaled_dot_product_attention(
+                    q.transpose(1, 2), c.k.transpose(1, 2), c.v.transpose(1, 2), attn_mask=mask,
+                    enable_gqa=True).transpose(1, 2)  # (B, T, H, D)
         return self.wo(o.reshape(B, T, H * D))
 
 
@@ -174,8 +193,8 @@ class FeedForward(nn.Module):
     def __init__(self, a: ModelArgs):
         super().__init__()
         self.hidden = a.hidden_dim
-        self.w13 = nn.Linear(a.dim, 2 * a.hidden_dim, bias=False)  # [gate; up]
-        self.w2 = nn.Linear(a.hidden_dim, a.dim, bias=False)
+        self.w13 = Linear(a.dim, 2 * a.hidden_dim, bias=False)  # [gate; up]
+        self.w2 = Linear(a.hidden_dim, a.dim, bias=False)
 
     def forward(self, x):
         gate, up = self.w13(x).split(self.hidden, dim=-1)  # (B, T, hidden) each
@@ -202,11 +221,12 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.output = Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.cache_len = 0
         self.attn_impl = "flash_attn"
+        self.linear_impl = "torch"
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
 
@@ -227,6 +247,16 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.impl = impl
         self.attn_impl = impl
+
+    def set_linear(self, impl: str) -> None:
+        """'torch' (F.linear, cuBLAS on CUDA) or 'flat' (`ioaware.flat_linear` on CUDA: the measured dataflow
+        table picks GEMV, flat GEMM or cuBLAS per projection shape; CPU calls stay on F.linear)."""
+        if impl not in ("torch", "flat"):
+            raise ValueError(f"linear implementation {impl!r} is not one of torch, flat")
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.flat = impl == "flat"
+        self.linear_impl = impl
 
     def forward(self, tokens: torch.Tensor, start: int = 0, last_only: bool = False) -> torch.Tensor:
         """tokens: (B, T) at positions start..start+T-1 -> logits (B, T, vocab) fp32 ((B, 1, vocab) if last_only)."""

@@ -10,6 +10,7 @@ import torch
 
 from ioaware.env import settings
 from ioaware.kernels import last_backend
+from ioaware.kernels._dispatch import _LAST
 from ioaware.runtime import ModelArgs, SamplingConfig, Transformer, build_model, generate, load_checkpoint
 from ioaware.runtime.gguf_loader import permute_qk, unpermute_qk
 from ioaware.runtime.model import load_hf_state_dict
@@ -55,9 +56,10 @@ def test_prefill_and_decode_match_transformers(rope_scaling):
         assert_close(ours(ids[:, 20:37], 20), ref[:, 20:37])
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "static"])
+@pytest.mark.parametrize("impl", ["sdpa", "static-flash_decode", "static-sdpa"])
 def test_other_attention_paths_match_flash_attn(impl):
-    """The SDPA path (fast CPU default) and the static-shape decode step (what a CUDA graph captures)."""
+    """The SDPA path (fast CPU default) and the static-shape decode step (what a CUDA graph captures), through
+    flash_decode (appends in place, reads cache_seqlens) and through SDPA with a validity mask."""
     hf = tiny_hf_model(VOCAB, seed=2, tie_word_embeddings=False)
     ours = ours_from_hf(hf)
     torch.manual_seed(0)
@@ -73,8 +75,12 @@ def test_other_attention_paths_match_flash_attn(impl):
                 assert_close(ours(ids[:, t:t + 1], t), ref[:, t:t + 1])
         else:
             ours(ids[:, :16], 0)
+            ours.set_attention(impl.split("-")[1] if impl == "static-sdpa" else "flash_attn")
+            _LAST.pop("flash_decode", None)
             for t in range(16, 24):
                 assert_close(ours.decode_static(ids[:, t:t + 1], torch.tensor([t])), ref[:, t:t + 1])
+            if impl == "static-flash_decode":
+                assert last_backend("flash_decode") in ("interpret", "reference")
 
 
 def test_qk_permutation_round_trip():
