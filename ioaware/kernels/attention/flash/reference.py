@@ -51,3 +51,81 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     p = torch.nan_to_num(p, nan=0.0)  # empty rows: softmax of all -inf is NaN; define it as 0
     o = torch.einsum("bhqk,bkhd->bqhd", p.to(v.dtype), v)  # (B, Tq, Hq, D)
     return o.to(dtype_out), lse
+
+
+def visible_mask(Tq: int, Tk: int, causal: bool = False, window_size=(-1, -1), prefix_len: int | None = None,
+                 device=None) -> torch.Tensor:
+    """(Tq, Tk) bool, True where query row r sees key c (bottom-right aligned, off = Tk - Tq):
+    c <= r + off + right (right = 0 when causal; none when -1), raised to c < prefix_len by a prefix-LM, and
+    c >= r + off - left (none when left = -1)."""
+    r = torch.arange(Tq, device=device)[:, None]
+    c = torch.arange(Tk, device=device)[None, :]
+    off = Tk - Tq
+    left, right = window_size
+    m = torch.ones(Tq, Tk, dtype=torch.bool, device=device)
+    if causal or right >= 0:
+        lim = r + off + (0 if causal else right)
+        if prefix_len is not None:
+            lim = lim.clamp_min(prefix_len - 1)
+        m &= c <= lim
+    if left >= 0:
+        m &= c >= r + off - left
+    return m
+
+
+def attention_masked_ref(q, k, v, causal=False, softmax_scale=None, window_size=(-1, -1), alibi_slopes=None,
+                         softcap=0.0, prefix_lens=None, block_mask=None, block_size=(128, 128), keep=None,
+                         dropout_p=0.0, upcast=True):
+    """flash_attn with every option, written out with an explicit (B, H, Tq, Tk) mask. keep: the dropout keep mask
+    (B, H, Tq, Tk) bool (kept elements are scaled by 1 / (1 - dropout_p)). Returns (out, lse) as attention_ref."""
+    B, Tq, Hq, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
+    dtype_out = q.dtype
+    if upcast and q.dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    if Hq != Hkv:
+        k = k.repeat_interleave(Hq // Hkv, dim=2)
+        v = v.repeat_interleave(Hq // Hkv, dim=2)
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale  # (B, Hq, Tq, Tk)
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    if alibi_slopes is not None:
+        r = torch.arange(Tq, device=q.device)[:, None]
+        c = torch.arange(Tk, device=q.device)[None, :]
+        dist = (r + Tk - Tq - c).abs().to(s.dtype)
+        s = s - alibi_slopes.to(s.dtype).reshape(-1, Hq, 1, 1) * dist
+    masks = []
+    for b in range(B):
+        P = None if prefix_lens is None else int(prefix_lens[b])
+        masks.append(visible_mask(Tq, Tk, causal, window_size, P, q.device))
+    m = torch.stack(masks)[:, None]  # (B, 1, Tq, Tk)
+    if block_mask is not None:
+        bq, bk = block_size
+        full = block_mask.bool().repeat_interleave(bq, -2).repeat_interleave(bk, -1)[..., :Tq, :Tk]
+        m = m & full
+    s = s.masked_fill(~m, float("-inf"))
+    lse = torch.logsumexp(s.float(), dim=-1)
+    p = torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)
+    if keep is not None:
+        p = p * keep.to(p.dtype) / (1.0 - dropout_p)
+    o = torch.einsum("bhqk,bkhd->bqhd", p.to(v.dtype), v)
+    return o.to(dtype_out), lse
+
+
+def attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, keep=None, **kw):
+    """attention_masked_ref on each packed sequence: q (total_q, Hq, D), k, v (total_k, Hkv, D); keep, if given,
+    (Hq, total_q, max_seqlen_k) bool. Returns out (total_q, Hq, D) and lse (Hq, total_q)."""
+    outs, lses = [], []
+    prefix = kw.pop("prefix_lens", None)
+    alibi = kw.pop("alibi_slopes", None)
+    for b in range(len(cu_seqlens_q) - 1):
+        q0, q1, k0, k1 = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1]), int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1])
+        kb = None if keep is None else keep[None, :, q0:q1, : k1 - k0]
+        pb = None if prefix is None else prefix[b:b + 1]
+        ab = None if alibi is None else (alibi[b] if alibi.dim() == 2 else alibi)
+        o, lse = attention_masked_ref(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], keep=kb, prefix_lens=pb,
+                                      alibi_slopes=ab, **kw)
+        outs.append(o[0])
+        lses.append(lse[0])
+    return torch.cat(outs), torch.cat(lses, dim=-1)
