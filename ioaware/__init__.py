@@ -12,9 +12,10 @@ if _os.environ.get("IOAWARE_INTERPRET", "").strip().lower() in {"1", "true", "ye
 
 from . import hardware, iomodel  # noqa: E402
 from .errors import DeviceError, DTypeError, IOAwareError, ShapeError, UnsupportedError  # noqa: E402
-from .kernels import attention_ref, flash_attn, flash_decode, flat_linear, last_backend  # noqa: E402
+from .kernels import attention_ref, flash_attn, flash_attn_varlen, flash_decode, flat_linear, last_backend  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["DTypeError", "DeviceError", "IOAwareError", "ShapeError", "UnsupportedError", "__version__",
-           "attention_ref", "flash_attn", "flash_decode", "flat_linear", "hardware", "iomodel", "last_backend"]
+           "attention_ref", "flash_attn", "flash_attn_varlen", "flash_decode", "flat_linear", "hardware", "iomodel",
+           "last_backend"]

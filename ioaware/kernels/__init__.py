@@ -1,7 +1,8 @@
 """How work runs: one folder per op (reference.py, kernel.py, interface.py, cost.py, README.md)."""
 
 from ._dispatch import last_backend
-from .attention import attention_ref, decode_ref, flash_attn, flash_decode
+from .attention import attention_ref, decode_ref, flash_attn, flash_attn_varlen, flash_decode
 from .gemm import flat_linear
 
-__all__ = ["attention_ref", "decode_ref", "flash_attn", "flash_decode", "flat_linear", "last_backend"]
+__all__ = ["attention_ref", "decode_ref", "flash_attn", "flash_attn_varlen", "flash_decode", "flat_linear",
+           "last_backend"]
