@@ -1,0 +1,383 @@
+"""Fused recurrent LSTM / GRU / sLSTM in Triton: one persistent launch walks the whole sequence.
+
+A program owns (batch block `BB` rows, one head, `BJ` of the head's D state columns). Its slice of the recurrent
+matrix, R[g, head, :, cols] for every gate g (G·DP·BJ values), is loaded once and stays on chip for all T steps;
+each step is `h_{t-1} (BB, DP) @ R_slice (DP, BJ)` per gate on the tensor cores, plus x_t and the bias, then the
+cell's pointwise update in fp32 registers, then one store of h_t.
+
+When a head's state is split over NJ > 1 programs (big D), every step needs the whole h_{t-1}: programs write
+their columns, meet at a barrier (an atomic counter in global memory, one per (batch block, head) group; all
+programs of the grid must be co-resident, which the tile planner guarantees) and read h_{t-1} back from L2.
+Without SYNC (Triton's interpreter runs programs one after another, so a spin barrier would never open) the
+launcher runs one launch per time step and the carried state goes through global memory instead.
+
+Backward walks t = T-1 .. 0 with the same split, on R's rows instead of its columns: a program owns state
+columns J, computes the gate gradients of its columns, exchanges them (same barrier) and forms
+dh_{t-1}[:, J] = sum_g dG_g (BB, DP) @ R[g, head, J, :]^T. dR and db are reductions over (B, T) of values the
+kernel writes anyway; they run after it as one batched GEMM, off the sequential critical path.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+CELL_IDS = {"lstm": 0, "gru": 1, "slstm": 2}
+
+
+@triton.jit
+def _up(x, UPCAST: tl.constexpr):
+    if UPCAST:
+        return x.to(tl.float32)
+    else:
+        return x
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+
+@triton.jit
+def _logsigmoid(x):
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _group_barrier(p_cnt, target):
+    """Every program of the group has arrived `target` times: stores before it are visible to all after it."""
+    tl.debug_barrier()
+    tl.atomic_add(p_cnt, 1, sem="release", scope="gpu")
+    cur = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+    while cur < target:
+        cur = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _fused_recurrent_rnn_fwd_kernel(
+        X, R, BIAS, H0, Y, CS, GS, CNT, B, T, t0, n_steps,
+        NH: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, G: tl.constexpr, CELL: tl.constexpr,
+        BB: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr, SYNC: tl.constexpr, SAVE: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # X (B, T, G, NH, D); R (G, NH, D, D); BIAS fp32 (4, NH, D); H0 (B, NH·D); Y (B, T, NH·D);
+    # CS fp32 (S-1, B, T+1, NH·D) cell states, index 0 the initial one; GS (B, T, 4, NH·D) saved gates
+    i_p = tl.program_id(0)
+    i_j, i_h, i_b = i_p % NJ, (i_p // NJ) % NH, i_p // (NJ * NH)
+    HD: tl.constexpr = NH * D
+    o_b = (i_b * BB + tl.arange(0, BB)).to(tl.int64)
+    o_j = i_j * BJ + tl.arange(0, BJ)
+    o_k = tl.arange(0, DP)
+    m_b, m_j, m_k = o_b < B, o_j < D, o_k < D
+    m_bj = m_b[:, None] & m_j[None, :]
+    # the program's slice of R, on chip for the whole sequence: (DP, BJ) per gate
+    p_r = R + (i_h * D + o_k[:, None]) * D + o_j[None, :]
+    m_r = m_k[:, None] & m_j[None, :]
+    b_r0 = _up(tl.load(p_r, mask=m_r, other=0.0), UPCAST)
+    b_r1 = _up(tl.load(p_r + HD * D, mask=m_r, other=0.0), UPCAST)
+    b_r2 = _up(tl.load(p_r + 2 * HD * D, mask=m_r, other=0.0), UPCAST)
+    if G == 4:
+        b_r3 = _up(tl.load(p_r + 3 * HD * D, mask=m_r, other=0.0), UPCAST)
+    p_bias = BIAS + i_h * D + o_j
+    b_b0 = tl.load(p_bias, mask=m_j, other=0.0)[None, :]
+    b_b1 = tl.load(p_bias + HD, mask=m_j, other=0.0)[None, :]
+    b_b2 = tl.load(p_bias + 2 * HD, mask=m_j, other=0.0)[None, :]
+    b_b3 = tl.load(p_bias + 3 * HD, mask=m_j, other=0.0)[None, :]
+    # carried state of the program's columns, fp32 (from the initial state or, when stepping, the last launch)
+    s_cs = B * (T + 1) * HD
+    o_cs = o_b[:, None] * (T + 1) * HD + i_h * D + o_j[None, :]
+    o_h0 = o_b[:, None] * HD + i_h * D + o_j[None, :]
+    o_y = o_b[:, None] * T * HD + i_h * D + o_j[None, :]
+    if t0 == 0:
+        b_h = tl.load(H0 + o_h0, mask=m_bj, other=0.0).to(tl.float32)
+    else:
+        b_h = tl.load(Y + o_y + (t0 - 1) * HD, mask=m_bj, other=0.0).to(tl.float32)
+    b_c = tl.zeros([BB, BJ], dtype=tl.float32)
+    b_n = tl.zeros([BB, BJ], dtype=tl.float32)
+    b_m = tl.zeros([BB, BJ], dtype=tl.float32)
+    if CELL != 1:
+        b_c = tl.load(CS + o_cs + t0 * HD, mask=m_bj, other=0.0)
+    if CELL == 2:
+        b_n = tl.load(CS + s_cs + o_cs + t0 * HD, mask=m_bj, other=0.0)
+        b_m = tl.load(CS + 2 * s_cs + o_cs + t0 * HD, mask=m_bj, other=0.0)
+    o_x = o_b[:, None] * T * (G * HD) + i_h * D + o_j[None, :]
+    o_g = o_b[:, None] * T * (4 * HD) + i_h * D + o_j[None, :]
+    o_hk = i_h * D + o_k[None, :]
+    m_bk = m_b[:, None] & m_k[None, :]
+    for s in range(0, n_steps):
+        t = t0 + s
+        if NJ == 1:
+            b_hp = _up(b_h.to(Y.dtype.element_ty), UPCAST)  # (BB, DP): the program holds the whole state
+        else:
+            p_hp = tl.where(t > 0, Y + o_b[:, None] * T * HD + (t - 1) * HD + o_hk, H0 + o_b[:, None] * HD + o_hk)
+            b_hp = _up(tl.load(p_hp, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+        p_x = X + o_x + t * (G * HD)
+        a0 = tl.dot(b_hp, b_r0, input_precision=PRECISION) + tl.load(p_x, mask=m_bj, other=0.0).to(tl.float32)
+        a1 = tl.dot(b_hp, b_r1, input_precision=PRECISION) + tl.load(p_x + HD, mask=m_bj, other=0.0).to(tl.float32)
+        a2 = tl.dot(b_hp, b_r2, input_precision=PRECISION)
+        x2 = tl.load(p_x + 2 * HD, mask=m_bj, other=0.0).to(tl.float32)
+        if CELL == 1:
+            g0 = _sigmoid(a0 + b_b0)  # r
+            g1 = _sigmoid(a1 + b_b1)  # z
+            g3 = a2 + b_b3  # q = h R_n + b_hn
+            g2 = _tanh(x2 + b_b2 + g0 * g3)  # n
+            b_h = (1.0 - g1) * g2 + g1 * b_h
+        else:
+            a3 = tl.dot(b_hp, b_r3, input_precision=PRECISION)
+            a3 += tl.load(p_x + 3 * HD, mask=m_bj, other=0.0).to(tl.float32)
+            a0 += b_b0
+            a1 += b_b1
+            g2 = _tanh(a2 + x2 + b_b2)
+            g3 = _sigmoid(a3 + b_b3)
+            if CELL == 0:
+                g0 = _sigmoid(a0)
+                g1 = _sigmoid(a1)
+                b_c = g1 * b_c + g0 * g2
+                b_h = g3 * _tanh(b_c)
+            else:
+                g0 = a0  # the raw input and forget gates are saved: backward recomputes i, f from them and m
+                g1 = a1
+                logf = _logsigmoid(a1)
+                m_new = tl.maximum(a0, logf + b_m)
+                i_g = tl.exp(a0 - m_new)
+                f_g = tl.exp(logf + b_m - m_new)
+                b_c = f_g * b_c + i_g * g2
+                s_n = f_g * b_n + i_g
+                b_n = tl.where(s_n >= 1.0, s_n, 1.0)
+                b_m = m_new
+                b_h = g3 * b_c / b_n
+        tl.store(Y + o_y + t * HD, b_h.to(Y.dtype.element_ty), mask=m_bj)
+        if CELL != 1:
+            tl.store(CS + o_cs + (t + 1) * HD, b_c, mask=m_bj)
+        if CELL == 2:
+            tl.store(CS + s_cs + o_cs + (t + 1) * HD, b_n, mask=m_bj)
+            tl.store(CS + 2 * s_cs + o_cs + (t + 1) * HD, b_m, mask=m_bj)
+        if SAVE:
+            p_g = GS + o_g + t * (4 * HD)
+            tl.store(p_g, g0.to(GS.dtype.element_ty), mask=m_bj)
+            tl.store(p_g + HD, g1.to(GS.dtype.element_ty), mask=m_bj)
+            tl.store(p_g + 2 * HD, g2.to(GS.dtype.element_ty), mask=m_bj)
+            tl.store(p_g + 3 * HD, g3.to(GS.dtype.element_ty), mask=m_bj)
+        if NJ > 1:
+            if SYNC:
+                _group_barrier(CNT + i_p // NJ, (s + 1) * NJ)
+
+
+@triton.jit
+def _exchange_dot(DX, DQ, o_xk, o_qk, m_bk, t, b_r0, b_r1, b_r2, b_r3, HD: tl.constexpr, G: tl.constexpr,
+                  CELL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """sum_g dG_g[t] (BB, DP) @ R_g^T slice (DP, BJ), reading every gate column of step t back from L2."""
+    p_e = DX + o_xk + t * (G * HD)
+    e = _up(tl.load(p_e, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+    acc = tl.dot(e, b_r0, input_precision=PRECISION)
+    e = _up(tl.load(p_e + HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+    acc += tl.dot(e, b_r1, input_precision=PRECISION)
+    if CELL == 1:
+        e = _up(tl.load(DQ + o_qk + t * HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+    else:
+        e = _up(tl.load(p_e + 2 * HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+    acc += tl.dot(e, b_r2, input_precision=PRECISION)
+    if G == 4:
+        e = _up(tl.load(p_e + 3 * HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+        acc += tl.dot(e, b_r3, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _fused_recurrent_rnn_bwd_kernel(
+        R, GS, H0, Y, CS, DY, DX, DQ, DST, CNT, B, T, t0, n_steps, finish,
+        NH: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, G: tl.constexpr, CELL: tl.constexpr,
+        BB: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr, SYNC: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # steps t = t0, t0-1, .., t0-n_steps+1; each step first takes dG_{t+1} @ R^T (the exchange), then the cell's
+    # backward at t. `finish` adds the last exchange, dG_0 @ R^T, which gives the initial state's gradient.
+    # DY (B, T, NH·D); DX (B, T, G, NH·D) gradient of x (= of the recurrent pre-activations, except GRU's n
+    # gate, whose recurrent part DQ (B, T, NH·D) is written apart); DST fp32 (S, B, NH·D) the carried state
+    # gradients: in, what is left after step t0+1's exchange; out, the same after the last step of this launch
+    i_p = tl.program_id(0)
+    i_j, i_h, i_b = i_p % NJ, (i_p // NJ) % NH, i_p // (NJ * NH)
+    HD: tl.constexpr = NH * D
+    o_b = (i_b * BB + tl.arange(0, BB)).to(tl.int64)
+    o_j = i_j * BJ + tl.arange(0, BJ)  # the state columns this program owns
+    o_k = tl.arange(0, DP)  # every gate column of the head
+    m_b, m_j, m_k = o_b < B, o_j < D, o_k < D
+    m_bj = m_b[:, None] & m_j[None, :]
+    # R[g, head, J, :]^T as (DP, BJ): rows are gate columns, columns the owned state columns
+    p_r = R + (i_h * D + o_j[None, :]) * D + o_k[:, None]
+    m_r = m_k[:, None] & m_j[None, :]
+    b_r0 = _up(tl.load(p_r, mask=m_r, other=0.0), UPCAST)
+    b_r1 = _up(tl.load(p_r + HD * D, mask=m_r, other=0.0), UPCAST)
+    b_r2 = _up(tl.load(p_r + 2 * HD * D, mask=m_r, other=0.0), UPCAST)
+    b_r3 = b_r2
+    if G == 4:
+        b_r3 = _up(tl.load(p_r + 3 * HD * D, mask=m_r, other=0.0), UPCAST)
+    s_cs = B * (T + 1) * HD
+    s_st = B * HD
+    o_st = o_b[:, None] * HD + i_h * D + o_j[None, :]
+    o_cs = o_b[:, None] * (T + 1) * HD + i_h * D + o_j[None, :]
+    o_y = o_b[:, None] * T * HD + i_h * D + o_j[None, :]
+    o_g = o_b[:, None] * T * (4 * HD) + i_h * D + o_j[None, :]
+    o_x = o_b[:, None] * T * (G * HD) + i_h * D + o_j[None, :]
+    b_dh = tl.load(DST + o_st, mask=m_bj, other=0.0)
+    b_dc = tl.zeros([BB, BJ], dtype=tl.float32)
+    b_dn = tl.zeros([BB, BJ], dtype=tl.float32)
+    if CELL != 1:
+        b_dc = tl.load(DST + s_st + o_st, mask=m_bj, other=0.0)
+    if CELL == 2:
+        b_dn = tl.load(DST + 2 * s_st + o_st, mask=m_bj, other=0.0)
+    o_xk = o_b[:, None] * T * (G * HD) + i_h * D + o_k[None, :]
+    o_qk = o_b[:, None] * T * HD + i_h * D + o_k[None, :]
+    m_bk = m_b[:, None] & m_k[None, :]
+    # NJ == 1: the program holds every gate column, so step t+1's dG stays in registers
+    e0 = tl.zeros([BB, DP], dtype=R.dtype.element_ty)
+    e1 = e0
+    e2 = e0
+    e3 = e0
+    for s in range(0, n_steps):
+        t = t0 - s
+        if t + 1 < T:
+            if NJ == 1:
+                b_dh += tl.dot(_up(e0, UPCAST), b_r0, input_precision=PRECISION)
+                b_dh += tl.dot(_up(e1, UPCAST), b_r1, input_precision=PRECISION)
+                b_dh += tl.dot(_up(e2, UPCAST), b_r2, input_precision=PRECISION)
+                if G == 4:
+                    b_dh += tl.dot(_up(e3, UPCAST), b_r3, input_precision=PRECISION)
+            else:
+                if SYNC:
+                    _group_barrier(CNT + i_p // NJ, s * NJ)
+                b_dh += _exchange_dot(DX, DQ, o_xk, o_qk, m_bk, t + 1, b_r0, b_r1, b_r2, b_r3, HD, G, CELL,
+                                      PRECISION, UPCAST)
+        dh = b_dh + tl.load(DY + o_y + t * HD, mask=m_bj, other=0.0).to(tl.float32)
+        p_g = GS + o_g + t * (4 * HD)
+        g0 = tl.load(p_g, mask=m_bj, other=0.0).to(tl.float32)
+        g1 = tl.load(p_g + HD, mask=m_bj, other=0.0).to(tl.float32)
+        g2 = tl.load(p_g + 2 * HD, mask=m_bj, other=0.0).to(tl.float32)
+        g3 = tl.load(p_g + 3 * HD, mask=m_bj, other=0.0).to(tl.float32)
+        if CELL == 0:
+            c_t = tl.load(CS + o_cs + (t + 1) * HD, mask=m_bj, other=0.0)
+            c_p = tl.load(CS + o_cs + t * HD, mask=m_bj, other=0.0)
+            tc = _tanh(c_t)
+            dc = b_dc + dh * g3 * (1.0 - tc * tc)
+            d0 = dc * g2 * g0 * (1.0 - g0)
+            d1 = dc * c_p * g1 * (1.0 - g1)
+            d2 = dc * g0 * (1.0 - g2 * g2)
+            d3 = dh * tc * g3 * (1.0 - g3)
+            b_dc = dc * g1
+            b_dh = tl.zeros([BB, BJ], dtype=tl.float32)
+        elif CELL == 2:
+            c_t = tl.load(CS + o_cs + (t + 1) * HD, mask=m_bj, other=0.0)
+            c_p = tl.load(CS + o_cs + t * HD, mask=m_bj, other=0.0)
+            n_t = tl.load(CS + s_cs + o_cs + (t + 1) * HD, mask=m_bj, other=1.0)
+            n_p = tl.load(CS + s_cs + o_cs + t * HD, mask=m_bj, other=0.0)
+            m_t = tl.load(CS + 2 * s_cs + o_cs + (t + 1) * HD, mask=m_bj, other=0.0)
+            m_p = tl.load(CS + 2 * s_cs + o_cs + t * HD, mask=m_bj, other=0.0)
+            i_g = tl.exp(g0 - m_t)
+            f_g = tl.exp(_logsigmoid(g1) + m_p - m_t)
+            dc = b_dc + dh * g3 / n_t
+            s_n = f_g * n_p + i_g
+            dn = tl.where(s_n >= 1.0, b_dn - dh * g3 * c_t / (n_t * n_t), 0.0)
+            d0 = (dc * g2 + dn) * i_g
+            d1 = (dc * c_p + dn * n_p) * f_g * _sigmoid(-g1)
+            d2 = dc * i_g * (1.0 - g2 * g2)
+            d3 = dh * (c_t / n_t) * g3 * (1.0 - g3)
+            b_dc = dc * f_g
+            b_dn = dn * f_g
+            b_dh = tl.zeros([BB, BJ], dtype=tl.float32)
+        else:
+            if t > 0:
+                h_p = tl.load(Y + o_y + (t - 1) * HD, mask=m_bj, other=0.0).to(tl.float32)
+            else:
+                h_p = tl.load(H0 + o_st, mask=m_bj, other=0.0).to(tl.float32)
+            da_n = dh * (1.0 - g1) * (1.0 - g2 * g2)
+            d0 = da_n * g3 * g0 * (1.0 - g0)
+            d1 = dh * (h_p - g2) * g1 * (1.0 - g1)
+            d2 = da_n * g0  # dq: the n gate's recurrent part is scaled by r
+            d3 = d2
+            tl.store(DQ + o_y + t * HD, d2.to(DQ.dtype.element_ty), mask=m_bj)
+            b_dh = dh * g1  # h_{t-1} also enters h_t directly, through z
+        p_dx = DX + o_x + t * (G * HD)
+        tl.store(p_dx, d0.to(DX.dtype.element_ty), mask=m_bj)
+        tl.store(p_dx + HD, d1.to(DX.dtype.element_ty), mask=m_bj)
+        if CELL == 1:
+            tl.store(p_dx + 2 * HD, da_n.to(DX.dtype.element_ty), mask=m_bj)
+        else:
+            tl.store(p_dx + 2 * HD, d2.to(DX.dtype.element_ty), mask=m_bj)
+            tl.store(p_dx + 3 * HD, d3.to(DX.dtype.element_ty), mask=m_bj)
+        if NJ == 1:
+            e0 = d0.to(R.dtype.element_ty)
+            e1 = d1.to(R.dtype.element_ty)
+            e2 = d2.to(R.dtype.element_ty)
+            e3 = d3.to(R.dtype.element_ty)
+    if finish:
+        if NJ == 1:
+            b_dh += tl.dot(_up(e0, UPCAST), b_r0, input_precision=PRECISION)
+            b_dh += tl.dot(_up(e1, UPCAST), b_r1, input_precision=PRECISION)
+            b_dh += tl.dot(_up(e2, UPCAST), b_r2, input_precision=PRECISION)
+            if G == 4:
+                b_dh += tl.dot(_up(e3, UPCAST), b_r3, input_precision=PRECISION)
+        else:
+            if SYNC:
+                _group_barrier(CNT + i_p // NJ, n_steps * NJ)
+            b_dh += _exchange_dot(DX, DQ, o_xk, o_qk, m_bk, t0 - n_steps + 1, b_r0, b_r1, b_r2, b_r3, HD, G, CELL,
+                                  PRECISION, UPCAST)
+    tl.store(DST + o_st, b_dh, mask=m_bj)
+    if CELL != 1:
+        tl.store(DST + s_st + o_st, b_dc, mask=m_bj)
+    if CELL == 2:
+        tl.store(DST + 2 * s_st + o_st, b_dn, mask=m_bj)
+
+
+STATES = {"lstm": 2, "gru": 1, "slstm": 4}
+
+
+def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, precision: str, upcast: bool):
+    """Launch the forward. x (B, T, G·NH·D), R (G, NH, D, D), bias fp32 (4, NH, D), h0 (B, NH·D), cs0 fp32
+    (S-1, B, NH·D) or None. Returns y (B, T, NH·D), the fp32 cell states (S-1, B, T+1, NH·D), the saved gates."""
+    import torch
+
+    B, T, _ = x.shape
+    G, NH, D, _ = R.shape
+    HD = NH * D
+    S = STATES[cell]
+    y = torch.empty(B, T, HD, dtype=x.dtype, device=x.device)
+    cs = torch.empty(max(S - 1, 1), B, T + 1 if S > 1 else 1, HD, dtype=torch.float32, device=x.device)
+    if S > 1:
+        cs[:, :, 0] = cs0
+    gs = torch.empty(B, T, 4, HD, dtype=x.dtype, device=x.device) if save else y
+    nb = triton.cdiv(B, tiles.BB)
+    cnt = torch.zeros(nb * NH, dtype=torch.int32, device=x.device)
+    steps = [(0, T)] if tiles.NJ == 1 or tiles.sync else [(t, 1) for t in range(T)]
+    for t0, n in steps:
+        _fused_recurrent_rnn_fwd_kernel[(nb * NH * tiles.NJ,)](
+            x, R, bias, h0, y, cs, gs, cnt, B, T, t0, n, NH=NH, D=D, DP=tiles.DP, G=G, CELL=CELL_IDS[cell],
+            BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, SAVE=save, PRECISION=precision, UPCAST=upcast,
+            num_warps=tiles.num_warps)
+    return y, cs, gs
+
+
+def fused_recurrent_rnn_bwd(cell: str, R, gs, h0, y, cs, dy, dst, tiles, precision: str, upcast: bool):
+    """Launch the backward. dst fp32 (S, B, NH·D) holds the final states' gradients and is overwritten with the
+    initial states' gradients. Returns dx (B, T, G·NH·D) and, for GRU, dq (B, T, NH·D) (else None)."""
+    import torch
+
+    B, T, HD = y.shape
+    G, NH, D, _ = R.shape
+    dx = torch.empty(B, T, G * HD, dtype=y.dtype, device=y.device)
+    dq = torch.empty(B, T, HD, dtype=y.dtype, device=y.device) if cell == "gru" else dx
+    nb = triton.cdiv(B, tiles.BB)
+    cnt = torch.zeros(nb * NH, dtype=torch.int32, device=y.device)
+    if tiles.NJ == 1 or tiles.sync:
+        steps = [(T - 1, T, 1)]
+    else:  # one launch per step, and a last one for the exchange of step 0 alone
+        steps = [(t, 1, 0) for t in range(T - 1, -1, -1)] + [(-1, 0, 1)]
+    for t0, n, finish in steps:
+        _fused_recurrent_rnn_bwd_kernel[(nb * NH * tiles.NJ,)](
+            R, gs, h0, y, cs, dy, dx, dq, dst, cnt, B, T, t0, n, finish, NH=NH, D=D, DP=tiles.DP, G=G,
+            CELL=CELL_IDS[cell], BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, PRECISION=precision,
+            UPCAST=upcast, num_warps=tiles.num_warps)
+    return dx, (dq if cell == "gru" else None)
