@@ -16,6 +16,9 @@ CASES = [
     pytest.param(2, 4, 8, 1, 64, 1, 2, torch.bfloat16, id="B2-Tq4-H8-MQA-D64-page1-bf16"),
     pytest.param(1, 16, 4, 2, 32, 0, 4, torch.float16, id="B1-Tq16-H4-Hkv2-D32-contig-split4-fp16"),
     pytest.param(2, 3, 6, 3, 111, 256, None, torch.float32, id="B2-Tq3-H6-Hkv3-D111-page256-fp32"),
+    # one split: the split kernel writes the output itself, no combine launch
+    pytest.param(2, 2, 6, 3, 40, 0, 1, torch.bfloat16, id="B2-Tq2-H6-Hkv3-D40-contig-split1-bf16"),
+    pytest.param(3, 1, 4, 1, 24, 8, 1, torch.float16, id="B3-Tq1-H4-MQA-D24-page8-split1-fp16"),
 ]
 
 

@@ -123,21 +123,23 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if q.device.type == "cpu":
         max_len = _check_values(k_cache, cache_seqlens, block_table, Tnew, cap, q.shape[0])
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    if k_new is not None:
-        _append(k_cache, k_new, cache_seqlens, block_table)
-        _append(v_cache, v_new, cache_seqlens, block_table)
-    seqlens = cache_seqlens + Tnew if Tnew else cache_seqlens
-    if seqlens.dtype != torch.int32:
-        seqlens = seqlens.to(torch.int32)
     q = q if q.stride(-1) == 1 else q.contiguous()
     backend = backend_for(q.device.type)
     record("flash_decode", backend)
     if backend == "reference":
+        if k_new is not None:
+            _append(k_cache, k_new, cache_seqlens, block_table)
+            _append(v_cache, v_new, cache_seqlens, block_table)
+        seqlens = (cache_seqlens + Tnew).to(torch.int32)
         out, lse = decode_ref(q, k_cache, v_cache, seqlens, block_table, scale, causal)
         stats["fallbacks"] = 0
     else:
+        # two launches in all (append, split; a combine only when the keys are split): a decode step of a small
+        # model is launch-bound, so every small kernel the step avoids is time saved
         kern = load_kernel_module(_KERNEL)
-        out, lse, fb = kern.flash_decode_fwd(q, k_cache, v_cache, seqlens, block_table, scale, causal, unified_max,
-                                             max_len, num_splits)
+        if k_new is not None:
+            kern.append_kv(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
+        out, lse, fb = kern.flash_decode_fwd(q, k_cache, v_cache, cache_seqlens, block_table, scale, causal,
+                                             unified_max, max_len, num_splits, tnew=Tnew)
         stats["fallbacks"] = fb
     return (out, lse) if return_lse else out

@@ -70,9 +70,9 @@ def _decode_loop(b_q, K, V, BT, i_b, i_hk, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s
 
 
 @triton.jit
-def _flash_decode_split_kernel(Q, K, V, BT, SEQLENS, O_PART, LSE_PART, FALLBACK,
-                               s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_btb,
-                               split_len, scale_log2, phi, lo_safe, hi_safe,
+def _flash_decode_split_kernel(Q, K, V, BT, SEQLENS, O_PART, LSE_PART, FALLBACK, O, LSE,
+                               s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_btb, s_ob, s_ot, s_oh,
+                               split_len, scale_log2, phi, lo_safe, hi_safe, TNEW: tl.constexpr, HQ: tl.constexpr,
                                TQ: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, NS: tl.constexpr,
                                D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                PAGED: tl.constexpr, PAGE: tl.constexpr, IS_CAUSAL: tl.constexpr,
@@ -81,7 +81,7 @@ def _flash_decode_split_kernel(Q, K, V, BT, SEQLENS, O_PART, LSE_PART, FALLBACK,
     i_s = tl.program_id(1)
     i_b = (i_bh // HKV).to(tl.int64)
     i_hk = i_bh % HKV
-    L = tl.load(SEQLENS + i_b)
+    L = tl.load(SEQLENS + i_b).to(tl.int32) + TNEW  # keys cached before this call, plus the appended ones
     # packed rows: row r is query token t = r % TQ of head hk * GROUP + r // TQ
     o_r = tl.arange(0, BM)
     o_t = o_r % TQ
@@ -113,9 +113,54 @@ def _flash_decode_split_kernel(Q, K, V, BT, SEQLENS, O_PART, LSE_PART, FALLBACK,
     b_empty = b_l == 0.0
     b_o = b_acc / tl.where(b_empty, 1.0, b_l)[:, None]
     b_lse = tl.where(b_empty, float("-inf"), b_m + tl.math.log2(tl.where(b_empty, 1.0, b_l)))  # log2 units
-    base = (i_bh.to(tl.int64) * NS + i_s) * BM
-    tl.store(O_PART + (base + o_r)[:, None] * BD + o_d[None, :], b_o)
-    tl.store(LSE_PART + base + o_r, b_lse)
+    if NS == 1:  # one split: it is the whole row, so write the output here and skip the combine launch
+        tl.store(O + i_b * s_ob + o_t[:, None] * s_ot + o_h[:, None] * s_oh + o_d[None, :],
+                 b_o.to(O.dtype.element_ty), mask=m_r[:, None] & (o_d < D)[None, :])
+        tl.store(LSE + (i_b * HQ + o_h) * TQ + o_t, b_lse * 0.6931471805599453, mask=m_r)
+    else:
+        base = (i_bh.to(tl.int64) * NS + i_s) * BM
+        tl.store(O_PART + (base + o_r)[:, None] * BD + o_d[None, :], b_o)
+        tl.store(LSE_PART + base + o_r, b_lse)
+
+
+@triton.jit
+def _append_kernel(KN, VN, K, V, BT, SEQLENS, s_knb, s_knt, s_knh, s_vnb, s_vnt, s_vnh,
+                   s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_btb,
+                   HKV: tl.constexpr, D: tl.constexpr, BH: tl.constexpr, BD: tl.constexpr,
+                   PAGED: tl.constexpr, PAGE: tl.constexpr):
+    """k_new/v_new[b, t] -> cache position seqlens[b] + t, both in one launch (one program per (b, t))."""
+    i_b = tl.program_id(0).to(tl.int64)
+    i_t = tl.program_id(1)
+    pos = tl.load(SEQLENS + i_b).to(tl.int64) + i_t
+    o_h = tl.arange(0, BH)
+    o_d = tl.arange(0, BD)
+    m = (o_h < HKV)[:, None] & (o_d < D)[None, :]
+    if PAGED:
+        page = tl.load(BT + i_b * s_btb + pos // PAGE).to(tl.int64)
+        k_row = page * s_kb + (pos % PAGE) * s_kt
+        v_row = page * s_vb + (pos % PAGE) * s_vt
+    else:
+        k_row = i_b * s_kb + pos * s_kt
+        v_row = i_b * s_vb + pos * s_vt
+    b_k = tl.load(KN + i_b * s_knb + i_t * s_knt + o_h[:, None] * s_knh + o_d[None, :], mask=m)
+    b_v = tl.load(VN + i_b * s_vnb + i_t * s_vnt + o_h[:, None] * s_vnh + o_d[None, :], mask=m)
+    tl.store(K + k_row + o_h[:, None] * s_kh + o_d[None, :], b_k.to(K.dtype.element_ty), mask=m)
+    tl.store(V + v_row + o_h[:, None] * s_vh + o_d[None, :], b_v.to(V.dtype.element_ty), mask=m)
+
+
+def append_kv(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table) -> None:
+    """Write k_new/v_new (B, Tnew, Hkv, D) at positions cache_seqlens[b] + t, in place (one launch)."""
+    B, Tn, Hkv, D = k_new.shape
+    paged = block_table is not None
+    bt = block_table if paged else cache_seqlens
+    kn = k_new if k_new.stride(-1) == 1 else k_new.contiguous()
+    vn = v_new if v_new.stride(-1) == 1 else v_new.contiguous()
+    _append_kernel[(B, Tn)](
+        kn, vn, k_cache, v_cache, bt, cache_seqlens, kn.stride(0), kn.stride(1), kn.stride(2), vn.stride(0),
+        vn.stride(1), vn.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
+        v_cache.stride(1), v_cache.stride(2), bt.stride(0) if paged else 0, HKV=Hkv, D=D,
+        BH=triton.next_power_of_2(Hkv), BD=triton.next_power_of_2(D), PAGED=paged,
+        PAGE=k_cache.shape[1] if paged else 1, num_warps=1)
 
 
 @triton.jit
@@ -156,8 +201,9 @@ def _num_splits(B: int, Hkv: int, L_max: int, BN: int, sms: int) -> int:
 
 
 def flash_decode_fwd(q, k_cache, v_cache, seqlens, block_table, softmax_scale: float, causal: bool,
-                     unified_max: float | None, max_seqlen: int, num_splits: int | None = None):
-    """Launch split + combine. Returns out (B, Tq, Hq, D), lse (B, Hq, Tq) fp32, fallback count (int tensor)."""
+                     unified_max: float | None, max_seqlen: int, num_splits: int | None = None, tnew: int = 0):
+    """Launch split + combine (the split alone when there is one). Attention covers seqlens[b] + tnew keys.
+    Returns out (B, Tq, Hq, D), lse (B, Hq, Tq) fp32, fallback count (int tensor)."""
     B, Tq, Hq, D = q.shape
     Hkv = k_cache.shape[2]
     group = Hq // Hkv
@@ -171,8 +217,12 @@ def flash_decode_fwd(q, k_cache, v_cache, seqlens, block_table, softmax_scale: f
         num_splits = _num_splits(B, Hkv, max_seqlen, BN, sms)
     split_len = -(-max(max_seqlen, 1) // num_splits)
     split_len = -(-split_len // BN) * BN
-    o_part = torch.empty((B * Hkv, num_splits, BM, BD), device=q.device, dtype=torch.float32)
-    lse_part = torch.empty((B * Hkv, num_splits, BM), device=q.device, dtype=torch.float32)
+    out = torch.empty_like(q)
+    lse = torch.empty((B, Hq, Tq), device=q.device, dtype=torch.float32)
+    o_part = torch.empty((B * Hkv, num_splits, BM, BD), device=q.device, dtype=torch.float32) if num_splits > 1 \
+        else out
+    lse_part = torch.empty((B * Hkv, num_splits, BM), device=q.device, dtype=torch.float32) if num_splits > 1 \
+        else lse
     # the fallback counter needs zeroing (a kernel launch) only when the unified path can write it
     fallback = torch.zeros(1, device=q.device, dtype=torch.int32) if unified_max is not None else seqlens
     bt = block_table if paged else seqlens  # any int tensor: not read when PAGED is False
@@ -181,16 +231,16 @@ def flash_decode_fwd(q, k_cache, v_cache, seqlens, block_table, softmax_scale: f
     phi = float(unified_max * LOG2E) if unified_max is not None else 0.0
     num_warps = 4
     _flash_decode_split_kernel[(B * Hkv, num_splits)](
-        q, k_cache, v_cache, bt, seqlens, o_part, lse_part, fallback,
+        q, k_cache, v_cache, bt, seqlens, o_part, lse_part, fallback, out, lse,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), bt.stride(0) if paged else 0,
-        split_len, softmax_scale * LOG2E, phi, lo, hi,
+        out.stride(0), out.stride(1), out.stride(2),
+        split_len, softmax_scale * LOG2E, phi, lo, hi, TNEW=tnew, HQ=Hq,
         TQ=Tq, HKV=Hkv, GROUP=group, NS=num_splits, D=D, BD=BD, BM=BM, BN=BN, PAGED=paged, PAGE=page,
         IS_CAUSAL=causal, UNIFIED=unified_max is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST=interpreting() and q.dtype == torch.bfloat16, num_warps=num_warps)
-    out = torch.empty_like(q)
-    lse = torch.empty((B, Hq, Tq), device=q.device, dtype=torch.float32)
-    _flash_decode_combine_kernel[(B * Hkv, group * Tq)](
-        o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2), TQ=Tq, HQ=Hq, HKV=Hkv,
-        GROUP=group, NS=num_splits, BS=max(2, triton.next_power_of_2(num_splits)), D=D, BD=BD, BM=BM)
+    if num_splits > 1:
+        _flash_decode_combine_kernel[(B * Hkv, group * Tq)](
+            o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2), TQ=Tq, HQ=Hq, HKV=Hkv,
+            GROUP=group, NS=num_splits, BS=max(2, triton.next_power_of_2(num_splits)), D=D, BD=BD, BM=BM)
     return out, lse, fallback
