@@ -57,9 +57,10 @@ def top2_gap(model, prompt: list[int], tokens: list[int], at: int) -> float:
     return float(v[0] - v[1])
 
 
-def run_ioaware(model, tok, ids, n, reps, cuda_graphs=False) -> tuple[dict, list[int]]:
-    generate(model, tok, ids, 8, stop_at_eos=False, cuda_graphs=cuda_graphs)  # warm-up
-    runs = [generate(model, tok, ids, n, stop_at_eos=False, cuda_graphs=cuda_graphs) for _ in range(reps)]
+def run_ioaware(model, tok, ids, n, reps, cuda_graphs=False, compile=False) -> tuple[dict, list[int]]:
+    generate(model, tok, ids, 8, stop_at_eos=False, cuda_graphs=cuda_graphs, compile=compile)  # warm-up
+    runs = [generate(model, tok, ids, n, stop_at_eos=False, cuda_graphs=cuda_graphs, compile=compile)
+            for _ in range(reps)]
     s = runs[-1].summary
     return {"prefill_tok_s": statistics.median(r.summary["prefill_tok_s"] for r in runs),
             "decode_tok_s": statistics.median(r.summary["decode_tok_s"] for r in runs),
@@ -150,24 +151,26 @@ def bench_cuda(a) -> dict:
     m = build_model(ck, "cuda", torch.bfloat16, weights="dense")
     # the CUDA-graph decode step before #6 (SDPA over the whole cache with a validity mask, cuBLAS projections)
     # and after (flash_decode reading only the filled cache, flat_linear's measured dataflow), same run
-    steps = {"SDPA step, torch linear": ("sdpa", "torch"), "flash_decode step, torch linear": ("flash_attn", "torch"),
-             "flash_decode step, flat linear": ("flash_attn", "flat")}
-    for label, (att, lin) in steps.items():
+    steps = {"SDPA step, torch linear": ("sdpa", "torch", False),
+             "flash_decode step, torch linear": ("flash_attn", "torch", False),
+             "flash_decode step, flat linear": ("flash_attn", "flat", False),
+             "flash_decode step, torch linear, compiled": ("flash_attn", "torch", True)}
+    for label, (att, lin, comp) in steps.items():
         m.set_attention(att)
         m.set_linear(lin)
         res[f"ioaware bf16 + CUDA graph, {label}"], toks[f"ioaware bf16 + CUDA graph, {label}"] = run_ioaware(
-            m, tok, ids, a.new_tokens, a.reps, cuda_graphs=True)
+            m, tok, ids, a.new_tokens, a.reps, cuda_graphs=True, compile=comp)
     m.set_attention("flash_attn")
     m.set_linear("torch")
     res["ioaware bf16 eager"], toks["ioaware bf16 eager"] = run_ioaware(m, tok, ids, a.new_tokens, a.reps)
     # a long context, where the decode step's attention is a real share of the bytes read per token
     long_ids = (ids * (a.long_prompt // len(ids) + 1))[:a.long_prompt]
     long_res = {}
-    for label, (att, lin) in steps.items():
+    for label, (att, lin, comp) in steps.items():
         m.set_attention(att)
         m.set_linear(lin)
         long_res[f"ioaware bf16 + CUDA graph, {label}"] = run_ioaware(m, tok, long_ids, a.new_tokens, a.reps,
-                                                                      cuda_graphs=True)[0]
+                                                                      cuda_graphs=True, compile=comp)[0]
     print_table(f"generate, {len(long_ids)}-token prompt, {a.new_tokens} new, median of {a.reps}",
                 ["provider", "prefill tok/s", "decode tok/s"],
                 [[k, r["prefill_tok_s"], r["decode_tok_s"]] for k, r in long_res.items()])

@@ -69,19 +69,22 @@ class CUDAGraphStep:
     of each of the model's layers at once instead of one by one from Python, which is what bounds a small model's
     decode speed on a GPU. Capture before prefill: the warm-up runs write cache slot 0, which prefill rewrites."""
 
-    def __init__(self, model: Transformer, batch: int = 1):
+    def __init__(self, model: Transformer, batch: int = 1, compile: bool = False):
         dev = model.output.weight.device
+        # torch.compile fuses the step's elementwise work (RMSNorm, RoPE, SiLU, residuals) into a few kernels;
+        # flash_decode stays one opaque op. Its own CUDA graphs are off: the whole step is captured below.
+        step_fn = torch.compile(model.decode_static, dynamic=False) if compile else model.decode_static
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)
         s = torch.cuda.Stream(dev)
         s.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(s):
             for _ in range(2):
-                model.decode_static(self.token, self.pos)
+                step_fn(self.token, self.pos)
         torch.cuda.current_stream(dev).wait_stream(s)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = model.decode_static(self.token, self.pos)  # (B, 1, vocab), a static output buffer
+            self.logits = step_fn(self.token, self.pos)  # (B, 1, vocab), a static output buffer
 
     def __call__(self, token: torch.Tensor, pos: int) -> torch.Tensor:
         self.token.copy_(token)
@@ -124,7 +127,7 @@ class GenerationResult:
 @torch.inference_mode()
 def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_tokens: int,
              sampling: SamplingConfig | None = None, on_text: Callable[[str], None] | None = None,
-             cuda_graphs: bool = False, stop_at_eos: bool = True) -> GenerationResult:
+             cuda_graphs: bool = False, stop_at_eos: bool = True, compile: bool = False) -> GenerationResult:
     """Greedy or sampled continuation of `prompt_ids`. Streams text through `on_text` as tokens arrive."""
     sampling = sampling or SamplingConfig()
     a = model.args
@@ -138,7 +141,9 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_
     max_new_tokens = min(max_new_tokens, a.max_seq_len - len(prompt_ids))
     device = model.norm.weight.device
     model.setup_cache(1, len(prompt_ids) + max_new_tokens)
-    step = CUDAGraphStep(model) if cuda_graphs else None
+    if compile and not cuda_graphs:
+        raise ValueError("compile=True compiles the CUDA-graph decode step; it needs cuda_graphs=True")
+    step = CUDAGraphStep(model, compile=compile) if cuda_graphs else None
     sampler = Sampler(sampling, device)
     stream = TextStream(tok, on_text) if on_text else None
     if device.type == "cuda":
@@ -183,7 +188,7 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_
         "weight_bytes_per_token": wbytes, "kv_bytes_per_token_mean": kv_bytes,
         "achieved_weight_GBps": wbytes * tok_s / 1e9, "achieved_total_GBps": (wbytes + kv_bytes) * tok_s / 1e9,
         "device": str(device), "dtype": str(model.norm.weight.dtype).replace("torch.", ""),
-        "cuda_graphs": bool(step), "threads": torch.get_num_threads(),
+        "cuda_graphs": bool(step), "compiled_step": compile, "threads": torch.get_num_threads(),
         "attention": model.attn_impl + (" prefill, flash_decode steps" if step and model.attn_impl == "flash_attn"
                                         else ""),
         "linear": model.linear_impl,

@@ -22,9 +22,10 @@ def _model(seed: int) -> Transformer:
     return m.to("cuda", torch.bfloat16).eval()
 
 
-@pytest.mark.parametrize("linear", ["torch", "flat"])
+@pytest.mark.parametrize("linear,compile", [("torch", False), ("flat", False), ("torch", True)],
+                         ids=["torch-linear", "flat-linear", "torch-linear-compiled"])
 @torch.inference_mode()
-def test_graphed_flash_decode_step_matches_eager(linear):
+def test_graphed_flash_decode_step_matches_eager(linear, compile):
     m = _model(0)
     ids = torch.randint(0, m.args.vocab_size, (1, 300), device="cuda")
     # reference: eager forward, one token at a time after a prefill, flash_attn and cuBLAS
@@ -37,7 +38,7 @@ def test_graphed_flash_decode_step_matches_eager(linear):
     # ours: the graphed static step, flash_decode appending into the cache, `linear` projections
     m.setup_cache(1, 320)
     m.set_linear(linear)
-    step = CUDAGraphStep(m)
+    step = CUDAGraphStep(m, compile=compile)
     m(ids[:, :280], 0)
     got = torch.cat([step(ids[:, t:t + 1], t).clone() for t in range(280, 300)], 1)
     assert last_backend("flash_decode") == "triton"

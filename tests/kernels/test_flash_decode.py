@@ -130,3 +130,18 @@ def _t(*s, dtype=torch.float32):
 def test_errors(args, exc, msg):
     with pytest.raises(exc, match=msg):
         ioaware.flash_decode(*args)
+
+
+def test_compiles_as_one_op_that_appends():
+    """torch.compile(fullgraph=True) traces through flash_decode (a custom op mutating the cache): same output,
+    same cache as eager."""
+    q, kc, vc, lens, bt, kn, vn = _make(2, 1, 4, 2, 32, 0, torch.float32, seed=5)
+    kc_e, vc_e = kc.clone(), vc.clone()
+
+    def f(q, kc, vc, lens, kn, vn):
+        return ioaware.flash_decode(q * 1.5, kc, vc, lens, k_new=kn, v_new=vn) + 1
+
+    got = torch.compile(f, backend="aot_eager", fullgraph=True)(q, kc, vc, lens, kn, vn)
+    ref = f(q, kc_e, vc_e, lens, kn, vn)
+    assert torch.allclose(got, ref, atol=1e-6)
+    assert torch.equal(kc, kc_e) and torch.equal(vc, vc_e)

@@ -89,6 +89,45 @@ def _check_values(k_cache, cache_seqlens, block_table, Tnew: int, cap: int, B: i
     return int(lens.max()) + Tnew
 
 
+# A custom op, so torch.compile traces a decode step through it (one opaque node that mutates the cache)
+@torch.library.custom_op("ioaware::flash_decode", mutates_args=("k_cache", "v_cache"))
+def _flash_decode_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                     block_table: torch.Tensor | None, k_new: torch.Tensor | None, v_new: torch.Tensor | None,
+                     scale: float, causal: bool, unified_max: float | None, max_len: int,
+                     num_splits: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns out, lse and the unified-max fallback count ((1,) int32; (0,) when unified_max is None)."""
+    Tnew = 0 if k_new is None else k_new.shape[1]
+    backend = backend_for(q.device.type)
+    record("flash_decode", backend)
+    if backend == "reference":
+        if k_new is not None:
+            _append(k_cache, k_new, cache_seqlens, block_table)
+            _append(v_cache, v_new, cache_seqlens, block_table)
+        seqlens = (cache_seqlens + Tnew).to(torch.int32)
+        out, lse = decode_ref(q, k_cache, v_cache, seqlens, block_table, scale, causal)
+        return out.contiguous(), lse.contiguous(), _no_count(q, unified_max)
+    # two launches in all (append, split; a combine only when the keys are split): a decode step of a small
+    # model is launch-bound, so every small kernel the step avoids is time saved
+    kern = load_kernel_module(_KERNEL)
+    if k_new is not None:
+        kern.append_kv(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
+    out, lse, fb = kern.flash_decode_fwd(q, k_cache, v_cache, cache_seqlens, block_table, scale, causal,
+                                         unified_max, max_len, num_splits, tnew=Tnew)
+    return out, lse, fb if unified_max is not None else _no_count(q, None)
+
+
+def _no_count(q, unified_max) -> torch.Tensor:
+    return torch.zeros(1 if unified_max is not None else 0, dtype=torch.int32, device=q.device)
+
+
+@_flash_decode_op.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, scale, causal, unified_max, max_len,
+      num_splits):
+    B, Tq, Hq, _ = q.shape
+    return (torch.empty_like(q), q.new_empty((B, Hq, Tq), dtype=torch.float32),
+            q.new_empty((1 if unified_max is not None else 0,), dtype=torch.int32))
+
+
 def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                  block_table: torch.Tensor | None = None, k_new: torch.Tensor | None = None,
                  v_new: torch.Tensor | None = None, softmax_scale: float | None = None, causal: bool = True,
@@ -120,26 +159,11 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     # Values are checked where that costs no device sync (CPU tensors); on a GPU, reading cache_seqlens back
     # would stall every decoding step, so there the caller owns them (as with flash-attn's kvcache API).
     max_len = cap
-    if q.device.type == "cpu":
+    if q.device.type == "cpu" and not torch.compiler.is_compiling():  # a traced step cannot read values either
         max_len = _check_values(k_cache, cache_seqlens, block_table, Tnew, cap, q.shape[0])
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     q = q if q.stride(-1) == 1 else q.contiguous()
-    backend = backend_for(q.device.type)
-    record("flash_decode", backend)
-    if backend == "reference":
-        if k_new is not None:
-            _append(k_cache, k_new, cache_seqlens, block_table)
-            _append(v_cache, v_new, cache_seqlens, block_table)
-        seqlens = (cache_seqlens + Tnew).to(torch.int32)
-        out, lse = decode_ref(q, k_cache, v_cache, seqlens, block_table, scale, causal)
-        stats["fallbacks"] = 0
-    else:
-        # two launches in all (append, split; a combine only when the keys are split): a decode step of a small
-        # model is launch-bound, so every small kernel the step avoids is time saved
-        kern = load_kernel_module(_KERNEL)
-        if k_new is not None:
-            kern.append_kv(k_cache, v_cache, k_new, v_new, cache_seqlens, block_table)
-        out, lse, fb = kern.flash_decode_fwd(q, k_cache, v_cache, cache_seqlens, block_table, scale, causal,
-                                             unified_max, max_len, num_splits, tnew=Tnew)
-        stats["fallbacks"] = fb
+    out, lse, fb = _flash_decode_op(q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, scale, causal,
+                                    unified_max, max_len, num_splits)
+    stats["fallbacks"] = fb if fb.numel() else 0
     return (out, lse) if return_lse else out
