@@ -12,6 +12,7 @@ case $1 in
     nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv | tee $OUT/gpu.txt
     timeout 200 python3 -m pytest -q -m gpu tests/gpu/test_runtime_gpu.py tests/gpu/test_flash_decode_gpu.py \
       -p no:cacheprovider 2>&1 | tail -30 | tee $OUT/gpu-tests.txt
+    timeout 120 python3 -m ioaware.cli.main bench decode --out $OUT/decode.json 2>&1 | tail -30 > $OUT/decode.txt
     timeout 330 python3 -m ioaware.cli.main bench gemm --out $OUT/gemm.json 2>&1 | tail -75 > $OUT/gemm.txt
     cp ioaware/kernels/gemm/flat/dataflow_h100.json $OUT/ && cp ioaware/kernels/gemm/flat/dataflow_h100.json /tmp/m/ ;;
   b)
