@@ -19,6 +19,13 @@ def add_parser(sp) -> None:
     a.add_argument("--out", default=None, help="results file (default benchmarks/results/attention-<card>-<date>.json)")
     a.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
     a.set_defaults(func=run_attention)
+    am = sub.add_parser("attention-masks", help="flash_attn's sliding window and block-sparse vs FlexAttention",
+                        description="flash_attn: sliding window 1024 at T=16k vs FlexAttention (compiled, same mask); "
+                        "block-sparse vs FlexAttention and vs our dense kernel (bf16, D=128)")
+    am.add_argument("--out", default=None,
+                    help="results file (default benchmarks/results/attention_masks-<card>-<date>.json)")
+    am.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
+    am.set_defaults(func=run_attention_masks)
     d = sub.add_parser("decode", help="flash_decode vs SDPA's flash and cuDNN backends (KV read GB/s)",
                        description="flash_decode vs SDPA's flash and cuDNN backends (KV read GB/s)")
     d.add_argument("--out", default=None, help="results file (default benchmarks/results/decode-<card>-<date>.json)")
@@ -61,6 +68,10 @@ def _run(op: str, args, start) -> int:
 def run_attention(args) -> int:
     return _run("attention", args, lambda mod, progress: mod.run(
         args.dtype, tuple(args.modes), seqlens=tuple(args.seqlens), head_dims=tuple(args.head_dims), progress=progress))
+
+
+def run_attention_masks(args) -> int:
+    return _run("attention_masks", args, lambda mod, progress: mod.run(progress=progress))
 
 
 def run_decode(args) -> int:
