@@ -20,5 +20,6 @@ case $1 in
     cat /tmp/m/part_aa .carry2/part_ab > /tmp/m/model.gguf && ls -la /tmp/m
     pip install -q --no-deps --target /tmp/pylib /tmp/m/gguf-*.whl 2>&1 | tail -2
     timeout 500 python3 benchmarks/bench_generate.py --device cuda --model /tmp/m/model.gguf --reps 5 --new-tokens 128 \
-      --out $OUT/generate-h100.json 2>&1 | tail -60 | tee $OUT/generate.txt ;;
+      --out $OUT/generate-h100.json 2>&1 | tail -60 | tee $OUT/generate.txt
+    [ -n "$SWEEP" ] && timeout 300 python3 dev/decode/sweep.py 2>&1 | tail -30 | tee $OUT/sweep.txt ;;
 esac

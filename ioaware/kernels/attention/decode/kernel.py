@@ -201,7 +201,8 @@ def _num_splits(B: int, Hkv: int, L_max: int, BN: int, sms: int) -> int:
 
 
 def flash_decode_fwd(q, k_cache, v_cache, seqlens, block_table, softmax_scale: float, causal: bool,
-                     unified_max: float | None, max_seqlen: int, num_splits: int | None = None, tnew: int = 0):
+                     unified_max: float | None, max_seqlen: int, num_splits: int | None = None, tnew: int = 0,
+                     bn: int | None = None, num_warps: int = 4, num_stages: int | None = None):
     """Launch split + combine (the split alone when there is one). Attention covers seqlens[b] + tnew keys.
     Returns out (B, Tq, Hq, D), lse (B, Hq, Tq) fp32, fallback count (int tensor)."""
     B, Tq, Hq, D = q.shape
@@ -209,7 +210,7 @@ def flash_decode_fwd(q, k_cache, v_cache, seqlens, block_table, softmax_scale: f
     group = Hq // Hkv
     BD = max(16, triton.next_power_of_2(D))
     BM = max(16, triton.next_power_of_2(group * Tq))
-    BN = 32 if interpreting() else (64 if D <= 128 else 32)
+    BN = bn or (32 if interpreting() else (64 if D <= 128 else 32))
     paged = block_table is not None
     page = k_cache.shape[1] if paged else 1
     if num_splits is None:
@@ -229,7 +230,7 @@ def flash_decode_fwd(q, k_cache, v_cache, seqlens, block_table, softmax_scale: f
     # safe range of s - phi (log2 units): P is cast to the cache dtype before the P V product
     hi, lo = (14.0, 10.0) if q.dtype == torch.float16 else (100.0, 100.0)
     phi = float(unified_max * LOG2E) if unified_max is not None else 0.0
-    num_warps = 4
+    extra = {"num_stages": num_stages} if num_stages else {}
     _flash_decode_split_kernel[(B * Hkv, num_splits)](
         q, k_cache, v_cache, bt, seqlens, o_part, lse_part, fallback, out, lse,
         q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -238,7 +239,7 @@ def flash_decode_fwd(q, k_cache, v_cache, seqlens, block_table, softmax_scale: f
         split_len, softmax_scale * LOG2E, phi, lo, hi, TNEW=tnew, HQ=Hq,
         TQ=Tq, HKV=Hkv, GROUP=group, NS=num_splits, D=D, BD=BD, BM=BM, BN=BN, PAGED=paged, PAGE=page,
         IS_CAUSAL=causal, UNIFIED=unified_max is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        UPCAST=interpreting() and q.dtype == torch.bfloat16, num_warps=num_warps)
+        UPCAST=interpreting() and q.dtype == torch.bfloat16, num_warps=num_warps, **extra)
     if num_splits > 1:
         _flash_decode_combine_kernel[(B * Hkv, group * Tq)](
             o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2), TQ=Tq, HQ=Hq, HKV=Hkv,
