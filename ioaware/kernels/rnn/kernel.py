@@ -60,11 +60,51 @@ def _group_barrier(p_cnt, target):
 
 
 @triton.jit
+def _fwd_loads(X, o_x, m_bj, t, G: tl.constexpr, HD: tl.constexpr):
+    p_x = X + o_x + t * (G * HD)
+    x0 = tl.load(p_x, mask=m_bj, other=0.0)
+    x1 = tl.load(p_x + HD, mask=m_bj, other=0.0)
+    x2 = tl.load(p_x + 2 * HD, mask=m_bj, other=0.0)
+    x3 = x2
+    if G == 4:
+        x3 = tl.load(p_x + 3 * HD, mask=m_bj, other=0.0)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _bwd_loads(DY, GS, CS, Y, H0, o_y, o_g, o_cs, o_st, m_bj, t, s_cs, CELL: tl.constexpr, HD: tl.constexpr):
+    """Everything step t's backward reads that does not depend on the recurrence."""
+    dy = tl.load(DY + o_y + t * HD, mask=m_bj, other=0.0)
+    p_g = GS + o_g + t * (4 * HD)
+    g0 = tl.load(p_g, mask=m_bj, other=0.0)
+    g1 = tl.load(p_g + HD, mask=m_bj, other=0.0)
+    g2 = tl.load(p_g + 2 * HD, mask=m_bj, other=0.0)
+    g3 = tl.load(p_g + 3 * HD, mask=m_bj, other=0.0)
+    if CELL == 1:
+        p_h = tl.where(t > 0, Y + o_y + (t - 1) * HD, H0 + o_st)
+        a = tl.load(p_h, mask=m_bj, other=0.0).to(tl.float32)
+        b = a
+    else:
+        a = tl.load(CS + o_cs + (t + 1) * HD, mask=m_bj, other=0.0)  # c_t
+        b = tl.load(CS + o_cs + t * HD, mask=m_bj, other=0.0)  # c_{t-1}
+    c = a
+    d = a
+    e = a
+    f = a
+    if CELL == 2:
+        c = tl.load(CS + s_cs + o_cs + (t + 1) * HD, mask=m_bj, other=1.0)  # n_t
+        d = tl.load(CS + s_cs + o_cs + t * HD, mask=m_bj, other=0.0)
+        e = tl.load(CS + 2 * s_cs + o_cs + (t + 1) * HD, mask=m_bj, other=0.0)  # m_t
+        f = tl.load(CS + 2 * s_cs + o_cs + t * HD, mask=m_bj, other=0.0)
+    return dy, g0, g1, g2, g3, a, b, c, d, e, f
+
+
+@triton.jit
 def _fused_recurrent_rnn_fwd_kernel(
         X, R, BIAS, H0, Y, CS, GS, CNT, B, T, t0, n_steps,
         NH: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, G: tl.constexpr, CELL: tl.constexpr,
         BB: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr, SYNC: tl.constexpr, SAVE: tl.constexpr,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        PREFETCH: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # X (B, T, G, NH, D); R (G, NH, D, D); BIAS fp32 (4, NH, D); H0 (B, NH·D); Y (B, T, NH·D);
     # CS fp32 (S-1, B, T+1, NH·D) cell states, index 0 the initial one; GS (B, T, 4, NH·D) saved gates
     i_p = tl.program_id(0)
@@ -109,30 +149,34 @@ def _fused_recurrent_rnn_fwd_kernel(
     o_g = o_b[:, None] * T * (4 * HD) + i_h * D + o_j[None, :]
     o_hk = i_h * D + o_k[None, :]
     m_bk = m_b[:, None] & m_k[None, :]
+    x0, x1, x2, x3 = _fwd_loads(X, o_x, m_bj, t0, G, HD)
     for s in range(0, n_steps):
         t = t0 + s
+        c0, c1, c2, c3 = x0, x1, x2, x3
+        if PREFETCH:  # issue step t+1's loads now: their latency hides behind this step's math
+            x0, x1, x2, x3 = _fwd_loads(X, o_x, m_bj, tl.minimum(t + 1, T - 1), G, HD)
+        else:
+            c0, c1, c2, c3 = _fwd_loads(X, o_x, m_bj, t, G, HD)
         if NJ == 1:
             b_hp = _up(b_h.to(Y.dtype.element_ty), UPCAST)  # (BB, DP): the program holds the whole state
         else:
             p_hp = tl.where(t > 0, Y + o_b[:, None] * T * HD + (t - 1) * HD + o_hk, H0 + o_b[:, None] * HD + o_hk)
             b_hp = _up(tl.load(p_hp, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
-        p_x = X + o_x + t * (G * HD)
-        a0 = tl.dot(b_hp, b_r0, input_precision=PRECISION) + tl.load(p_x, mask=m_bj, other=0.0).to(tl.float32)
-        a1 = tl.dot(b_hp, b_r1, input_precision=PRECISION) + tl.load(p_x + HD, mask=m_bj, other=0.0).to(tl.float32)
+        a0 = tl.dot(b_hp, b_r0, input_precision=PRECISION) + c0.to(tl.float32)
+        a1 = tl.dot(b_hp, b_r1, input_precision=PRECISION) + c1.to(tl.float32)
         a2 = tl.dot(b_hp, b_r2, input_precision=PRECISION)
-        x2 = tl.load(p_x + 2 * HD, mask=m_bj, other=0.0).to(tl.float32)
+        xn = c2.to(tl.float32)
         if CELL == 1:
             g0 = _sigmoid(a0 + b_b0)  # r
             g1 = _sigmoid(a1 + b_b1)  # z
             g3 = a2 + b_b3  # q = h R_n + b_hn
-            g2 = _tanh(x2 + b_b2 + g0 * g3)  # n
+            g2 = _tanh(xn + b_b2 + g0 * g3)  # n
             b_h = (1.0 - g1) * g2 + g1 * b_h
         else:
-            a3 = tl.dot(b_hp, b_r3, input_precision=PRECISION)
-            a3 += tl.load(p_x + 3 * HD, mask=m_bj, other=0.0).to(tl.float32)
+            a3 = tl.dot(b_hp, b_r3, input_precision=PRECISION) + c3.to(tl.float32)
             a0 += b_b0
             a1 += b_b1
-            g2 = _tanh(a2 + x2 + b_b2)
+            g2 = _tanh(a2 + xn + b_b2)
             g3 = _sigmoid(a3 + b_b3)
             if CELL == 0:
                 g0 = _sigmoid(a0)
@@ -152,12 +196,12 @@ def _fused_recurrent_rnn_fwd_kernel(
                 b_m = m_new
                 b_h = g3 * b_c / b_n
         tl.store(Y + o_y + t * HD, b_h.to(Y.dtype.element_ty), mask=m_bj)
-        if CELL != 1:
-            tl.store(CS + o_cs + (t + 1) * HD, b_c, mask=m_bj)
-        if CELL == 2:
-            tl.store(CS + s_cs + o_cs + (t + 1) * HD, b_n, mask=m_bj)
-            tl.store(CS + 2 * s_cs + o_cs + (t + 1) * HD, b_m, mask=m_bj)
-        if SAVE:
+        if SAVE:  # every step's cell state, for the backward (else only the last one, after the loop)
+            if CELL != 1:
+                tl.store(CS + o_cs + (t + 1) * HD, b_c, mask=m_bj)
+            if CELL == 2:
+                tl.store(CS + s_cs + o_cs + (t + 1) * HD, b_n, mask=m_bj)
+                tl.store(CS + 2 * s_cs + o_cs + (t + 1) * HD, b_m, mask=m_bj)
             p_g = GS + o_g + t * (4 * HD)
             tl.store(p_g, g0.to(GS.dtype.element_ty), mask=m_bj)
             tl.store(p_g + HD, g1.to(GS.dtype.element_ty), mask=m_bj)
@@ -166,6 +210,12 @@ def _fused_recurrent_rnn_fwd_kernel(
         if NJ > 1:
             if SYNC:
                 _group_barrier(CNT + i_p // NJ, (s + 1) * NJ)
+    if not SAVE:
+        if CELL != 1:
+            tl.store(CS + o_cs + (t0 + n_steps) * HD, b_c, mask=m_bj)
+        if CELL == 2:
+            tl.store(CS + s_cs + o_cs + (t0 + n_steps) * HD, b_n, mask=m_bj)
+            tl.store(CS + 2 * s_cs + o_cs + (t0 + n_steps) * HD, b_m, mask=m_bj)
 
 
 @triton.jit
@@ -193,7 +243,7 @@ def _fused_recurrent_rnn_bwd_kernel(
         R, GS, H0, Y, CS, DY, DX, DQ, DST, CNT, B, T, t0, n_steps, finish,
         NH: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, G: tl.constexpr, CELL: tl.constexpr,
         BB: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr, SYNC: tl.constexpr,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        PREFETCH: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # steps t = t0, t0-1, .., t0-n_steps+1; each step first takes dG_{t+1} @ R^T (the exchange), then the cell's
     # backward at t. `finish` adds the last exchange, dG_0 @ R^T, which gives the initial state's gradient.
     # DY (B, T, NH·D); DX (B, T, G, NH·D) gradient of x (= of the recurrent pre-activations, except GRU's n
@@ -238,29 +288,34 @@ def _fused_recurrent_rnn_bwd_kernel(
     e1 = e0
     e2 = e0
     e3 = e0
+    nxt = _bwd_loads(DY, GS, CS, Y, H0, o_y, o_g, o_cs, o_st, m_bj, tl.maximum(t0, 0), s_cs, CELL, HD)
     for s in range(0, n_steps):
         t = t0 - s
-        if t + 1 < T:
-            if NJ == 1:
-                b_dh += tl.dot(_up(e0, UPCAST), b_r0, input_precision=PRECISION)
-                b_dh += tl.dot(_up(e1, UPCAST), b_r1, input_precision=PRECISION)
-                b_dh += tl.dot(_up(e2, UPCAST), b_r2, input_precision=PRECISION)
-                if G == 4:
-                    b_dh += tl.dot(_up(e3, UPCAST), b_r3, input_precision=PRECISION)
-            else:
-                if SYNC:
-                    _group_barrier(CNT + i_p // NJ, s * NJ)
-                b_dh += _exchange_dot(DX, DQ, o_xk, o_qk, m_bk, t + 1, b_r0, b_r1, b_r2, b_r3, HD, G, CELL,
-                                      PRECISION, UPCAST)
-        dh = b_dh + tl.load(DY + o_y + t * HD, mask=m_bj, other=0.0).to(tl.float32)
-        p_g = GS + o_g + t * (4 * HD)
-        g0 = tl.load(p_g, mask=m_bj, other=0.0).to(tl.float32)
-        g1 = tl.load(p_g + HD, mask=m_bj, other=0.0).to(tl.float32)
-        g2 = tl.load(p_g + 2 * HD, mask=m_bj, other=0.0).to(tl.float32)
-        g3 = tl.load(p_g + 3 * HD, mask=m_bj, other=0.0).to(tl.float32)
+        cur = nxt
+        if PREFETCH:  # step t-1's loads, issued before step t's exchange and math
+            nxt = _bwd_loads(DY, GS, CS, Y, H0, o_y, o_g, o_cs, o_st, m_bj, tl.maximum(t - 1, 0), s_cs, CELL, HD)
+        else:
+            cur = _bwd_loads(DY, GS, CS, Y, H0, o_y, o_g, o_cs, o_st, m_bj, t, s_cs, CELL, HD)
+        dy, g0, g1, g2, g3, l_a, l_b, l_c, l_d, l_e, l_f = cur
+        g0 = g0.to(tl.float32)
+        g1 = g1.to(tl.float32)
+        g2 = g2.to(tl.float32)
+        g3 = g3.to(tl.float32)
+        # step t+1's dG (zero at t = T-1) times R^T, unconditionally, so R's on-chip copy is set up once
+        if NJ == 1:
+            b_dh += tl.dot(_up(e0, UPCAST), b_r0, input_precision=PRECISION)
+            b_dh += tl.dot(_up(e1, UPCAST), b_r1, input_precision=PRECISION)
+            b_dh += tl.dot(_up(e2, UPCAST), b_r2, input_precision=PRECISION)
+            if G == 4:
+                b_dh += tl.dot(_up(e3, UPCAST), b_r3, input_precision=PRECISION)
+        else:
+            if SYNC:
+                _group_barrier(CNT + i_p // NJ, (s + 1) * NJ)
+            b_dh += _exchange_dot(DX, DQ, o_xk, o_qk, m_bk & (o_k[None, :] * 0 + t + 1 < T), tl.minimum(t + 1, T - 1), b_r0, b_r1,
+                                  b_r2, b_r3, HD, G, CELL, PRECISION, UPCAST)
+        dh = b_dh + dy.to(tl.float32)
         if CELL == 0:
-            c_t = tl.load(CS + o_cs + (t + 1) * HD, mask=m_bj, other=0.0)
-            c_p = tl.load(CS + o_cs + t * HD, mask=m_bj, other=0.0)
+            c_t, c_p = l_a, l_b
             tc = _tanh(c_t)
             dc = b_dc + dh * g3 * (1.0 - tc * tc)
             d0 = dc * g2 * g0 * (1.0 - g0)
@@ -270,12 +325,7 @@ def _fused_recurrent_rnn_bwd_kernel(
             b_dc = dc * g1
             b_dh = tl.zeros([BB, BJ], dtype=tl.float32)
         elif CELL == 2:
-            c_t = tl.load(CS + o_cs + (t + 1) * HD, mask=m_bj, other=0.0)
-            c_p = tl.load(CS + o_cs + t * HD, mask=m_bj, other=0.0)
-            n_t = tl.load(CS + s_cs + o_cs + (t + 1) * HD, mask=m_bj, other=1.0)
-            n_p = tl.load(CS + s_cs + o_cs + t * HD, mask=m_bj, other=0.0)
-            m_t = tl.load(CS + 2 * s_cs + o_cs + (t + 1) * HD, mask=m_bj, other=0.0)
-            m_p = tl.load(CS + 2 * s_cs + o_cs + t * HD, mask=m_bj, other=0.0)
+            c_t, c_p, n_t, n_p, m_t, m_p = l_a, l_b, l_c, l_d, l_e, l_f
             i_g = tl.exp(g0 - m_t)
             f_g = tl.exp(_logsigmoid(g1) + m_p - m_t)
             dc = b_dc + dh * g3 / n_t
@@ -289,10 +339,7 @@ def _fused_recurrent_rnn_bwd_kernel(
             b_dn = dn * f_g
             b_dh = tl.zeros([BB, BJ], dtype=tl.float32)
         else:
-            if t > 0:
-                h_p = tl.load(Y + o_y + (t - 1) * HD, mask=m_bj, other=0.0).to(tl.float32)
-            else:
-                h_p = tl.load(H0 + o_st, mask=m_bj, other=0.0).to(tl.float32)
+            h_p = l_a
             da_n = dh * (1.0 - g1) * (1.0 - g2 * g2)
             d0 = da_n * g3 * g0 * (1.0 - g0)
             d1 = dh * (h_p - g2) * g1 * (1.0 - g1)
@@ -322,7 +369,7 @@ def _fused_recurrent_rnn_bwd_kernel(
                 b_dh += tl.dot(_up(e3, UPCAST), b_r3, input_precision=PRECISION)
         else:
             if SYNC:
-                _group_barrier(CNT + i_p // NJ, n_steps * NJ)
+                _group_barrier(CNT + i_p // NJ, (n_steps + 1) * NJ)
             b_dh += _exchange_dot(DX, DQ, o_xk, o_qk, m_bk, t0 - n_steps + 1, b_r0, b_r1, b_r2, b_r3, HD, G, CELL,
                                   PRECISION, UPCAST)
     tl.store(DST + o_st, b_dh, mask=m_bj)
@@ -335,7 +382,8 @@ def _fused_recurrent_rnn_bwd_kernel(
 STATES = {"lstm": 2, "gru": 1, "slstm": 4}
 
 
-def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, precision: str, upcast: bool):
+def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, precision: str, upcast: bool,
+                            prefetch: bool = True):
     """Launch the forward. x (B, T, G·NH·D), R (G, NH, D, D), bias fp32 (4, NH, D), h0 (B, NH·D), cs0 fp32
     (S-1, B, NH·D) or None. Returns y (B, T, NH·D), the fp32 cell states (S-1, B, T+1, NH·D), the saved gates."""
     import torch
@@ -355,12 +403,13 @@ def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, p
     for t0, n in steps:
         _fused_recurrent_rnn_fwd_kernel[(nb * NH * tiles.NJ,)](
             x, R, bias, h0, y, cs, gs, cnt, B, T, t0, n, NH=NH, D=D, DP=tiles.DP, G=G, CELL=CELL_IDS[cell],
-            BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, SAVE=save, PRECISION=precision, UPCAST=upcast,
-            num_warps=tiles.num_warps)
+            BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, SAVE=save, PREFETCH=prefetch, PRECISION=precision, UPCAST=upcast,
+            num_warps=tiles.num_warps, num_stages=1)
     return y, cs, gs
 
 
-def fused_recurrent_rnn_bwd(cell: str, R, gs, h0, y, cs, dy, dst, tiles, precision: str, upcast: bool):
+def fused_recurrent_rnn_bwd(cell: str, R, gs, h0, y, cs, dy, dst, tiles, precision: str, upcast: bool,
+                            prefetch: bool = True):
     """Launch the backward. dst fp32 (S, B, NH·D) holds the final states' gradients and is overwritten with the
     initial states' gradients. Returns dx (B, T, G·NH·D) and, for GRU, dq (B, T, NH·D) (else None)."""
     import torch
@@ -378,6 +427,6 @@ def fused_recurrent_rnn_bwd(cell: str, R, gs, h0, y, cs, dy, dst, tiles, precisi
     for t0, n, finish in steps:
         _fused_recurrent_rnn_bwd_kernel[(nb * NH * tiles.NJ,)](
             R, gs, h0, y, cs, dy, dx, dq, dst, cnt, B, T, t0, n, finish, NH=NH, D=D, DP=tiles.DP, G=G,
-            CELL=CELL_IDS[cell], BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, PRECISION=precision,
-            UPCAST=upcast, num_warps=tiles.num_warps)
+            CELL=CELL_IDS[cell], BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, PREFETCH=prefetch, PRECISION=precision,
+            UPCAST=upcast, num_warps=tiles.num_warps, num_stages=1)
     return dx, (dq if cell == "gru" else None)

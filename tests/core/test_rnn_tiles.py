@@ -1,0 +1,55 @@
+"""The RNN tile planner: every chosen configuration satisfies the hardware limits, the enumerator is the exact
+optimum (checked against CP-SAT on the same model), and impossible problems are refused."""
+
+import itertools
+
+import pytest
+
+from ioaware.plan.rnn_tiles import (BB_CHOICES, NW_CHOICES, Machine, Problem, bj_choices, feasible, plan_rnn_tiles,
+                                    programs, registers, smem, solve_cpsat, solve_enumerate, step_ns)
+
+PROBLEMS = [Problem(cell, B, NH, D, e) for cell, (B, NH, D), e in itertools.product(
+    ["lstm", "gru", "slstm"], [(16, 12, 64), (16, 1, 768), (5, 3, 59), (100, 2, 24), (64, 4, 256), (1, 1, 16)],
+    [2, 4])]
+
+
+@pytest.mark.parametrize("p", PROBLEMS, ids=lambda p: f"{p.cell}-B{p.B}-NH{p.NH}-D{p.D}-e{p.elem_bytes}")
+def test_chosen_tiles_satisfy_every_limit(p):
+    m = Machine()
+    sol = solve_enumerate(p, m)
+    if sol is None:
+        assert not any(feasible(p, m, bb, bj, nw) for bb in BB_CHOICES for bj in bj_choices(p.DP) for nw in NW_CHOICES)
+        return
+    bb, bj, nw = sol
+    assert registers(p, bb, bj, nw) <= m.regs_per_thread
+    assert registers(p, bb, bj, nw) * 32 * nw <= m.regs_per_sm
+    assert smem(p, bb, bj) <= m.smem_per_block
+    assert bj >= p.D or programs(p, bb, bj) <= m.num_sms  # a split head's programs are all co-resident
+    assert bj & (bj - 1) == 0 and 16 <= bj <= p.DP and bb >= 16
+
+
+@pytest.mark.parametrize("p", PROBLEMS[::2], ids=lambda p: f"{p.cell}-B{p.B}-NH{p.NH}-D{p.D}-e{p.elem_bytes}")
+def test_enumerator_equals_cpsat_optimum(p):
+    pytest.importorskip("ortools", reason="the CP-SAT cross-check needs ortools (a dev dependency)")
+    m = Machine()
+    a, b = solve_enumerate(p, m), solve_cpsat(p, m)
+    assert a == b
+    if a is not None:
+        assert step_ns(p, m, a[0], a[1]) == min(step_ns(p, m, bb, bj) for bb in BB_CHOICES for bj in bj_choices(p.DP)
+                                                for nw in NW_CHOICES if bb <= max(16, p.B) and feasible(p, m, bb, bj, nw))
+
+
+def test_small_machine_forces_one_program_per_head():
+    """With fewer SMs than a split needs, no split is chosen (its barrier would deadlock)."""
+    p = Problem("lstm", 16, 1, 512, 2)
+    m = Machine(num_sms=8)
+    sol = solve_enumerate(p, m)
+    assert sol is None or sol[1] >= p.D or programs(p, sol[0], sol[1]) <= 8
+
+
+def test_plan_is_deterministic_and_refuses_what_cannot_fit():
+    assert plan_rnn_tiles("lstm", 16, 12, 64, 2) == plan_rnn_tiles("lstm", 16, 12, 64, 2)
+    t = plan_rnn_tiles("lstm", 16, 12, 64, 2)
+    assert t.NJ == 1 and t.BJ == 64  # the FlashRNN target: one program per head
+    with pytest.raises(ValueError, match="fits the machine"):
+        plan_rnn_tiles("lstm", 16, 1, 1024, 4)
