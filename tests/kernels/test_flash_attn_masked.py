@@ -63,6 +63,7 @@ CASES = [
     pytest.param(1, 63, 80, 2, 2, 48, F16, dict(dropout_p=0.3, alibi=(2,), softcap=3.0, window_size=(25, 10)),
                  id="dropout-alibi-softcap-window-fp16"),
     pytest.param(1, 97, 130, 2, 1, 32, F32, dict(block=(32, 32)), id="blocksparse32-fp32"),
+    pytest.param(1, 128, 96, 2, 1, 32, F32, dict(block=(32, 32), softcap=2.0), id="blocksparse-exact-tiles-unmasked"),
     pytest.param(2, 100, 100, 2, 2, 64, BF16, dict(block=(16, 64), causal=True, dropout_p=0.1, broadcast=True),
                  id="blocksparse16x64-causal-dropout-bcast-bf16"),
     pytest.param(1, 70, 70, 2, 1, 16, F32, dict(block=(32, 16), softcap=4.0, alibi=(2,), empty_row_block=True),

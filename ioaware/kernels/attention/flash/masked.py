@@ -145,7 +145,8 @@ def _flash_attn_masked_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, PREFIX, ALIBI, BL
                                   BM: tl.constexpr, BN: tl.constexpr, SQ: tl.constexpr, SK: tl.constexpr,
                                   HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PREFIX: tl.constexpr,
                                   HAS_ALIBI: tl.constexpr, SOFTCAP: tl.constexpr, IS_DROPOUT: tl.constexpr,
-                                  IS_VARLEN: tl.constexpr, IS_BLOCK_SPARSE: tl.constexpr, PRECISION: tl.constexpr,
+                                  IS_VARLEN: tl.constexpr, IS_BLOCK_SPARSE: tl.constexpr,
+                                  SPARSE_MASK: tl.constexpr, PRECISION: tl.constexpr,
                                   UPCAST: tl.constexpr):
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1)
@@ -181,7 +182,8 @@ def _flash_attn_masked_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, PREFIX, ALIBI, BL
     b_l = tl.zeros([BM], tl.float32)
     b_acc = tl.zeros([BM, BD], tl.float32)
     if IS_BLOCK_SPARSE:
-        # only the non-empty key blocks of this query block's row of the block mask; every tile masked
+        # only the non-empty key blocks of this query block's row of the block mask; masked only if a band or a
+        # ragged edge needs it
         i_sq = i_m * BM // SQ
         cnt = tl.load(BLK_CNT + i_b * s_cb + i_h * s_ch + i_sq * s_cm)
         p_idx = BLK_IDX + i_b * s_ib + i_h * s_ih + i_sq * s_im
@@ -190,7 +192,7 @@ def _flash_attn_masked_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, PREFIX, ALIBI, BL
             for sub in range(0, SK, BN):
                 b_acc, b_m, b_l = _fwd_tile(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m, kb * SK + sub,
                                             o_n0, o_d, Tq, Tk, off, WL, WR, P, qk_scale, cap_log2, slope_log2, seed,
-                                            drop_p, drop_scale, lse_row0, MK, D, BD, True, HAS_LEFT, HAS_RIGHT,
+                                            drop_p, drop_scale, lse_row0, MK, D, BD, SPARSE_MASK, HAS_LEFT, HAS_RIGHT,
                                             HAS_PREFIX, HAS_ALIBI, SOFTCAP, IS_DROPOUT, PRECISION, UPCAST)
     else:
         r0 = i_m * BM
@@ -279,7 +281,8 @@ def _flash_attn_masked_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU
                                        SK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                                        HAS_PREFIX: tl.constexpr, HAS_ALIBI: tl.constexpr, SOFTCAP: tl.constexpr,
                                        IS_DROPOUT: tl.constexpr, IS_VARLEN: tl.constexpr,
-                                       IS_BLOCK_SPARSE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                                       IS_BLOCK_SPARSE: tl.constexpr,
+                                       SPARSE_MASK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     i_n = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // HKV
@@ -336,7 +339,8 @@ def _flash_attn_masked_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU
                     b_dk, b_dv = _dkdv_tile(b_dk, b_dv, b_k, b_v, q_base, do_base, LSE + lse_row0, DELTA + lse_row0,
                                             s_qt, s_dt, o_n, qb * SQ + sub, o_m0, o_d, Tq, Tk, off, WL, WR, P,
                                             qk_scale, cap_log2, slope_log2, seed, drop_p, drop_scale, lse_row0, MK,
-                                            D, True, HAS_LEFT, HAS_RIGHT, HAS_PREFIX, HAS_ALIBI, SOFTCAP, IS_DROPOUT,
+                                            D, SPARSE_MASK, HAS_LEFT, HAS_RIGHT, HAS_PREFIX, HAS_ALIBI, SOFTCAP,
+                                            IS_DROPOUT,
                                             PRECISION, UPCAST)
         else:
             for start_m in range(lo, lo_full, BM):
@@ -405,7 +409,8 @@ def _flash_attn_masked_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, PR
                                      BM: tl.constexpr, BN: tl.constexpr, SQ: tl.constexpr, SK: tl.constexpr,
                                      HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_PREFIX: tl.constexpr,
                                      HAS_ALIBI: tl.constexpr, SOFTCAP: tl.constexpr, IS_DROPOUT: tl.constexpr,
-                                     IS_VARLEN: tl.constexpr, IS_BLOCK_SPARSE: tl.constexpr, PRECISION: tl.constexpr,
+                                     IS_VARLEN: tl.constexpr, IS_BLOCK_SPARSE: tl.constexpr,
+                                     SPARSE_MASK: tl.constexpr, PRECISION: tl.constexpr,
                                      UPCAST: tl.constexpr):
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1)
@@ -452,7 +457,7 @@ def _flash_attn_masked_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, PR
             for sub in range(0, SK, BN):
                 b_dq = _dq_tile(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s_kt, s_vt, o_m, kb * SK + sub,
                                 o_n0, o_d, Tq, Tk, off, WL, WR, P, qk_scale, cap_log2, slope_log2, seed, drop_p,
-                                drop_scale, lse_row0, MK, D, True, HAS_LEFT, HAS_RIGHT, HAS_PREFIX, HAS_ALIBI,
+                                drop_scale, lse_row0, MK, D, SPARSE_MASK, HAS_LEFT, HAS_RIGHT, HAS_PREFIX, HAS_ALIBI,
                                 SOFTCAP, IS_DROPOUT, PRECISION, UPCAST)
     else:
         r0 = i_m * BM
@@ -536,6 +541,10 @@ def _common(q, k, spec):
     flags = dict(HAS_LEFT=spec["wl"] >= 0, HAS_RIGHT=spec["wr"] >= 0, HAS_PREFIX=spec["prefix"] is not None,
                  HAS_ALIBI=alibi is not None, SOFTCAP=cap > 0, IS_DROPOUT=spec["dropout_p"] > 0,
                  IS_VARLEN=spec["cu_q"] is not None, IS_BLOCK_SPARSE=spec["block_mask"] is not None)
+    # block-sparse tiles run without mask arithmetic when no band limits them and the blocks tile q and k exactly
+    bq, bk = spec["block_size"]
+    flags["SPARSE_MASK"] = flags["HAS_LEFT"] or flags["HAS_RIGHT"] or flags["IS_VARLEN"] or bq == 0 \
+        or q.shape[1] % bq != 0 or k.shape[1] % bk != 0
     p = spec["dropout_p"]
     scalars = dict(qk_scale=(scale / cap) if cap > 0 else scale * LOG2E, cap_log2=cap * LOG2E,
                    WL=spec["wl"] if spec["wl"] >= 0 else BIG, WR=spec["wr"] if spec["wr"] >= 0 else BIG,
