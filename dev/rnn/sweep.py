@@ -56,9 +56,9 @@ for NH, D in configs:
                 y, _ = lstm(x, R, b, num_heads=NH, tiles=tiles)
                 yr, _ = lstm_ref(x[:, :64].float(), R.float(), b.float(), num_heads=NH)
                 err = ((y[:, :64].float() - yr).norm() / yr.norm()).item()
-                fms = time_ms(lambda: lstm(x, R, b, num_heads=NH, tiles=tiles))
+                fms = time_ms(lambda: lstm(x, R, b, num_heads=NH, tiles=tiles))  # noqa: B023
             x, R, b = inputs(NH, D, True)
-            bms = time_ms(fwd_bwd(lambda: lstm(x, R, b, num_heads=NH, tiles=tiles)[0], [x, R, b]))
+            bms = time_ms(fwd_bwd(lambda: lstm(x, R, b, num_heads=NH, tiles=tiles)[0], [x, R, b]))  # noqa: B023
             emit(case=f"{NH}x{D}", tiles=[BB, BJ, NJ, nw], prefetch=pf, fwd_ms=fms, fwdbwd_ms=bms, err_vs_fp32=err)
         except Exception as e:  # noqa: BLE001
             emit(case=f"{NH}x{D}", tiles=[BB, BJ, NJ, nw], error=f"{type(e).__name__}: {str(e)[:300]}")
@@ -66,9 +66,9 @@ for NH, D in configs:
         lstm_c = torch.nn.LSTM(D, D, batch_first=True, device="cuda", dtype=dt)
         inp = torch.randn(B, T, D, device="cuda", dtype=dt, requires_grad=True)
         with torch.no_grad():
-            f0 = time_ms(lambda: lstm_c(inp))
-        f1 = time_ms(lambda: lstm_c(inp))
-        fb = time_ms(fwd_bwd(lambda: lstm_c(inp)[0], [inp, *lstm_c.parameters()]))
+            f0 = time_ms(lambda: lstm_c(inp))  # noqa: B023
+        f1 = time_ms(lambda: lstm_c(inp))  # noqa: B023
+        fb = time_ms(fwd_bwd(lambda: lstm_c(inp)[0], [inp, *lstm_c.parameters()]))  # noqa: B023
         emit(case=f"{NH}x{D}", provider="cudnn", fwd_nograd_ms=f0, fwd_grad_ms=f1, fwdbwd_ms=fb)
     if NH > 1:
         from ioaware.bench.rnn import _flashrnn_subprocess

@@ -10,7 +10,8 @@ from triton.compiler import ASTSource
 
 from ioaware.kernels.rnn import kernel as K
 
-which, cell, dt, D, BJ, nw = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+which, cell, dt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+D, BJ, nw = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 pf = len(sys.argv) < 8 or sys.argv[7] == "1"
 DP = max(16, 1 << (D - 1).bit_length())
 fn = K._fused_recurrent_rnn_fwd_kernel if which == "fwd" else K._fused_recurrent_rnn_bwd_kernel

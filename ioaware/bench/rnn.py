@@ -144,15 +144,16 @@ def _bench_case(c: dict, flashrnn_timeout_s: int) -> list[dict]:
         ours = LSTM(H, H, batch_first=True, num_heads=NH, device="cuda", dtype=dt)
         ps = [x, R, b] if mode == "fwdbwd" else []
         providers = {
-            "ioaware lstm()": _fn(lambda: lstm(x, R, b, num_heads=NH)[0], mode, ps),
-            "ioaware.rnn.LSTM (+input GEMM)": _fn(lambda: ours(inp)[0], mode, [inp, *ours.parameters()]),
+            "ioaware lstm()": _fn(lambda x=x, R=R, b=b: lstm(x, R, b, num_heads=NH)[0], mode, ps),
+            "ioaware.rnn.LSTM (+input GEMM)": _fn(lambda m=ours, i=inp: m(i)[0], mode, [inp, *ours.parameters()]),
         }
         if NH == 1:
             cudnn = torch.nn.LSTM(H, H, batch_first=True, device="cuda", dtype=dt)
-            providers["cuDNN nn.LSTM (+input GEMM)"] = _fn(lambda: cudnn(inp)[0], mode, [inp, *cudnn.parameters()])
+            providers["cuDNN nn.LSTM (+input GEMM)"] = _fn(lambda m=cudnn, i=inp: m(i)[0], mode,
+                                                           [inp, *cudnn.parameters()])
             # the FlashRNN paper's setting: nn.LSTM's forward with autograd on (its training-mode forward)
             if mode == "fwd":
-                providers["cuDNN nn.LSTM fwd, autograd on"] = lambda: cudnn(inp)[0]
+                providers["cuDNN nn.LSTM fwd, autograd on"] = lambda m=cudnn, i=inp: m(i)[0]
         best: dict = {}
         for _ in range(ROUNDS):
             for name, fn in providers.items():
@@ -164,7 +165,7 @@ def _bench_case(c: dict, flashrnn_timeout_s: int) -> list[dict]:
                     best[name] = (ms, e)
         for backend in FLASHRNN_BACKENDS:
             best[f"flashrnn {backend}"] = _flashrnn_subprocess(c, mode, backend, flashrnn_timeout_s)
-        loop = _fn(lambda: lstm_ref(x, R, b, num_heads=NH)[0], mode, ps)
+        loop = _fn(lambda x=x, R=R, b=b: lstm_ref(x, R, b, num_heads=NH)[0], mode, ps)
         best["PyTorch time loop"] = (_loop_ms(loop), None)
         for name, (ms, e) in best.items():
             rows.append({**c, "mode": mode, "provider": name, "ms": ms, "error": e,
@@ -221,10 +222,11 @@ TABLE_COLUMNS = ["NH x D", "mode", "provider", "ms", "vs cuDNN", "vs flashrnn be
 
 def table_rows(res: dict) -> list[list]:
     out = []
+    def f(r, k):
+        return f"{r[k]:.2f}x" if r.get(k) else ""
+
     for r in res["rows"]:
-        def f(k):
-            return f"{r[k]:.2f}x" if r.get(k) else ""
         chk = ("ok" if r["ok"] else "FAIL") if r["ok"] is not None else (r["error"] or "")[:40]
-        out.append([f"{r['NH']}x{r['D']}", r["mode"], r["provider"], r["ms"], f("speedup_vs_cudnn"),
-                    f("speedup_vs_flashrnn_best"), f("speedup_vs_loop"), chk])
+        out.append([f"{r['NH']}x{r['D']}", r["mode"], r["provider"], r["ms"], f(r, "speedup_vs_cudnn"),
+                    f(r, "speedup_vs_flashrnn_best"), f(r, "speedup_vs_loop"), chk])
     return out

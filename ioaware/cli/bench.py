@@ -37,6 +37,13 @@ def add_parser(sp) -> None:
     g.add_argument("--out", default=None, help="results file (default benchmarks/results/gemm-<card>-<date>.json)")
     g.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
     g.set_defaults(func=run_gemm)
+    r = sub.add_parser("rnn", help="fused LSTM vs cuDNN nn.LSTM, the flashrnn package and a PyTorch loop",
+                       description="fused LSTM vs cuDNN nn.LSTM, the flashrnn package (if installed) and a plain "
+                       "PyTorch time loop; B=16, T=1024, fp16, 1 head of 768 and 12 heads of 64")
+    r.add_argument("--flashrnn-timeout", type=int, default=240, help="seconds per flashrnn backend (nvcc builds)")
+    r.add_argument("--out", default=None, help="results file (default benchmarks/results/rnn-<card>-<date>.json)")
+    r.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
+    r.set_defaults(func=run_rnn)
 
 
 def _run(op: str, args, start) -> int:
@@ -80,3 +87,7 @@ def run_decode(args) -> int:
 
 def run_gemm(args) -> int:
     return _run("gemm", args, lambda mod, progress: mod.run(progress=progress))
+
+
+def run_rnn(args) -> int:
+    return _run("rnn", args, lambda mod, progress: mod.run(progress=progress, flashrnn_timeout_s=args.flashrnn_timeout))

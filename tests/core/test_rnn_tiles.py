@@ -5,8 +5,21 @@ import itertools
 
 import pytest
 
-from ioaware.plan.rnn_tiles import (BB_CHOICES, NW_CHOICES, Machine, Problem, bj_choices, feasible, plan_rnn_tiles,
-                                    programs, registers, smem, solve_cpsat, solve_enumerate, step_ns)
+from ioaware.plan.rnn_tiles import (
+    BB_CHOICES,
+    NW_CHOICES,
+    Machine,
+    Problem,
+    bj_choices,
+    feasible,
+    plan_rnn_tiles,
+    programs,
+    registers,
+    smem,
+    solve_cpsat,
+    solve_enumerate,
+    step_ns,
+)
 
 PROBLEMS = [Problem(cell, B, NH, D, e) for cell, (B, NH, D), e in itertools.product(
     ["lstm", "gru", "slstm"], [(16, 12, 64), (16, 1, 768), (5, 3, 59), (100, 2, 24), (64, 4, 256), (1, 1, 16)],
@@ -35,8 +48,9 @@ def test_enumerator_equals_cpsat_optimum(p):
     a, b = solve_enumerate(p, m), solve_cpsat(p, m)
     assert a == b
     if a is not None:
-        assert step_ns(p, m, a[0], a[1]) == min(step_ns(p, m, bb, bj) for bb in BB_CHOICES for bj in bj_choices(p.DP)
-                                                for nw in NW_CHOICES if bb <= max(16, p.B) and feasible(p, m, bb, bj, nw))
+        pts = [(bb, bj, nw) for bb in BB_CHOICES for bj in bj_choices(p.DP) for nw in NW_CHOICES]
+        best = min(step_ns(p, m, bb, bj) for bb, bj, nw in pts if bb <= max(16, p.B) and feasible(p, m, bb, bj, nw))
+        assert step_ns(p, m, a[0], a[1]) == best
 
 
 def test_small_machine_forces_one_program_per_head():

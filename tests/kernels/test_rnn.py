@@ -11,7 +11,6 @@ from ioaware.kernels.rnn.reference import CELLS
 from ioaware.plan.rnn_tiles import RNNTiles
 from ioaware.rnn import LSTM, gru, lstm, slstm
 
-
 FNS = {"lstm": lstm, "gru": gru, "slstm": slstm}
 
 

@@ -311,7 +311,8 @@ def _fused_recurrent_rnn_bwd_kernel(
         else:
             if SYNC:
                 _group_barrier(CNT + i_p // NJ, (s + 1) * NJ)
-            b_dh += _exchange_dot(DX, DQ, o_xk, o_qk, m_bk & (o_k[None, :] * 0 + t + 1 < T), tl.minimum(t + 1, T - 1), b_r0, b_r1,
+            m_nx = m_bk & (o_k[None, :] * 0 + t + 1 < T)  # zero at t = T-1: there is no step T
+            b_dh += _exchange_dot(DX, DQ, o_xk, o_qk, m_nx, tl.minimum(t + 1, T - 1), b_r0, b_r1,
                                   b_r2, b_r3, HD, G, CELL, PRECISION, UPCAST)
         dh = b_dh + dy.to(tl.float32)
         if CELL == 0:
@@ -403,8 +404,8 @@ def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, p
     for t0, n in steps:
         _fused_recurrent_rnn_fwd_kernel[(nb * NH * tiles.NJ,)](
             x, R, bias, h0, y, cs, gs, cnt, B, T, t0, n, NH=NH, D=D, DP=tiles.DP, G=G, CELL=CELL_IDS[cell],
-            BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, SAVE=save, PREFETCH=prefetch, PRECISION=precision, UPCAST=upcast,
-            num_warps=tiles.num_warps, num_stages=1)
+            BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, SAVE=save, PREFETCH=prefetch, PRECISION=precision,
+            UPCAST=upcast, num_warps=tiles.num_warps, num_stages=1)
     return y, cs, gs
 
 
@@ -427,6 +428,6 @@ def fused_recurrent_rnn_bwd(cell: str, R, gs, h0, y, cs, dy, dst, tiles, precisi
     for t0, n, finish in steps:
         _fused_recurrent_rnn_bwd_kernel[(nb * NH * tiles.NJ,)](
             R, gs, h0, y, cs, dy, dx, dq, dst, cnt, B, T, t0, n, finish, NH=NH, D=D, DP=tiles.DP, G=G,
-            CELL=CELL_IDS[cell], BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, PREFETCH=prefetch, PRECISION=precision,
-            UPCAST=upcast, num_warps=tiles.num_warps, num_stages=1)
+            CELL=CELL_IDS[cell], BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, PREFETCH=prefetch,
+            PRECISION=precision, UPCAST=upcast, num_warps=tiles.num_warps, num_stages=1)
     return dx, (dq if cell == "gru" else None)
