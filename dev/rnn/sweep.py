@@ -38,18 +38,19 @@ def fwd_bwd(fn, ps):
     return run
 
 
-configs = {(12, 64): [(16, 64, 1, 4, 1), (16, 64, 1, 4, 0), (16, 64, 1, 2, 1), (16, 64, 1, 1, 1), (16, 64, 1, 8, 1),
-                      (16, 32, 2, 4, 1), (16, 32, 2, 2, 1), (16, 16, 4, 2, 1)],
-           (1, 768): [(16, 16, 48, 8, 1), (16, 16, 48, 4, 1), (16, 32, 24, 8, 1), (16, 64, 12, 8, 1)]}
+# (BB, BJ, NJ, num_warps, prefetch, fast tanh)
+configs = {(12, 64): [(16, 64, 1, 4, 1, 1), (16, 64, 1, 4, 0, 0), (16, 64, 1, 4, 1, 0), (16, 64, 1, 2, 1, 1),
+                      (16, 64, 1, 1, 1, 1), (16, 64, 1, 8, 1, 1), (16, 32, 2, 4, 1, 1), (16, 16, 4, 2, 1, 1)],
+           (1, 768): [(16, 16, 48, 8, 1, 1), (16, 16, 48, 4, 1, 1), (16, 32, 24, 8, 1, 1), (16, 64, 12, 8, 1, 1)]}
 which = sys.argv[1:] or ["12x64", "1x768"]
 for NH, D in configs:
     if f"{NH}x{D}" not in which:
         continue
     DP = 1 << (D - 1).bit_length()
-    for BB, BJ, NJ, nw, pf in configs[(NH, D)]:
+    for BB, BJ, NJ, nw, pf, fast in configs[(NH, D)]:
         tiles = RNNTiles(BB=BB, BJ=BJ, NJ=NJ, DP=DP, num_warps=nw)
-        K.fused_recurrent_rnn_fwd.__defaults__ = (bool(pf),)
-        K.fused_recurrent_rnn_bwd.__defaults__ = (bool(pf),)
+        K.fused_recurrent_rnn_fwd.__defaults__ = (bool(pf), bool(fast))
+        K.fused_recurrent_rnn_bwd.__defaults__ = (bool(pf), bool(fast))
         try:
             x, R, b = inputs(NH, D, False)
             with torch.no_grad():
@@ -59,7 +60,8 @@ for NH, D in configs:
                 fms = time_ms(lambda: lstm(x, R, b, num_heads=NH, tiles=tiles))  # noqa: B023
             x, R, b = inputs(NH, D, True)
             bms = time_ms(fwd_bwd(lambda: lstm(x, R, b, num_heads=NH, tiles=tiles)[0], [x, R, b]))  # noqa: B023
-            emit(case=f"{NH}x{D}", tiles=[BB, BJ, NJ, nw], prefetch=pf, fwd_ms=fms, fwdbwd_ms=bms, err_vs_fp32=err)
+            emit(case=f"{NH}x{D}", tiles=[BB, BJ, NJ, nw], prefetch=pf, fast=fast, fwd_ms=fms, fwdbwd_ms=bms,
+                 err_vs_fp32=err)
         except Exception as e:  # noqa: BLE001
             emit(case=f"{NH}x{D}", tiles=[BB, BJ, NJ, nw], error=f"{type(e).__name__}: {str(e)[:300]}")
     if NH == 1:

@@ -22,9 +22,10 @@ sig.update(CNT="*i32", B="i32", T="i32", t0="i32", n_steps="i32")
 if which == "bwd":
     sig["finish"] = "i32"
 consts = dict(NH=1, D=D, DP=DP, G=4 if cell != 1 else 3, CELL=cell, BB=16, BJ=BJ, NJ=-(-D // BJ), SYNC=True,
-              PREFETCH=pf, PRECISION="ieee" if dt == "fp32" else "tf32", UPCAST=False)
+              PREFETCH=pf, FAST=True, PRECISION="ieee" if dt == "fp32" else "tf32", UPCAST=False)
 if which == "fwd":
     consts["SAVE"] = True
+
 sig.update({k: "constexpr" for k in consts})
 sig = {k: sig[k] for k in fn.arg_names}
 src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})

@@ -44,6 +44,25 @@ def _tanh(x):
 
 
 @triton.jit
+def _tanh_fast(x, FAST: tl.constexpr):
+    """tanh.approx.f32 (one MUFU instruction, relative error ~2^-11, below fp16/bf16's rounding) for low-precision
+    inputs; the exact formula (an exp and an IEEE division) for fp32 and under the interpreter."""
+    if FAST:
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return _tanh(x)
+
+
+@triton.jit
+def _sigmoid_fast(x, FAST: tl.constexpr):
+    if FAST:
+        return 0.5 * _tanh_fast(0.5 * x, FAST) + 0.5
+    else:
+        return _sigmoid(x)
+
+
+@triton.jit
 def _logsigmoid(x):
     return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
 
@@ -104,7 +123,7 @@ def _fused_recurrent_rnn_fwd_kernel(
         X, R, BIAS, H0, Y, CS, GS, CNT, B, T, t0, n_steps,
         NH: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, G: tl.constexpr, CELL: tl.constexpr,
         BB: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr, SYNC: tl.constexpr, SAVE: tl.constexpr,
-        PREFETCH: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        PREFETCH: tl.constexpr, FAST: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # X (B, T, G, NH, D); R (G, NH, D, D); BIAS fp32 (4, NH, D); H0 (B, NH·D); Y (B, T, NH·D);
     # CS fp32 (S-1, B, T+1, NH·D) cell states, index 0 the initial one; GS (B, T, 4, NH·D) saved gates
     i_p = tl.program_id(0)
@@ -167,22 +186,22 @@ def _fused_recurrent_rnn_fwd_kernel(
         a2 = tl.dot(b_hp, b_r2, input_precision=PRECISION)
         xn = c2.to(tl.float32)
         if CELL == 1:
-            g0 = _sigmoid(a0 + b_b0)  # r
-            g1 = _sigmoid(a1 + b_b1)  # z
+            g0 = _sigmoid_fast(a0 + b_b0, FAST)  # r
+            g1 = _sigmoid_fast(a1 + b_b1, FAST)  # z
             g3 = a2 + b_b3  # q = h R_n + b_hn
-            g2 = _tanh(xn + b_b2 + g0 * g3)  # n
+            g2 = _tanh_fast(xn + b_b2 + g0 * g3, FAST)  # n
             b_h = (1.0 - g1) * g2 + g1 * b_h
         else:
             a3 = tl.dot(b_hp, b_r3, input_precision=PRECISION) + c3.to(tl.float32)
             a0 += b_b0
             a1 += b_b1
-            g2 = _tanh(a2 + xn + b_b2)
-            g3 = _sigmoid(a3 + b_b3)
+            g2 = _tanh_fast(a2 + xn + b_b2, FAST)
+            g3 = _sigmoid_fast(a3 + b_b3, FAST)
             if CELL == 0:
-                g0 = _sigmoid(a0)
-                g1 = _sigmoid(a1)
+                g0 = _sigmoid_fast(a0, FAST)
+                g1 = _sigmoid_fast(a1, FAST)
                 b_c = g1 * b_c + g0 * g2
-                b_h = g3 * _tanh(b_c)
+                b_h = g3 * _tanh_fast(b_c, FAST)
             else:
                 g0 = a0  # the raw input and forget gates are saved: backward recomputes i, f from them and m
                 g1 = a1
@@ -243,7 +262,7 @@ def _fused_recurrent_rnn_bwd_kernel(
         R, GS, H0, Y, CS, DY, DX, DQ, DST, CNT, B, T, t0, n_steps, finish,
         NH: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, G: tl.constexpr, CELL: tl.constexpr,
         BB: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr, SYNC: tl.constexpr,
-        PREFETCH: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        PREFETCH: tl.constexpr, FAST: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # steps t = t0, t0-1, .., t0-n_steps+1; each step first takes dG_{t+1} @ R^T (the exchange), then the cell's
     # backward at t. `finish` adds the last exchange, dG_0 @ R^T, which gives the initial state's gradient.
     # DY (B, T, NH·D); DX (B, T, G, NH·D) gradient of x (= of the recurrent pre-activations, except GRU's n
@@ -317,7 +336,7 @@ def _fused_recurrent_rnn_bwd_kernel(
         dh = b_dh + dy.to(tl.float32)
         if CELL == 0:
             c_t, c_p = l_a, l_b
-            tc = _tanh(c_t)
+            tc = _tanh_fast(c_t, FAST)
             dc = b_dc + dh * g3 * (1.0 - tc * tc)
             d0 = dc * g2 * g0 * (1.0 - g0)
             d1 = dc * c_p * g1 * (1.0 - g1)
@@ -383,8 +402,17 @@ def _fused_recurrent_rnn_bwd_kernel(
 STATES = {"lstm": 2, "gru": 1, "slstm": 4}
 
 
+def _fast(t) -> bool:
+    """Approximate MUFU tanh for fp16/bf16 on a real GPU (inline PTX: not under the interpreter, not for fp32)."""
+    import os
+
+    import torch
+
+    return t.is_cuda and t.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET", "") != "1"
+
+
 def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, precision: str, upcast: bool,
-                            prefetch: bool = True):
+                            prefetch: bool = True, fast: bool | None = None):
     """Launch the forward. x (B, T, G·NH·D), R (G, NH, D, D), bias fp32 (4, NH, D), h0 (B, NH·D), cs0 fp32
     (S-1, B, NH·D) or None. Returns y (B, T, NH·D), the fp32 cell states (S-1, B, T+1, NH·D), the saved gates."""
     import torch
@@ -393,6 +421,7 @@ def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, p
     G, NH, D, _ = R.shape
     HD = NH * D
     S = STATES[cell]
+    fast = _fast(x) if fast is None else fast
     y = torch.empty(B, T, HD, dtype=x.dtype, device=x.device)
     cs = torch.empty(max(S - 1, 1), B, T + 1 if S > 1 else 1, HD, dtype=torch.float32, device=x.device)
     if S > 1:
@@ -404,19 +433,20 @@ def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, p
     for t0, n in steps:
         _fused_recurrent_rnn_fwd_kernel[(nb * NH * tiles.NJ,)](
             x, R, bias, h0, y, cs, gs, cnt, B, T, t0, n, NH=NH, D=D, DP=tiles.DP, G=G, CELL=CELL_IDS[cell],
-            BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, SAVE=save, PREFETCH=prefetch, PRECISION=precision,
-            UPCAST=upcast, num_warps=tiles.num_warps, num_stages=1)
+            BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, SAVE=save, PREFETCH=prefetch, FAST=fast,
+            PRECISION=precision, UPCAST=upcast, num_warps=tiles.num_warps, num_stages=1)
     return y, cs, gs
 
 
 def fused_recurrent_rnn_bwd(cell: str, R, gs, h0, y, cs, dy, dst, tiles, precision: str, upcast: bool,
-                            prefetch: bool = True):
+                            prefetch: bool = True, fast: bool | None = None):
     """Launch the backward. dst fp32 (S, B, NH·D) holds the final states' gradients and is overwritten with the
     initial states' gradients. Returns dx (B, T, G·NH·D) and, for GRU, dq (B, T, NH·D) (else None)."""
     import torch
 
     B, T, HD = y.shape
     G, NH, D, _ = R.shape
+    fast = _fast(y) if fast is None else fast
     dx = torch.empty(B, T, G * HD, dtype=y.dtype, device=y.device)
     dq = torch.empty(B, T, HD, dtype=y.dtype, device=y.device) if cell == "gru" else dx
     nb = triton.cdiv(B, tiles.BB)
@@ -429,5 +459,5 @@ def fused_recurrent_rnn_bwd(cell: str, R, gs, h0, y, cs, dy, dst, tiles, precisi
         _fused_recurrent_rnn_bwd_kernel[(nb * NH * tiles.NJ,)](
             R, gs, h0, y, cs, dy, dx, dq, dst, cnt, B, T, t0, n, finish, NH=NH, D=D, DP=tiles.DP, G=G,
             CELL=CELL_IDS[cell], BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, PREFETCH=prefetch,
-            PRECISION=precision, UPCAST=upcast, num_warps=tiles.num_warps, num_stages=1)
+            FAST=fast, PRECISION=precision, UPCAST=upcast, num_warps=tiles.num_warps, num_stages=1)
     return dx, (dq if cell == "gru" else None)
