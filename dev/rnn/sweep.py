@@ -40,8 +40,8 @@ def fwd_bwd(fn, ps):
 
 # (BB, BJ, NJ, num_warps, prefetch, fast tanh)
 configs = {(12, 64): [(16, 64, 1, 4, 1, 1), (16, 64, 1, 4, 0, 0), (16, 64, 1, 4, 1, 0), (16, 64, 1, 2, 1, 1),
-                      (16, 64, 1, 1, 1, 1), (16, 64, 1, 8, 1, 1), (16, 32, 2, 4, 1, 1), (16, 16, 4, 2, 1, 1)],
-           (1, 768): [(16, 16, 48, 8, 1, 1), (16, 16, 48, 4, 1, 1), (16, 32, 24, 8, 1, 1), (16, 64, 12, 8, 1, 1)]}
+                      (16, 64, 1, 8, 1, 1), (16, 32, 2, 4, 1, 1)],
+           (1, 768): [(16, 16, 48, 8, 1, 1), (16, 16, 48, 4, 1, 1)]}
 which = sys.argv[1:] or ["12x64", "1x768"]
 for NH, D in configs:
     if f"{NH}x{D}" not in which:
@@ -75,7 +75,6 @@ for NH, D in configs:
     if NH > 1:
         from ioaware.bench.rnn import _flashrnn_subprocess
         c = {"B": B, "T": T, "NH": NH, "D": D, "dtype": "float16"}
-        for backend, mode, tmo in (("triton_fused", "fwd", 60), ("triton_fused", "fwdbwd", 60),
-                                   ("cuda_fused", "fwd", int(os.environ.get("FRNN_TIMEOUT", "150")))):
+        for backend, mode, tmo in (("triton_fused", "fwd", 60),):
             ms, err = _flashrnn_subprocess(c, mode, backend, tmo)
             emit(case=f"{NH}x{D}", provider=f"flashrnn {backend}", mode=mode, ms=ms, error=err)
