@@ -25,7 +25,8 @@ FLAT = [{"bn": 64, "bk": 128, "split_k": 1, "num_stages": 4}, {"bn": 32, "bk": 2
         {"bn": 32, "bk": 256, "split_k": 4, "num_stages": 3}, {"bn": 128, "bk": 64, "split_k": 2, "num_stages": 4},
         # for long K (Llama's down projection, K = 14336): more splits or wider N tiles per program
         {"bn": 64, "bk": 128, "split_k": 8, "num_stages": 4}, {"bn": 128, "bk": 128, "split_k": 4, "num_stages": 3},
-        {"bn": 32, "bk": 128, "split_k": 4, "num_stages": 5}, {"bn": 64, "bk": 64, "split_k": 4, "num_stages": 6}]
+        {"bn": 32, "bk": 128, "split_k": 4, "num_stages": 5}, {"bn": 64, "bk": 64, "split_k": 4, "num_stages": 6},
+        {"bn": 16, "bk": 256, "split_k": 1, "num_stages": 4}, {"bn": 16, "bk": 512, "split_k": 2, "num_stages": 3}]
 
 
 def run(progress=None) -> dict:
