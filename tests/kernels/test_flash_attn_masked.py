@@ -60,6 +60,7 @@ CASES = [
     pytest.param(1, 90, 40, 2, 2, 24, F32, dict(causal=True, window_size=(7, -1)),
                  id="causal-window7-Tq>Tk-empty-rows"),
     pytest.param(1, 97, 97, 4, 1, 32, F32, dict(causal=True, dropout_p=0.2), id="causal-dropout0.2-MQA-fp32"),
+    pytest.param(1, 40, 33, 2, 1, 200, F32, dict(window_size=(9, 2), softcap=1.5), id="window-softcap-D200-fp32"),
     pytest.param(1, 63, 80, 2, 2, 48, F16, dict(dropout_p=0.3, alibi=(2,), softcap=3.0, window_size=(25, 10)),
                  id="dropout-alibi-softcap-window-fp16"),
     pytest.param(1, 97, 130, 2, 1, 32, F32, dict(block=(32, 32)), id="blocksparse32-fp32"),
@@ -113,6 +114,8 @@ VARLEN = [
     pytest.param([33, 70], None, 2, 1, 32, F32, dict(causal=True, prefix_lens=[5, 40], dropout_p=0.25),
                  id="prefixLM-dropout-fp32"),
     pytest.param([50, 20], [10, 45], 2, 2, 16, F32, dict(causal=True, softcap=3.0), id="softcap-Tq>Tk-empty-rows"),
+    pytest.param([40, 1, 66], None, 4, 2, 48, BF16, dict(causal=True, window_size=(20, -1), dropout_p=0.15),
+                 id="sliding-dropout-GQA-bf16"),
 ]
 
 
