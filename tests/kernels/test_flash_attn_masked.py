@@ -232,3 +232,35 @@ def test_torch_compile_traces_options_without_graph_break():
     assert torch.allclose(loss, ref, atol=1e-5)
     for a, b in zip(gr, g_ref):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_plain_calls_run_the_unchanged_kernel(monkeypatch):
+    # options at their defaults (or causal with right = 0) must not reach masked.py: the plain kernel's speed is kept
+    from ioaware.kernels import _dispatch
+
+    masked = _dispatch.load_kernel_module("ioaware.kernels.attention.flash.masked")
+
+    def boom(*a, **k):
+        raise AssertionError("the masked kernel ran for a plain call")
+
+    monkeypatch.setattr(masked, "flash_attn_masked_fwd", boom)
+    q, k, v = (torch.randn(1, 20, 2, 16) for _ in range(3))
+    ioaware.flash_attn(q, k, v, causal=True, window_size=(-1, 0), softcap=0.0, dropout_p=0.0, deterministic=True)
+    ioaware.flash_attn(q, k, v, window_size=(-1, -1), alibi_slopes=None)
+    with pytest.raises(AssertionError, match="masked kernel ran"):
+        ioaware.flash_attn(q, k, v, window_size=(4, -1))
+
+
+def test_varlen_compiles_without_graph_break():
+    g = torch.Generator().manual_seed(9)
+    cu = torch.tensor([0, 7, 20], dtype=torch.int32)
+    q, k, v = (torch.randn(20, 2, 16, generator=g).requires_grad_() for _ in range(3))
+
+    def f(q, k, v):
+        return ioaware.flash_attn_varlen(q, k, v, cu, cu, 13, 13, causal=True, softcap=4.0).sum()
+
+    loss = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v)
+    gr = torch.autograd.grad(loss, (q, k, v))
+    g_ref = torch.autograd.grad(f(q, k, v), (q, k, v))
+    for a, b in zip(gr, g_ref):
+        assert torch.allclose(a, b, atol=1e-5)

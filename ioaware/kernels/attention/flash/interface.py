@@ -387,7 +387,8 @@ def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k) -> None:
     for name, m in (("max_seqlen_q", max_q), ("max_seqlen_k", max_k)):
         if int(m) < 1:
             raise ValueError(f"flash_attn_varlen: {name} must be >= 1, got {m}")
-    if q.device.type == "cpu":  # checking CUDA offsets would synchronise; flash-attn trusts them too
+    # checking CUDA offsets would synchronise (flash-attn trusts them too); a traced graph cannot branch on them
+    if q.device.type == "cpu" and not torch.compiler.is_compiling():
         for name, cu, total, m in (("q", cu_q, q.shape[0], max_q), ("k", cu_k, k.shape[0], max_k)):
             lens = cu[1:] - cu[:-1]
             if int(cu[0]) != 0 or int(cu[-1]) != total or bool((lens < 0).any()):
