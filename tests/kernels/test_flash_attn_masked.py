@@ -185,6 +185,11 @@ def test_dropout_is_reproducible_and_drops_p():
     b = ioaware.flash_attn(q, k, v, dropout_p=0.5, seed=7)
     c = ioaware.flash_attn(q, k, v, dropout_p=0.5, seed=8)
     assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(11)  # seed=None draws the seed from torch's generator: reproducible under manual_seed
+    d = ioaware.flash_attn(q, k, v, dropout_p=0.5)
+    torch.manual_seed(11)
+    assert torch.equal(d, ioaware.flash_attn(q, k, v, dropout_p=0.5))
+    assert ioaware.flash_attn(q, k, v, dropout_p=0.5, seed=2**40 + 3).isfinite().all()  # a 64-bit seed
     keep = _keep(32, 2048, 2048, 0.3, 5)
     assert abs(keep.float().mean().item() - 0.7) < 0.01  # 65k draws: the standard error is 0.0018
 
