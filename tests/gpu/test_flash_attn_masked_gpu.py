@@ -47,6 +47,8 @@ CASES = [
     pytest.param(1, 2048, 2048, 4, 4, 128, BF16, dict(causal=True, block=(128, 128)), id="blocksparse128-causal"),
     pytest.param(2, 1000, 1100, 4, 2, 64, F16, dict(block=(64, 64), alibi=(2, 4), dropout_p=0.2),
                  id="blocksparse64-alibiBH-dropout-fp16"),
+    pytest.param(2, 2048, 1024, 8, 2, 128, BF16, dict(block=(128, 128), softcap=20.0),
+                 id="blocksparse128-exact-tiles-unmasked-softcap"),
 ]
 
 
