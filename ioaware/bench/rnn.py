@@ -22,9 +22,10 @@ B, T = 16, 1024
 FLASHRNN_BACKENDS = ("triton_fused", "cuda_fused", "cuda")
 
 
-def cases():
+def cases(which=("1x768", "12x64")):
     for NH, D in ((1, 768), (12, 64)):
-        yield {"B": B, "T": T, "NH": NH, "D": D, "dtype": "float16"}
+        if f"{NH}x{D}" in which:
+            yield {"B": B, "T": T, "NH": NH, "D": D, "dtype": "float16"}
 
 
 def _inputs(c, requires_grad):
@@ -126,7 +127,7 @@ def _loop_ms(fn, reps=2) -> float:
     return s.elapsed_time(e) / reps
 
 
-def _bench_case(c: dict, flashrnn_timeout_s: int) -> list[dict]:
+def _bench_case(c: dict, flashrnn_timeout_s: int, flashrnn_backends=FLASHRNN_BACKENDS) -> list[dict]:
     import torch
 
     from ..kernels.rnn import lstm, lstm_ref
@@ -163,7 +164,7 @@ def _bench_case(c: dict, flashrnn_timeout_s: int) -> list[dict]:
                     ms, e = math.nan, f"{type(ex).__name__}: {str(ex)[:200]}"
                 if name not in best or (ms == ms and not ms >= best[name][0]):
                     best[name] = (ms, e)
-        for backend in FLASHRNN_BACKENDS:
+        for backend in flashrnn_backends:
             best[f"flashrnn {backend}"] = _flashrnn_subprocess(c, mode, backend, flashrnn_timeout_s)
         loop = _fn(lambda x=x, R=R, b=b: lstm_ref(x, R, b, num_heads=NH)[0], mode, ps)
         best["PyTorch time loop"] = (_loop_ms(loop), None)
@@ -192,14 +193,15 @@ def _speedups(rows):
             r["speedup_vs_loop"] = loop[0] / r["ms"]
 
 
-def run(progress=None, flashrnn_timeout_s: int = 240) -> dict:
+def run(progress=None, flashrnn_timeout_s: int = 240, which=("1x768", "12x64"),
+        flashrnn_backends=FLASHRNN_BACKENDS) -> dict:
     from ..plan.rnn_tiles import plan_rnn_tiles
     from .common import ceilings, machine_info
 
     rows = []
-    all_cases = list(cases())
+    all_cases = list(cases(which))
     for n, c in enumerate(all_cases):
-        rows += _bench_case(c, flashrnn_timeout_s)
+        rows += _bench_case(c, flashrnn_timeout_s, flashrnn_backends)
         if progress:
             progress(n + 1, len(all_cases))
     _speedups(rows)

@@ -41,9 +41,22 @@ def add_parser(sp) -> None:
                        description="fused LSTM vs cuDNN nn.LSTM, the flashrnn package (if installed) and a plain "
                        "PyTorch time loop; B=16, T=1024, fp16, 1 head of 768 and 12 heads of 64")
     r.add_argument("--flashrnn-timeout", type=int, default=240, help="seconds per flashrnn backend (nvcc builds)")
+    r.add_argument("--cases", nargs="+", default=["1x768", "12x64"], choices=["1x768", "12x64"], help="heads x size")
+    r.add_argument("--flashrnn-backends", nargs="+", default=["triton_fused", "cuda_fused", "cuda"])
     r.add_argument("--out", default=None, help="results file (default benchmarks/results/rnn-<card>-<date>.json)")
     r.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
     r.set_defaults(func=run_rnn)
+    f = sub.add_parser("fftconv", help="fftconv vs torch.fft (rfft/irfft) with peak memory, gated causal, bf16",
+                       description="ioaware.fftconv vs torch.fft rfft/irfft as users write it: B=64, H=768, bf16, "
+                       "gated causal long convolution; time and peak memory in the same run")
+    f.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 8192, 16384, 32768])
+    f.add_argument("--batch", type=int, default=64)
+    f.add_argument("--heads", type=int, default=768)
+    f.add_argument("--bwd-max", type=int, default=8192, help="also time fwd+bwd up to this L (0: never)")
+    f.add_argument("--sparse-keep", type=float, default=0.25, help="frequency-sparse row (0: none)")
+    f.add_argument("--out", default=None, help="results file (default benchmarks/results/fftconv-<card>-<date>.json)")
+    f.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
+    f.set_defaults(func=run_fftconv)
 
 
 def _run(op: str, args, start) -> int:
@@ -90,4 +103,11 @@ def run_gemm(args) -> int:
 
 
 def run_rnn(args) -> int:
-    return _run("rnn", args, lambda mod, progress: mod.run(progress=progress, flashrnn_timeout_s=args.flashrnn_timeout))
+    return _run("rnn", args, lambda mod, progress: mod.run(progress=progress, flashrnn_timeout_s=args.flashrnn_timeout,
+                                                           which=tuple(args.cases),
+                                                           flashrnn_backends=tuple(args.flashrnn_backends)))
+
+
+def run_fftconv(args) -> int:
+    return _run("fftconv", args, lambda mod, progress: mod.run(
+        tuple(args.lengths), args.batch, args.heads, args.bwd_max, args.sparse_keep, progress=progress))

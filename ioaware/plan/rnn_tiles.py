@@ -7,13 +7,18 @@ Decision variables (all integers):
     NB = ceil(B / BB) batch blocks, NJ = ceil(D / BJ) programs per head, P = NB · NH · NJ programs
     (divisibility: NB·BB >= B > (NB-1)·BB and NJ·BJ >= D > (NJ-1)·BJ, as integer constraints).
 Constraints (the hardware's limits, `Machine`):
-    registers per thread  32 + ceil((G·DP·BJ·e + (G+S+2)·BB·BJ·4 + BB·DP·e) / (4 · 32 · NW)) <= regs_per_thread
-        (R's slice in dtype e bytes, the fp32 gate accumulators and carried states, the h_{t-1} operand)
-    shared memory         BB·DP·e + G·BB·BJ·4 <= smem_per_block  (layout conversions of the dot operands)
+    registers per thread  32 + ceil(((G+S+2)·BB·BJ·4 + BB·DP·e) / (4 · 32 · NW)) <= regs_per_thread
+        (the fp32 gate accumulators and carried states, the h_{t-1} operand in dtype e bytes)
+    shared memory         G·DP·BJ·e + BB·DP·e + G·BB·BJ·4 <= smem_per_block
+        (R's slice lives in shared memory for the whole sequence: the compiled TTGIR allocates it once, outside
+        the time loop, and mma.sync reads it from there; plus the layout changes of h and the gates)
     co-residency          NJ > 1  =>  P <= num_sms  (the per-step barrier spins: every program must be resident)
 Objective (integer nanoseconds per time step, a latency model; lower is better):
-    waves · (step_ns + mma_ns + [NJ > 1] · barrier_ns),  waves = ceil(P / num_sms),
+    waves · (step_ns + mma_ns + pointwise_ns + sync_ns + [NJ > 1] · barrier_ns),  waves = ceil(P / num_sms),
     mma_ns = ceil(2·G·BB·DP·BJ / mma_flop_per_ns),
+    pointwise_ns = pointwise_ns_per_elem · ceil(G·BB·BJ / (32·NW))  (gate math each thread issues in turn),
+    sync_ns = sync_ns_per_warp · NW  (the layout changes between the tensor-core and the pointwise layouts go
+        through shared memory behind CTA barriers, which cost more the more warps meet there),
     ties broken by fewer warps, then larger BJ, then larger BB (a strict order: the optimum is unique).
 
 Two exact solvers of the same model: `solve_enumerate` (default, pure Python, deterministic; exact because it
@@ -42,6 +47,10 @@ class Machine:
     mma_flop_per_ns: int = 3500  # mma.sync fp16 per SM, ~half of the wgmma peak (989 TFLOP/s / 132)
     step_ns: int = 700  # per-step latency outside the MMA: x_t load, pointwise cell, h_t store, layout change
     barrier_ns: int = 1200  # one grid-group barrier through an L2 atomic counter, plus the h_{t-1} reload
+    # calibrated on the sweep of dev/rnn/results/sweep-2.jsonl: 12x64 fwd+bwd 3.67 ms at 4 warps vs 3.36 at 8,
+    # 1x768 (BJ=16) 20.5 ms at 4 warps vs 28.9 at 8: more warps pay where each thread has many gate elements
+    pointwise_ns_per_elem: int = 15
+    sync_ns_per_warp: int = 40
 
 
 @dataclass(frozen=True)
@@ -73,11 +82,11 @@ def bj_choices(DP: int) -> list[int]:
 
 def registers(p: Problem, BB: int, BJ: int, NW: int) -> int:
     G, S, e = GATES[p.cell], STATES[p.cell], p.elem_bytes
-    return 32 + -(-(G * p.DP * BJ * e + (G + S + 2) * BB * BJ * 4 + BB * p.DP * e) // (4 * 32 * NW))
+    return 32 + -(-((G + S + 2) * BB * BJ * 4 + BB * p.DP * e) // (4 * 32 * NW))
 
 
 def smem(p: Problem, BB: int, BJ: int) -> int:
-    return BB * p.DP * p.elem_bytes + GATES[p.cell] * BB * BJ * 4
+    return GATES[p.cell] * p.DP * BJ * p.elem_bytes + BB * p.DP * p.elem_bytes + GATES[p.cell] * BB * BJ * 4
 
 
 def programs(p: Problem, BB: int, BJ: int) -> int:
@@ -89,14 +98,15 @@ def feasible(p: Problem, m: Machine, BB: int, BJ: int, NW: int) -> bool:
             and smem(p, BB, BJ) <= m.smem_per_block and (BJ >= p.D or programs(p, BB, BJ) <= m.num_sms))
 
 
-def step_ns(p: Problem, m: Machine, BB: int, BJ: int) -> int:
+def step_ns(p: Problem, m: Machine, BB: int, BJ: int, NW: int) -> int:
     waves = -(-programs(p, BB, BJ) // m.num_sms)
     mma = -(-2 * GATES[p.cell] * BB * p.DP * BJ // m.mma_flop_per_ns)
-    return waves * (m.step_ns + mma + (m.barrier_ns if BJ < p.D else 0))
+    pointwise = m.pointwise_ns_per_elem * -(-GATES[p.cell] * BB * BJ // (32 * NW))
+    return waves * (m.step_ns + mma + pointwise + m.sync_ns_per_warp * NW + (m.barrier_ns if BJ < p.D else 0))
 
 
 def _key(p: Problem, m: Machine, BB: int, BJ: int, NW: int) -> tuple:
-    return (step_ns(p, m, BB, BJ), NW, -BJ, -BB)
+    return (step_ns(p, m, BB, BJ, NW), NW, -BJ, -BB)
 
 
 def _domain(p: Problem):
@@ -135,14 +145,14 @@ def solve_cpsat(p: Problem, m: Machine = Machine(), time_limit_s: float = 10.0) 
     threads4 = md.NewIntVar(512, 4 * 32 * 16, "4*32*NW")
     md.Add(threads4 == 128 * nw)
     bytes_ = md.NewIntVar(0, 1 << 30, "bytes")
-    md.Add(bytes_ == G * DP * e * bj + (G + S + 2) * 4 * bbbj + DP * e * bb)
+    md.Add(bytes_ == (G + S + 2) * 4 * bbbj + DP * e * bb)
     regs = md.NewIntVar(0, 1 << 30, "regs")  # regs = 32 + ceil(bytes / (128·NW))
     md.AddDivisionEquality(regs, bytes_ + threads4 - 1, threads4)
     md.Add(regs + 32 <= m.regs_per_thread)
     regs_nw = md.NewIntVar(0, 1 << 30, "regs*NW")
     md.AddMultiplicationEquality(regs_nw, [regs, nw])
     md.Add(32 * regs_nw + 32 * 32 * nw <= m.regs_per_sm)
-    md.Add(DP * e * bb + G * 4 * bbbj <= m.smem_per_block)
+    md.Add(G * DP * e * bj + DP * e * bb + G * 4 * bbbj <= m.smem_per_block)
     split = md.NewBoolVar("NJ>1")
     md.Add(nj >= 2).OnlyEnforceIf(split)
     md.Add(nj == 1).OnlyEnforceIf(split.Not())
@@ -153,8 +163,10 @@ def solve_cpsat(p: Problem, m: Machine = Machine(), time_limit_s: float = 10.0) 
     md.AddDivisionEquality(waves, p.NH * nbnj + m.num_sms - 1, m.num_sms)
     mma = md.NewIntVar(0, 1 << 30, "mma_ns")
     md.AddDivisionEquality(mma, 2 * G * DP * bbbj + m.mma_flop_per_ns - 1, m.mma_flop_per_ns)
+    pw = md.NewIntVar(0, 1 << 30, "elems_per_thread")  # ceil(G·BB·BJ / (32·NW))
+    md.AddDivisionEquality(pw, G * bbbj + 32 * nw - 1, 32 * nw)
     per = md.NewIntVar(0, 1 << 30, "per_wave")
-    md.Add(per == m.step_ns + mma + m.barrier_ns * split)
+    md.Add(per == m.step_ns + mma + m.pointwise_ns_per_elem * pw + m.sync_ns_per_warp * nw + m.barrier_ns * split)
     cost = md.NewIntVar(0, 1 << 40, "step_ns")
     md.AddMultiplicationEquality(cost, [waves, per])
     # lexicographic tie-break folded into one integer objective: cost, then fewer warps, larger BJ, larger BB

@@ -49,8 +49,8 @@ def test_enumerator_equals_cpsat_optimum(p):
     assert a == b
     if a is not None:
         pts = [(bb, bj, nw) for bb in BB_CHOICES for bj in bj_choices(p.DP) for nw in NW_CHOICES]
-        best = min(step_ns(p, m, bb, bj) for bb, bj, nw in pts if bb <= max(16, p.B) and feasible(p, m, bb, bj, nw))
-        assert step_ns(p, m, a[0], a[1]) == best
+        best = min(step_ns(p, m, bb, bj, nw) for bb, bj, nw in pts if bb <= max(16, p.B) and feasible(p, m, bb, bj, nw))
+        assert step_ns(p, m, *a) == best
 
 
 def test_small_machine_forces_one_program_per_head():
