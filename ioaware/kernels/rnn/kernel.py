@@ -72,12 +72,9 @@ def _group_barrier(p_cnt, target):
     """Every program of the group has arrived `target` times: stores before it are visible to all after it."""
     tl.debug_barrier()
     tl.atomic_add(p_cnt, 1, sem="release", scope="gpu")
-    # spin on plain volatile loads (an atomic read-modify-write per poll serialises every waiting program on the
-    # counter's L2 slice and slows the arrivals it waits for), then one acquire to order the reads that follow
-    cur = tl.load(p_cnt, volatile=True)
+    cur = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
     while cur < target:
-        cur = tl.load(p_cnt, volatile=True)
-    tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+        cur = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
 
 
