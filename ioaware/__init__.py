@@ -10,7 +10,7 @@ import os as _os
 if _os.environ.get("IOAWARE_INTERPRET", "").strip().lower() in {"1", "true", "yes", "on"}:
     _os.environ["TRITON_INTERPRET"] = "1"
 
-from . import hardware, iomodel  # noqa: E402
+from . import hardware, iomodel, rnn  # noqa: E402
 from .errors import DeviceError, DTypeError, IOAwareError, ShapeError, UnsupportedError  # noqa: E402
 from .kernels import attention_ref, flash_attn, flash_attn_varlen, flash_decode, flat_linear, last_backend  # noqa: E402
 
@@ -18,4 +18,4 @@ __version__ = "0.1.0"
 
 __all__ = ["DTypeError", "DeviceError", "IOAwareError", "ShapeError", "UnsupportedError", "__version__",
            "attention_ref", "flash_attn", "flash_attn_varlen", "flash_decode", "flat_linear", "hardware", "iomodel",
-           "last_backend"]
+           "last_backend", "rnn"]
