@@ -1,4 +1,4 @@
 """One benchmark registry and one runner (`ioaware bench OP`); results go to benchmarks/results/."""
 
 BENCHMARKS = {"attention": "ioaware.bench.attention", "decode": "ioaware.bench.decode",
-              "gemm": "ioaware.bench.gemm"}
+              "gemm": "ioaware.bench.gemm", "rnn": "ioaware.bench.rnn"}
