@@ -137,6 +137,22 @@ def _fwd_tile(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m, start_n, o_
 
 
 @triton.jit
+def _seq_bounds(CU_Q, CU_K, i_b, Tq_all, Tk_all, IS_VARLEN: tl.constexpr):
+    """Row i_b's first query/key offsets in the packed tensors and its lengths (varlen), or 0 and the padded ones."""
+    if IS_VARLEN:
+        bos_q = tl.load(CU_Q + i_b).to(tl.int64)
+        bos_k = tl.load(CU_K + i_b).to(tl.int64)
+        Tq = (tl.load(CU_Q + i_b + 1) - bos_q).to(tl.int32)
+        Tk = (tl.load(CU_K + i_b + 1) - bos_k).to(tl.int32)
+    else:
+        bos_q = i_b.to(tl.int64) * 0
+        bos_k = bos_q
+        Tq = Tq_all
+        Tk = Tk_all
+    return bos_q, bos_k, Tq, Tk
+
+
+@triton.jit
 def _flash_attn_masked_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, PREFIX, ALIBI, BLK_CNT, BLK_IDX,
                                   s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
                                   s_lb, s_lh, s_ab, s_ah, s_cb, s_ch, s_cm, s_ib, s_ih, s_im,
@@ -153,16 +169,7 @@ def _flash_attn_masked_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, PREFIX, ALIBI, BL
     i_b = i_bh // HQ
     i_h = i_bh % HQ
     i_hk = i_h // GROUP
-    if IS_VARLEN:
-        bos_q = tl.load(CU_Q + i_b).to(tl.int64)
-        bos_k = tl.load(CU_K + i_b).to(tl.int64)
-        Tq = (tl.load(CU_Q + i_b + 1) - bos_q).to(tl.int32)
-        Tk = (tl.load(CU_K + i_b + 1) - bos_k).to(tl.int32)
-    else:
-        bos_q = i_b.to(tl.int64) * 0
-        bos_k = bos_q
-        Tq = Tq_all
-        Tk = Tk_all
+    bos_q, bos_k, Tq, Tk = _seq_bounds(CU_Q, CU_K, i_b, Tq_all, Tk_all, IS_VARLEN)
     if i_m * BM >= Tq:
         return
     o_m = i_m * BM + tl.arange(0, BM)
@@ -287,16 +294,7 @@ def _flash_attn_masked_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU
     i_bh = tl.program_id(1)
     i_b = i_bh // HKV
     i_hk = i_bh % HKV
-    if IS_VARLEN:
-        bos_q = tl.load(CU_Q + i_b).to(tl.int64)
-        bos_k = tl.load(CU_K + i_b).to(tl.int64)
-        Tq = (tl.load(CU_Q + i_b + 1) - bos_q).to(tl.int32)
-        Tk = (tl.load(CU_K + i_b + 1) - bos_k).to(tl.int32)
-    else:
-        bos_q = i_b.to(tl.int64) * 0
-        bos_k = bos_q
-        Tq = Tq_all
-        Tk = Tk_all
+    bos_q, bos_k, Tq, Tk = _seq_bounds(CU_Q, CU_K, i_b, Tq_all, Tk_all, IS_VARLEN)
     if i_n * BN >= Tk:
         return
     o_n = i_n * BN + tl.arange(0, BN)
@@ -417,16 +415,7 @@ def _flash_attn_masked_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, PR
     i_b = i_bh // HQ
     i_h = i_bh % HQ
     i_hk = i_h // GROUP
-    if IS_VARLEN:
-        bos_q = tl.load(CU_Q + i_b).to(tl.int64)
-        bos_k = tl.load(CU_K + i_b).to(tl.int64)
-        Tq = (tl.load(CU_Q + i_b + 1) - bos_q).to(tl.int32)
-        Tk = (tl.load(CU_K + i_b + 1) - bos_k).to(tl.int32)
-    else:
-        bos_q = i_b.to(tl.int64) * 0
-        bos_k = bos_q
-        Tq = Tq_all
-        Tk = Tk_all
+    bos_q, bos_k, Tq, Tk = _seq_bounds(CU_Q, CU_K, i_b, Tq_all, Tk_all, IS_VARLEN)
     if i_m * BM >= Tq:
         return
     o_m = i_m * BM + tl.arange(0, BM)
