@@ -12,10 +12,18 @@ if _os.environ.get("IOAWARE_INTERPRET", "").strip().lower() in {"1", "true", "ye
 
 from . import hardware, iomodel, rnn  # noqa: E402
 from .errors import DeviceError, DTypeError, IOAwareError, ShapeError, UnsupportedError  # noqa: E402
-from .kernels import attention_ref, flash_attn, flash_attn_varlen, flash_decode, flat_linear, last_backend  # noqa: E402
+from .kernels import (  # noqa: E402
+    attention_ref,
+    fftconv,
+    flash_attn,
+    flash_attn_varlen,
+    flash_decode,
+    flat_linear,
+    last_backend,
+)
 
 __version__ = "0.1.0"
 
 __all__ = ["DTypeError", "DeviceError", "IOAwareError", "ShapeError", "UnsupportedError", "__version__",
-           "attention_ref", "flash_attn", "flash_attn_varlen", "flash_decode", "flat_linear", "hardware", "iomodel",
-           "last_backend", "rnn"]
+           "attention_ref", "fftconv", "flash_attn", "flash_attn_varlen", "flash_decode", "flat_linear", "hardware",
+           "iomodel", "last_backend", "rnn"]
