@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 
 def add_parser(sp) -> None:
@@ -129,7 +130,7 @@ def _run_streamed(args, sampling) -> int:
         raise UnsupportedError("--memory-budget runs on CPU for now (the GPU path stages through pinned memory)")
     t0 = time.perf_counter()
     model, rt, acct, tok, store = open_streamed(args.model, args.memory_budget, args.store, args.window,
-                                                args.read_threads, args.ffn_sparsity)
+                                                args.read_threads, args.ffn_sparsity, probe_if_missing=True)
     model.set_attention("sdpa" if args.attention == "auto" else args.attention)
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
     ids = tok.encode(text)
@@ -152,7 +153,7 @@ def _run_streamed(args, sampling) -> int:
     m = acct
     pred = s["flash_predicted_io_s_per_token"]
     rows = [
-        ["model", f"{store.header['source']} → {store.path.name} ({model.weight_format})"],
+        ["model", f"{Path(store.header['source']).name} → {store.path.name} ({model.weight_format})"],
         ["decode", f"{s['decode_tok_s']:.1f} tok/s ({s['decode_tokens']} tokens)"],
         ["resident weights vs cap", f"{human_bytes(m['resident_total'])} ≤ {human_bytes(m['budget'])} "
          f"({m['budget'] / m['weight_bytes']:.0%} of {human_bytes(m['weight_bytes'])})"],

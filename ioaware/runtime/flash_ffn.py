@@ -280,10 +280,12 @@ def train_for_store(model_path, sparsity: float, rank: int = PREDICTOR_RANK, max
 
 
 def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, window: int = 5, threads: int = 8,
-                  sparsity: float = 0.5, progress: bool = True, calibration_text: str | None = None):
+                  sparsity: float = 0.5, progress: bool = True, calibration_text: str | None = None,
+                  probe_if_missing: bool = False):
     """Everything `ioaware generate --memory-budget` needs: converts the model into the cache dir if it has no
-    store, checks the budget against the minimum at once, loads (or trains once, then caches) the predictors.
-    Returns (model, runtime, accounting, tokenizer, store)."""
+    store, checks the budget against the minimum at once, loads (or trains once, then caches) the predictors,
+    and with `probe_if_missing` measures the store's disk once (`ioaware probe disk`, cached) so the run can
+    print the iomodel's predicted I/O time. Returns (model, runtime, accounting, tokenizer, store)."""
     from pathlib import Path
 
     from ..env import settings
@@ -312,8 +314,15 @@ def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, wi
         pr, _ = train_for_store(path, sparsity, progress=progress, text=calibration_text)
         pred_path.parent.mkdir(parents=True, exist_ok=True)
         pr.save(pred_path, fp)
-    model, rt, acct = build_streamed_model(store, pr, pr.thresholds, budget, window, threads,
-                                           curve=load_curve(store_path.parent))
+    curve = load_curve(store_path.parent)
+    if curve is None and probe_if_missing:
+        from ..hardware.probe_disk import probe, save_curve
+
+        if progress:
+            print(f"probing the disk under {store_path.parent} once (about 20 s; cached for later runs)")
+        curve = probe(store_path.parent, progress=progress)
+        save_curve(curve)
+    model, rt, acct = build_streamed_model(store, pr, pr.thresholds, budget, window, threads, curve=curve)
     acct["predictors_file"] = str(pred_path)
     return model, rt, acct, _tokenizer(path), store
 
