@@ -22,15 +22,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..attention.flash.kernel import _up  # the interpreter's bf16 tl.dot workaround, shared by every kernel
+
 CELL_IDS = {"lstm": 0, "gru": 1, "slstm": 2}
-
-
-@triton.jit
-def _up(x, UPCAST: tl.constexpr):
-    if UPCAST:
-        return x.to(tl.float32)
-    else:
-        return x
 
 
 @triton.jit
