@@ -7,8 +7,8 @@ reader's I/O buffers. The cache gets whatever the cap leaves.
 Per layer and step: predictor(FFN input) -> neuron ids -> `lookup` in the window cache -> the misses are read
 from the store (bundles, coalesced runs, preadv pool, O_DIRECT) and inserted -> `sparse_ffn` over the cache's
 resident bundles (a superset of the predicted ones: the threshold on the real gate decides, so the result is the
-thresholded FFN over predicted ∪ window neurons). A step whose predicted set is larger than the cache reads the
-overflow into the I/O buffer and uses it without caching it (exact, just more I/O).
+thresholded FFN over predicted ∪ window neurons). A step whose predicted set is larger than the cache caches what
+fits and uses the overflow once from the I/O buffer without caching it (exact, just more I/O).
 
 Prefetch: none across layers. Layer l+1's neurons are predicted from its own FFN input, which exists only after
 its attention; a read issued then has nothing left to overlap with in a batch-1 decode step. Speculating with
@@ -117,8 +117,11 @@ class FlashRuntime:
         if self.trace is not None and self.counting:
             self.trace.append((layer, ids.numpy().astype("int32")))
         c = self.cache[layer]
-        _, miss = c.lookup(ids)
-        fits = ids.numel() <= c.capacity
+        hits, miss = c.lookup(ids)
+        # slots this token may fill: all of them, less its hits (insert evicts only neurons this token does not
+        # use). When the predicted set is larger than the cache, the misses that do not fit are used once from
+        # the I/O buffer (exact, just not cached), and the ones that do fit still stay for the next tokens.
+        room = c.capacity - hits.numel()
         y = None
         for g in range(0, miss.numel(), self.reader.max_neurons):
             group = miss[g:g + self.reader.max_neurons]
@@ -128,12 +131,14 @@ class FlashRuntime:
             st.chunks += res.stats.chunks
             st.io_s += res.stats.seconds
             st.predicted_io_s += self._price(res.stats.chunk_sizes)
-            if fits:
-                c.insert(torch.from_numpy(res.ids), res.bundles)  # copied out of the I/O buffer
-            else:
-                part = sparse_ffn(xf, res.bundles, t).float()  # used once, not cached
+            k = max(0, min(room, len(res.ids)))
+            if k:
+                c.insert(torch.from_numpy(res.ids[:k]), res.bundles[:k])  # copied out of the I/O buffer
+                room -= k
+            if k < len(res.ids):
+                part = sparse_ffn(xf, res.bundles[k:], t).float()  # used once, not cached
                 y = part if y is None else y + part
-                st.overflow_reads += len(res.ids)
+                st.overflow_reads += len(res.ids) - k
         resident, _ = c.resident()  # (n, 3, dim) view: hits + what was just read + the rest of the window
         part = sparse_ffn(xf, resident, t).float()
         y = part if y is None else y + part

@@ -71,8 +71,10 @@ def test_streamed_equals_thresholded_dense(tiny, cache_frac):
     assert s["decode_tokens_counted"] == 4 and s["flash_bytes_read_per_token"] >= 0
     if cache_frac == 1.0:  # everything cached after the prefill: decode reads nothing
         assert s["window_hit_rate"] > 0.5 and rt.stats.bytes_read == 0
-    else:
+    else:  # every neuron is predicted, the cache holds 30%: what fits stays cached, so later tokens hit it
         assert rt.stats.overflow_reads > 0
+        assert 0.2 < s["window_hit_rate"] <= 0.3 + 1e-9
+        assert rt.stats.bytes_read < 4 * a.n_layers * a.hidden_dim * st.bundle_bytes * 0.75
     rt.close()
 
 
