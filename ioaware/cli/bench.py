@@ -8,55 +8,46 @@ from pathlib import Path
 from ._report import emit_json, print_table, write_json_atomic
 
 
+def _op(sub, name: str, func, help_: str, description: str | None = None):
+    p = sub.add_parser(name, help=help_, description=description or help_)
+    p.set_defaults(func=func)
+    return p
+
+
 def add_parser(sp) -> None:
     sub = sp.add_subparsers(dest="op", metavar="OP", required=True)
-    a = sub.add_parser("attention", help="flash_attn vs SDPA's flash, cuDNN and efficient backends",
-                       description="flash_attn vs SDPA's flash, cuDNN and efficient backends (B*T=16k, H*D=2048)")
+    a = _op(sub, "attention", run_attention, "flash_attn vs SDPA's flash, cuDNN and efficient backends",
+            "flash_attn vs SDPA's flash, cuDNN and efficient backends (B*T=16k, H*D=2048)")
     a.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     a.add_argument("--seqlens", type=int, nargs="+", default=[1024, 4096, 16384])
     a.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     a.add_argument("--modes", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
-    a.add_argument("--out", default=None, help="results file (default benchmarks/results/attention-<card>-<date>.json)")
-    a.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
-    a.set_defaults(func=run_attention)
-    am = sub.add_parser("attention-masks", help="flash_attn's sliding window and block-sparse vs FlexAttention",
-                        description="flash_attn: sliding window 1024 at T=16k vs FlexAttention (compiled, same mask); "
-                        "block-sparse vs FlexAttention and vs our dense kernel (bf16, D=128)")
-    am.add_argument("--out", default=None,
-                    help="results file (default benchmarks/results/attention_masks-<card>-<date>.json)")
-    am.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
-    am.set_defaults(func=run_attention_masks)
-    d = sub.add_parser("decode", help="flash_decode vs SDPA's flash and cuDNN backends (KV read GB/s)",
-                       description="flash_decode vs SDPA's flash and cuDNN backends (KV read GB/s)")
-    d.add_argument("--out", default=None, help="results file (default benchmarks/results/decode-<card>-<date>.json)")
-    d.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
-    d.set_defaults(func=run_decode)
-    g = sub.add_parser("gemm", help="GEMV / flat GEMM / torch.matmul for decoding; calibrates the dataflow table",
-                       description="GEMV / flat GEMM / torch.matmul on Llama-8B projection shapes, M = 1..64; writes "
-                       "the per-GPU dataflow table the dispatcher reads")
-    g.add_argument("--out", default=None, help="results file (default benchmarks/results/gemm-<card>-<date>.json)")
-    g.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
-    g.set_defaults(func=run_gemm)
-    r = sub.add_parser("rnn", help="fused LSTM vs cuDNN nn.LSTM, the flashrnn package and a PyTorch loop",
-                       description="fused LSTM vs cuDNN nn.LSTM, the flashrnn package (if installed) and a plain "
-                       "PyTorch time loop; B=16, T=1024, fp16, 1 head of 768 and 12 heads of 64")
+    _op(sub, "attention-masks", run_attention_masks, "flash_attn's sliding window and block-sparse vs FlexAttention",
+        "flash_attn: sliding window 1024 at T=16k vs FlexAttention (compiled, same mask); "
+        "block-sparse vs FlexAttention and vs our dense kernel (bf16, D=128)")
+    _op(sub, "decode", run_decode, "flash_decode vs SDPA's flash and cuDNN backends (KV read GB/s)")
+    _op(sub, "gemm", run_gemm, "GEMV / flat GEMM / torch.matmul for decoding; calibrates the dataflow table",
+        "GEMV / flat GEMM / torch.matmul on Llama-8B projection shapes, M = 1..64; writes "
+        "the per-GPU dataflow table the dispatcher reads")
+    r = _op(sub, "rnn", run_rnn, "fused LSTM vs cuDNN nn.LSTM, the flashrnn package and a PyTorch loop",
+            "fused LSTM vs cuDNN nn.LSTM, the flashrnn package (if installed) and a plain "
+            "PyTorch time loop; B=16, T=1024, fp16, 1 head of 768 and 12 heads of 64")
     r.add_argument("--flashrnn-timeout", type=int, default=240, help="seconds per flashrnn backend (nvcc builds)")
     r.add_argument("--cases", nargs="+", default=["1x768", "12x64"], choices=["1x768", "12x64"], help="heads x size")
     r.add_argument("--flashrnn-backends", nargs="+", default=["triton_fused", "cuda_fused", "cuda"])
-    r.add_argument("--out", default=None, help="results file (default benchmarks/results/rnn-<card>-<date>.json)")
-    r.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
-    r.set_defaults(func=run_rnn)
-    f = sub.add_parser("fftconv", help="fftconv vs torch.fft (rfft/irfft) with peak memory, gated causal, bf16",
-                       description="ioaware.fftconv vs torch.fft rfft/irfft as users write it: B=64, H=768, bf16, "
-                       "gated causal long convolution; time and peak memory in the same run")
+    f = _op(sub, "fftconv", run_fftconv,
+            "fftconv vs torch.fft (rfft/irfft) with peak memory, gated causal, bf16",
+            "ioaware.fftconv vs torch.fft rfft/irfft as users write it: B=64, H=768, bf16, "
+            "gated causal long convolution; time and peak memory in the same run")
     f.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 8192, 16384, 32768])
     f.add_argument("--batch", type=int, default=64)
     f.add_argument("--heads", type=int, default=768)
     f.add_argument("--bwd-max", type=int, default=8192, help="also time fwd+bwd up to this L (0: never)")
     f.add_argument("--sparse-keep", type=float, default=0.25, help="frequency-sparse row (0: none)")
-    f.add_argument("--out", default=None, help="results file (default benchmarks/results/fftconv-<card>-<date>.json)")
-    f.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
-    f.set_defaults(func=run_fftconv)
+    for name, p in sub.choices.items():  # every verb writes a results file, and --json on request
+        p.add_argument("--out", default=None, help="results file (default benchmarks/results/"
+                       f"{name.replace('-', '_')}-<card>-<date>.json)")
+        p.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
 
 
 def _run(op: str, args, start) -> int:
