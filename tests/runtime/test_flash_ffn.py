@@ -11,12 +11,12 @@ import torch
 from ioaware.runtime import build_model, load_checkpoint
 from ioaware.runtime import flash_ffn as ff
 from ioaware.runtime import flash_store as fs
+from ioaware.runtime import sparsity as sp
 from ioaware.runtime.flash_io import direct_io_supported
 
 from .helpers import byte_vocab, tiny_hf_model, write_gguf
 
 VOCAB = len(byte_vocab()[0])
-sp = pytest.importorskip("ioaware.runtime.sparsity")
 
 
 class PredictAll:
