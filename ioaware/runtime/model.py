@@ -137,7 +137,6 @@ class Attention(nn.Module):
         self.wo = Linear(a.n_heads * a.head_dim, a.dim, bias=False)
         self.cache: KVCache | None = None
         self.impl = "flash_attn"  # or "sdpa", set by Transformer.set_attention
-        self.unified_max: float | None = None  # FlashDecoding++'s phi for the decode step (None: exact max)
 
     def forward(self, x, cos, sin, start: int | None, pos: torch.Tensor | None = None):
         """x: (B, T, dim). `start` (int): tokens already cached, attention on the view cache[:, :start+T] through
@@ -164,7 +163,7 @@ class Attention(nn.Module):
             # (splits past the end exit at once). The SDPA path covers the whole cache with a validity mask.
             if self.impl == "flash_attn":
                 lens = pos.expand(B)  # (B,) tokens already cached
-                o = flash_decode(q, c.k, c.v, lens, k_new=k, v_new=v, unified_max=self.unified_max)  # (B, T, H, D)
+                o = flash_decode(q, c.k, c.v, lens, k_new=k, v_new=v)  # (B, T, H, D)
             else:
                 c.k.index_copy_(1, pos, k)
                 c.v.index_copy_(1, pos, v)
