@@ -1,4 +1,5 @@
-"""Complex-matmul and table helpers shared by the Monarch kernels (order 2 in monarch.py, order 3 in monarch3.py)."""
+"""Complex-matmul, table and epilogue helpers shared by the Monarch kernels (order 2 in monarch.py, order 3 in
+monarch3.py)."""
 
 import triton
 import triton.language as tl
@@ -46,3 +47,21 @@ def _cmul(ar, ai, br, bi):
 def _ld2(base, offs):
     """Load the (re, im) planes of a complex table stored interleaved as [..., 2]."""
     return tl.load(base + offs * 2), tl.load(base + offs * 2 + 1)
+
+
+@triton.jit
+def _store_gated(O1, G_O1, O2, G_O2, accr, acci, r0, r1, t, m_0, m_1, HAS_GO1: tl.constexpr, HAS_O2: tl.constexpr):
+    """The pair kernels' epilogue: Re/Im of acc to rows r0/r1 (element offsets r + t, masks m_0/m_1) of O1 ∘ G_O1
+    (gate with HAS_GO1) and, with HAS_O2, of O2 ∘ G_O2."""
+    o1r = accr
+    o1i = acci
+    if HAS_GO1:
+        o1r = o1r * tl.load(G_O1 + r0 + t, mask=m_0, other=0.0).to(tl.float32)
+        o1i = o1i * tl.load(G_O1 + r1 + t, mask=m_1, other=0.0).to(tl.float32)
+    tl.store(O1 + r0 + t, o1r.to(O1.dtype.element_ty), mask=m_0)
+    tl.store(O1 + r1 + t, o1i.to(O1.dtype.element_ty), mask=m_1)
+    if HAS_O2:
+        o2r = accr * tl.load(G_O2 + r0 + t, mask=m_0, other=0.0).to(tl.float32)
+        o2i = acci * tl.load(G_O2 + r1 + t, mask=m_1, other=0.0).to(tl.float32)
+        tl.store(O2 + r0 + t, o2r.to(O2.dtype.element_ty), mask=m_0)
+        tl.store(O2 + r1 + t, o2i.to(O2.dtype.element_ty), mask=m_1)

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .._dispatch import interpreting
-from ._common import _cdot_l, _cdot_r, _cmul, _ld2
+from ._common import _cdot_l, _cdot_r, _cmul, _ld2, _store_gated
 from .monarch3 import _conv3_pair_kernel
 from .reference import Plan, _tables_cpu
 
@@ -106,18 +106,7 @@ def _conv2_pair_kernel(X, G_IN, O1, G_O1, O2, G_O2, KF, F1, F2, TW, B, L, KF_H, 
     kf_r = KF + i_h.to(tl.int64) * (2 * KF_H)
     accr, acci = _rows2(ar.to(DT), ai.to(DT), accr, acci, kf_r, kf_r + KF_H, F1, F2, TW,
                         N1, NIN, M, MK, R, S, DT, PREC, STAGES)
-    o1r = accr
-    o1i = acci
-    if HAS_GO1:
-        o1r = o1r * tl.load(G_O1 + p0, mask=m_n, other=0.0).to(tl.float32)
-        o1i = o1i * tl.load(G_O1 + p1, mask=m_1, other=0.0).to(tl.float32)
-    tl.store(O1 + p0, o1r.to(O1.dtype.element_ty), mask=m_n)
-    tl.store(O1 + p1, o1i.to(O1.dtype.element_ty), mask=m_1)
-    if HAS_O2:
-        o2r = accr * tl.load(G_O2 + p0, mask=m_n, other=0.0).to(tl.float32)
-        o2i = acci * tl.load(G_O2 + p1, mask=m_1, other=0.0).to(tl.float32)
-        tl.store(O2 + p0, o2r.to(O2.dtype.element_ty), mask=m_n)
-        tl.store(O2 + p1, o2i.to(O2.dtype.element_ty), mask=m_1)
+    _store_gated(O1, G_O1, O2, G_O2, accr, acci, p0, p1, 0, m_n, m_1, HAS_GO1, HAS_O2)  # offsets p0/p1 + 0
 
 
 @triton.jit
@@ -182,18 +171,7 @@ def _conv2t_pair_kernel(X, G_IN, O1, G_O1, O2, G_O2, KF, F1, F2, TW, B, L, KF_H,
     kf_r = KF + i_h.to(tl.int64) * (2 * KF_H)
     accr, acci = _rows2t(ar.to(DT), ai.to(DT), accr, acci, kf_r, kf_r + KF_H, F1, F2, TW,
                          N1, NIN, M, MK, R, DT, PREC, STAGES)
-    o1r = accr
-    o1i = acci
-    if HAS_GO1:
-        o1r = o1r * tl.load(G_O1 + row0 + t, mask=m_n, other=0.0).to(tl.float32)
-        o1i = o1i * tl.load(G_O1 + row1 + t, mask=m_1, other=0.0).to(tl.float32)
-    tl.store(O1 + row0 + t, o1r.to(O1.dtype.element_ty), mask=m_n)
-    tl.store(O1 + row1 + t, o1i.to(O1.dtype.element_ty), mask=m_1)
-    if HAS_O2:
-        o2r = accr * tl.load(G_O2 + row0 + t, mask=m_n, other=0.0).to(tl.float32)
-        o2i = acci * tl.load(G_O2 + row1 + t, mask=m_1, other=0.0).to(tl.float32)
-        tl.store(O2 + row0 + t, o2r.to(O2.dtype.element_ty), mask=m_n)
-        tl.store(O2 + row1 + t, o2i.to(O2.dtype.element_ty), mask=m_1)
+    _store_gated(O1, G_O1, O2, G_O2, accr, acci, row0, row1, t, m_n, m_1, HAS_GO1, HAS_O2)
 
 
 @triton.jit

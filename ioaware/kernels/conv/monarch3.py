@@ -9,7 +9,7 @@ dev/fftconv/NOTES.md). Selected by a plan with N3 > 1.
 import triton
 import triton.language as tl
 
-from ._common import _cdot_l, _cdot_r, _cmul, _ld2
+from ._common import _cdot_l, _cdot_r, _cmul, _ld2, _store_gated
 
 
 @triton.jit
@@ -87,15 +87,4 @@ def _conv3_pair_kernel(X, G_IN, O1, G_O1, O2, G_O2, KF, F1, F2, F3, TW, TW2, B, 
         c1r = tl.broadcast_to(tl.trans(f1r)[None, :, :], [N3, NIN, R])
         c1i = tl.broadcast_to(tl.trans(f1i)[None, :, :], [N3, NIN, R])
         accr, acci = _cdot_l(c1r, c1i, xr.to(DT), xi.to(DT), accr, acci, True, PREC)
-    o1r = accr
-    o1i = acci
-    if HAS_GO1:
-        o1r = o1r * tl.load(G_O1 + row0 + t, mask=m_n, other=0.0).to(tl.float32)
-        o1i = o1i * tl.load(G_O1 + row1 + t, mask=m_1, other=0.0).to(tl.float32)
-    tl.store(O1 + row0 + t, o1r.to(O1.dtype.element_ty), mask=m_n)
-    tl.store(O1 + row1 + t, o1i.to(O1.dtype.element_ty), mask=m_1)
-    if HAS_O2:
-        o2r = accr * tl.load(G_O2 + row0 + t, mask=m_n, other=0.0).to(tl.float32)
-        o2i = acci * tl.load(G_O2 + row1 + t, mask=m_1, other=0.0).to(tl.float32)
-        tl.store(O2 + row0 + t, o2r.to(O2.dtype.element_ty), mask=m_n)
-        tl.store(O2 + row1 + t, o2i.to(O2.dtype.element_ty), mask=m_1)
+    _store_gated(O1, G_O1, O2, G_O2, accr, acci, row0, row1, t, m_n, m_1, HAS_GO1, HAS_O2)

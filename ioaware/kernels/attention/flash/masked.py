@@ -153,6 +153,18 @@ def _seq_bounds(CU_Q, CU_K, i_b, Tq_all, Tk_all, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _q_program(CU_Q, CU_K, Tq_all, Tk_all, HQ: tl.constexpr, GROUP: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """The forward's and dQ's program: query block, batch, head, kv head, and the sequence's bounds (_seq_bounds)."""
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // HQ
+    i_h = i_bh % HQ
+    i_hk = i_h // GROUP
+    bos_q, bos_k, Tq, Tk = _seq_bounds(CU_Q, CU_K, i_b, Tq_all, Tk_all, IS_VARLEN)
+    return i_m, i_b, i_h, i_hk, bos_q, bos_k, Tq, Tk
+
+
+@triton.jit
 def _flash_attn_masked_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, PREFIX, ALIBI, BLK_CNT, BLK_IDX,
                                   s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
                                   s_lb, s_lh, s_ab, s_ah, s_cb, s_ch, s_cm, s_ib, s_ih, s_im,
@@ -164,12 +176,7 @@ def _flash_attn_masked_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, PREFIX, ALIBI, BL
                                   IS_VARLEN: tl.constexpr, IS_BLOCK_SPARSE: tl.constexpr,
                                   SPARSE_MASK: tl.constexpr, PRECISION: tl.constexpr,
                                   UPCAST: tl.constexpr):
-    i_m = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    i_b = i_bh // HQ
-    i_h = i_bh % HQ
-    i_hk = i_h // GROUP
-    bos_q, bos_k, Tq, Tk = _seq_bounds(CU_Q, CU_K, i_b, Tq_all, Tk_all, IS_VARLEN)
+    i_m, i_b, i_h, i_hk, bos_q, bos_k, Tq, Tk = _q_program(CU_Q, CU_K, Tq_all, Tk_all, HQ, GROUP, IS_VARLEN)
     if i_m * BM >= Tq:
         return
     o_m = i_m * BM + tl.arange(0, BM)
@@ -410,12 +417,7 @@ def _flash_attn_masked_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, PR
                                      IS_VARLEN: tl.constexpr, IS_BLOCK_SPARSE: tl.constexpr,
                                      SPARSE_MASK: tl.constexpr, PRECISION: tl.constexpr,
                                      UPCAST: tl.constexpr):
-    i_m = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    i_b = i_bh // HQ
-    i_h = i_bh % HQ
-    i_hk = i_h // GROUP
-    bos_q, bos_k, Tq, Tk = _seq_bounds(CU_Q, CU_K, i_b, Tq_all, Tk_all, IS_VARLEN)
+    i_m, i_b, i_h, i_hk, bos_q, bos_k, Tq, Tk = _q_program(CU_Q, CU_K, Tq_all, Tk_all, HQ, GROUP, IS_VARLEN)
     if i_m * BM >= Tq:
         return
     o_m = i_m * BM + tl.arange(0, BM)
