@@ -22,6 +22,8 @@ for (D, BJ, nw), cell, dt, which, save in itertools.product(TILES, (0, 1, 2), ("
     fn = K._fused_recurrent_rnn_fwd_kernel if which == "fwd" else K._fused_recurrent_rnn_bwd_kernel
     ptrs = ["X", "R", "H0", "Y", "GS"] if which == "fwd" else ["R", "GS", "H0", "Y", "DY", "DX", "DQ"]
     sig = {n: "*" + dt for n in ptrs}
+    if cell == 2 and save:
+        sig["GS"] = "*fp32"  # sLSTM saves its gate logits in fp32 (issue #9)
     sig.update({n: "*fp32" for n in ("BIAS", "CS", "DST") if n in fn.arg_names})
     sig.update(CNT="*i32", B="i32", T="i32", t0="i32", n_steps="i32", finish="i32")
     consts = dict(NH=2, D=D, DP=DP, G=3 if cell == 1 else 4, CELL=cell, BB=16, BJ=BJ, NJ=-(-D // BJ), SYNC=True,

@@ -119,7 +119,7 @@ def _fused_recurrent_rnn_fwd_kernel(
         BB: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr, SYNC: tl.constexpr, SAVE: tl.constexpr,
         PREFETCH: tl.constexpr, FAST: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     # X (B, T, G, NH, D); R (G, NH, D, D); BIAS fp32 (4, NH, D); H0 (B, NH·D); Y (B, T, NH·D);
-    # CS fp32 (S-1, B, T+1, NH·D) cell states, index 0 the initial one; GS (B, T, 4, NH·D) saved gates
+    # CS fp32 (S-1, B, T+1, NH·D) cell states, index 0 the initial one; GS (B, T, 4, NH·D) saved gates (sLSTM: fp32)
     i_p = tl.program_id(0)
     i_j, i_h, i_b = i_p % NJ, (i_p // NJ) % NH, i_p // (NJ * NH)
     HD: tl.constexpr = NH * D
@@ -408,7 +408,8 @@ def _fast(t) -> bool:
 def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, precision: str, upcast: bool,
                             prefetch: bool = True, fast: bool | None = None):
     """Launch the forward. x (B, T, G·NH·D), R (G, NH, D, D), bias fp32 (4, NH, D), h0 (B, NH·D), cs0 fp32
-    (S-1, B, NH·D) or None. Returns y (B, T, NH·D), the fp32 cell states (S-1, B, T+1, NH·D), the saved gates."""
+    (S-1, B, NH·D) or None. Returns y (B, T, NH·D), the fp32 cell states (S-1, B, T+1, NH·D), the saved gates
+    (B, T, 4, NH·D; fp32 for sLSTM, else x's dtype)."""
     import torch
 
     B, T, _ = x.shape
@@ -420,7 +421,11 @@ def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, p
     cs = torch.empty(max(S - 1, 1), B, T + 1 if S > 1 else 1, HD, dtype=torch.float32, device=x.device)
     if S > 1:
         cs[:, :, 0] = cs0
-    gs = torch.empty(B, T, 4, HD, dtype=x.dtype, device=x.device) if save else y
+    # sLSTM saves its raw input/forget logits, from which the backward recomputes exp(i - m) and the n' clamp:
+    # in bf16 their rounding (up to |logit|·2^-8) skews i and f by ~1% and can flip the clamp against the forward's,
+    # an O(1) error in dG that R^T spreads over a whole row of dh (issue #9). fp32 keeps both as the forward had them.
+    gs_dtype = torch.float32 if cell == "slstm" else x.dtype
+    gs = torch.empty(B, T, 4, HD, dtype=gs_dtype, device=x.device) if save else y
     nb = triton.cdiv(B, tiles.BB)
     cnt = torch.zeros(nb * NH, dtype=torch.int32, device=x.device)
     steps = [(0, T)] if tiles.NJ == 1 or tiles.sync else [(t, 1) for t in range(T)]
