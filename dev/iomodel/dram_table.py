@@ -5,8 +5,6 @@ the L2 schedule model's DRAM reads and writes (`ioaware.sim.l2`, H100 parameters
 errors. Usage: python dev/iomodel/dram_table.py RUN_DIR [PROBE_DIR ...] > benchmarks/results/attention-dram-....json
 """
 
-import collections
-import csv
 import json
 import re
 import sys
@@ -14,21 +12,12 @@ import sys
 from ioaware.kernels.attention.flash.kernel import _table
 from ioaware.sim.l2 import H100_L2, flash_l2_traffic
 
+sys.path.insert(0, "dev/iomodel")
+from ncu_csv import ncu_rows  # noqa: E402
+
 KERNEL_OP = {"_flash_attn_fwd_kernel": "fwd", "_flash_attn_bwd_dkdv_kernel": "dkdv", "_flash_attn_bwd_dq_kernel": "dq"}
 LIMITS = ("Block Limit Registers", "Block Limit SM", "Block Limit Shared Mem", "Block Limit Warps",
           "Block Limit Barriers")
-
-
-def ncu_rows(path):
-    rows = collections.OrderedDict()
-    with open(path) as f:
-        for d in csv.DictReader(line for line in f if line.startswith('"')):
-            v = d["Metric Value"].replace(",", "")
-            try:
-                rows.setdefault(int(d["ID"]), {})[d["Metric Name"]] = float(v)
-            except ValueError:
-                pass
-    return list(rows.values())
 
 
 def floor_bytes(op, B, H, Hkv, T, D):

@@ -22,6 +22,8 @@ def add_parser(sp) -> None:
                    help="FlashAttention tile sizes instead of deriving them from --sram")
     a.add_argument("--hardware", default="h100", help="spec for the roofline: h100, h200, a100, v100")
     a.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON ('-' for stdout)")
+    a.add_argument("--dram", action="store_true",
+                   help="add the DRAM bytes of ioaware's kernels predicted by the L2 schedule model (H100 only)")
     a.add_argument("--plot", default=None, metavar="FILE.png",
                    help="draw HBM traffic against N and against M (log-log) with the lower bound")
     a.set_defaults(func=run_attention)
@@ -53,6 +55,8 @@ def attention_rows(args) -> tuple[list[dict], dict]:
                                stat=4)
             algos.insert(1, ("flash-attention-1", Cost.of(fl.flops, label=f"flash attention-1 fwd (Br={br}, Bc={bc})",
                                                           hbm=(bh * t.read, bh * t.write))))
+        if getattr(args, "dram", False):
+            algos.append(_dram_row(args, nk, e, fl.flops, bwd))
         lb = attention_io_lower_bound(args.n, args.d, m_elems, Nk=nk, backward=bwd)
         algos.append(("lower bound", Cost.of(fl.flops, label=f"I/O lower bound, {lb.regime}, Theta with constant 1",
                                              hbm=(bh * e * lb.words, 0))))
@@ -64,6 +68,24 @@ def attention_rows(args) -> tuple[list[dict], dict]:
     meta = {"n": args.n, "nk": nk, "d": args.d, "batch": args.batch, "heads": args.heads, "causal": args.causal,
             "dtype": args.dtype, "sram_bytes": sram, "hardware": spec.name, "ridge_flop_per_byte": r.ridge}
     return rows, meta
+
+
+def _dram_row(args, nk: int, e: int, flops: float, bwd: bool):
+    """ioaware's kernels after the H100's L2: the schedule model of `ioaware.sim.l2` (its error: the README)."""
+    from ..iomodel import Cost
+    from ..sim.l2 import flash_kernels_dram
+
+    if args.hardware.lower() != "h100":
+        raise ValueError("--dram: the L2 model is measured on the H100 only (use --hardware h100)")
+    if nk != args.n or e != 2:
+        raise ValueError("--dram models ioaware's bf16/fp16 kernels with equal query and key lengths")
+    k = flash_kernels_dram(args.batch, args.heads, args.n, args.d, Hkv=args.kv_heads, causal=args.causal,
+                           backward=bwd)
+    read, write = sum(t.dram_read for t in k.values()), sum(t.dram_write for t in k.values())
+    if bwd:  # the delta preprocess streams O and dO once and writes delta
+        read += 2 * args.batch * args.heads * args.n * args.d * e
+        write += args.batch * args.heads * args.n * 4
+    return ("ioaware kernels, DRAM", Cost.of(flops, label="after L2 (ioaware.sim.l2, H100)", hbm=(read, write)))
 
 
 def run_attention(args) -> int:

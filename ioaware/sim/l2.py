@@ -197,3 +197,25 @@ def flash_fwd_l2_traffic(B: int, H: int, T: int, D: int, block_q: int, block_k: 
     m = H100_L2
     model = L2Model(m.capacity if l2_bytes is None else l2_bytes, m.desync if desync is None else desync)
     return flash_l2_traffic("fwd", B, H, T, D, block_q, block_k, model=model, **kw)
+
+
+def h100_ctas_per_sm(kernel: str, D: int) -> int:
+    """Resident programs per SM of ioaware's attention kernels on the H100 (ncu's occupancy, Triton 3.6).
+
+    The launch table's D <= 64 tiles use <= 128 registers per thread at 8 warps or 4 warps at 255 (dK/dV), and fit
+    two per SM; the D = 128 tiles are limited to one by shared memory or registers.
+    """
+    return 2 if D <= 64 else 1
+
+
+def flash_kernels_dram(B: int, H: int, T: int, D: int, *, Hkv: int | None = None, causal: bool = False,
+                       backward: bool = False, sms: int = 132, model: L2Model = H100_L2) -> dict[str, L2Traffic]:
+    """The L2 model run on the tiles ioaware's launch table picks: {"fwd": ...} or {"dkdv": ..., "dq": ...}."""
+    from ..kernels.attention.flash.kernel import _table
+
+    out = {}
+    for kernel in ("dkdv", "dq") if backward else ("fwd",):
+        t = _table(kernel, D, T, causal)
+        out[kernel] = flash_l2_traffic(kernel, B, H, T, D, t["BM"], t["BN"], Hkv=Hkv, causal=causal, rev=t["REV"],
+                                       concurrent=sms * h100_ctas_per_sm(kernel, D), model=model)
+    return out

@@ -59,11 +59,23 @@ def test_cost_attention_json(tmp_path, capsys):
     assert "flash-attention-2" in capsys.readouterr().out
 
 
+def test_cost_attention_dram(tmp_path):
+    out = tmp_path / "cost.json"
+    assert main(["cost", "attention", "--n", "2048", "--d", "64", "--heads", "4", "--dram", "--json", str(out)]) == 0
+    rows = {(r["algorithm"], r["pass"]): r for r in json.loads(out.read_text())["rows"]}
+    # after L2, DRAM sees at least every input once and at most what the programs request
+    for p, floor in (("fwd", 4 * 2048 * 64 * 2 * 3), ("bwd", 4 * 2048 * 64 * 2 * 5)):
+        dram, req = rows[("ioaware kernels, DRAM", p)]["hbm_bytes"], rows[("flash-attention-2", p)]["hbm_bytes"]
+        assert floor <= dram < req
+
+
 def test_cost_bad_input_is_one_line(capsys):
     assert main(["cost", "attention", "--sram", "lots"]) == 2
     err = capsys.readouterr().err
     assert "cannot read a size" in err and "Traceback" not in err
     assert main(["cost", "attention", "--hardware", "tpu"]) == 2
+    assert main(["cost", "attention", "--hardware", "a100", "--dram"]) == 2
+    assert "measured on the H100 only" in capsys.readouterr().err
 
 
 def test_bench_without_gpu_says_so(capsys):
