@@ -13,25 +13,17 @@ import sys
 import torch
 
 from ioaware.kernels.rnn import rnn_ref
-from ioaware.kernels.rnn.reference import CELLS
 from ioaware.plan.rnn_tiles import RNNTiles
 from ioaware.rnn import slstm
 
-
-def rel_rms(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "kernels"))
+from test_rnn import make as _make  # noqa: E402
+from test_rnn import rel_rms  # noqa: E402
 
 
 def make(cell, B, T, NH, D, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    G, Gb, S = CELLS[cell]
-    x = torch.randn(B, T, G * NH * D, generator=g, dtype=torch.float64)
-    R = torch.randn(G, NH, D, D, generator=g, dtype=torch.float64) / D**0.5
-    b = 0.1 * torch.randn(Gb, NH, D, generator=g, dtype=torch.float64)
-    st = [0.5 * torch.randn(B, NH * D, generator=g, dtype=torch.float64) for _ in range(S)]
-    st[2] = 1 + torch.rand(B, NH * D, generator=g, dtype=torch.float64)
-    return [t.to(dtype) for t in (x, R, b, *st)]
+    ins, st = _make(cell, B, T, NH, D, dtype, seed=seed)  # the CPU test's inputs, flattened
+    return [*ins, *st]
 
 
 def run_grads(fn, x, R, b, st, NH, dy, dfin, **kw):  # the GPU test's
