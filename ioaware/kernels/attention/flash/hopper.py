@@ -1,0 +1,173 @@
+"""FlashAttention-2 forward for Hopper (sm_90): K and V tiles arrive by TMA (the bulk tensor copy engine).
+
+Same function as `_flash_attn_fwd_kernel` in kernel.py (online softmax, exp2 with the scale folded in, a
+mask-free interior loop and a masked loop for the diagonal or the ragged tail), restricted to what the
+copy engine can address: contiguous (B, T, H, D) fp16/bf16 tensors, D in {64, 128}, Tq == Tk.
+
+The tensors are seen as 2-D (B*T, H*D) row-major matrices; one TMA box is (rows, D) at column head*D. A box
+that runs past a batch's last row reads the next batch's first rows (or zeros past the tensor's end); those
+keys are masked out of the scores. Q and O move once per program, by masked pointer loads and stores.
+
+The loop is a `tl.range` whose `num_stages` sets how many K/V tiles are in flight (the pipeliner allocates
+the shared-memory ring and the mbarriers); with WS the loop is warp-specialised (Triton's Hopper pass: a
+producer warp group issues the TMA loads, consumer warp groups run the wgmma and the softmax).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n, lo, hi, T, scale_log2,
+                      BN: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, STAGES: tl.constexpr,
+                      WS: tl.constexpr):
+    for start_n in tl.range(lo, hi, BN, num_stages=STAGES, warp_specialize=WS):
+        start_n = tl.multiple_of(start_n, BN)
+        b_k = desc_k.load([row0 + start_n, col_kv])  # (BN, D) by TMA
+        b_s = tl.dot(b_q, b_k.T)  # (BM, BN) fp32, unscaled
+        if MASK:
+            o_k = start_n + o_n
+            m_s = o_k[None, :] < T
+            if IS_CAUSAL:
+                m_s = m_s & (o_k[None, :] <= o_m[:, None])
+            b_s = tl.where(m_s, b_s * scale_log2, float("-inf"))
+            b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+            b_s = b_s - b_m_new[:, None]
+        else:
+            # scale folded into the max and the exponent's argument: one FMA per element
+            b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * scale_log2)
+            b_s = b_s * scale_log2 - b_m_new[:, None]
+        b_p = tl.math.exp2(b_s)
+        b_alpha = tl.math.exp2(b_m - b_m_new)
+        b_l = b_l * b_alpha + tl.sum(b_p, 1)
+        b_acc = b_acc * b_alpha[:, None]
+        b_v = desc_v.load([row0 + start_n, col_kv])  # (BN, D) by TMA
+        b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc)
+        b_m = b_m_new
+    return b_acc, b_m, b_l
+
+
+@triton.jit
+def _hopper_flash_attn_fwd_kernel(Q, desc_k, desc_v, O, LSE, T, NROWS, scale_log2,
+                                  HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+                                  BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                                  STAGES: tl.constexpr, WS: tl.constexpr, REV: tl.constexpr, EVEN_M: tl.constexpr,
+                                  EVEN_N: tl.constexpr, ONE_LOOP: tl.constexpr):
+    # grid (query blocks, batch x heads) as in kernel.py: neighbouring programs share one head's K and V in L2
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0) if REV else tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // HQ
+    i_h = i_bh % HQ
+    row0 = i_b * T  # first row of this batch in the (B*T, H*D) view
+    col_q = i_h * D
+    col_kv = (i_h // GROUP) * D
+    o_m = i_m * BM + tl.arange(0, BM)
+    o_n = tl.arange(0, BN)
+    o_d = tl.arange(0, D)
+    m_m = o_m < T
+    # Q by a descriptor made in the kernel: Triton's Hopper warp specialisation splits the (BM, D) tile between two
+    # consumer warp groups of BM/2 rows, and rewrites an in-kernel descriptor's box to match; a host descriptor keeps
+    # its BM-row box, so each half-copy would move twice the bytes its barrier expects (seen in the TTGIR; a hang).
+    # A pointer load of Q is no way out: the pass then fails (WSLowerToken assertion).
+    desc_q = tl.make_tensor_descriptor(Q, shape=[NROWS, HQ * D], strides=[HQ * D, 1], block_shape=[BM, D])
+    b_q = desc_q.load([row0 + i_m * BM, col_q])  # (BM, D)
+    b_m = tl.full([BM], float("-inf"), tl.float32)
+    b_l = tl.zeros([BM], tl.float32)
+    b_acc = tl.zeros([BM, D], tl.float32)
+    if IS_CAUSAL:
+        # Tq == Tk: row r sees keys c <= r. Blocks left of the diagonal are seen in full by every row.
+        lo_mask = i_m * BM
+        hi = tl.minimum(T, (i_m + 1) * BM)
+    else:
+        lo_mask = T // BN * BN
+        hi = T
+    if ONE_LOOP:
+        # one loop, masked throughout when a mask is needed at all: Triton 3.6's Hopper warp specialisation fails
+        # to compile a function with two loops (an MLIR dominance assertion, seen 2026-11-26)
+        b_acc, b_m, b_l = _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n, 0, hi,
+                                            T, scale_log2, BN, IS_CAUSAL, IS_CAUSAL or not EVEN_N, STAGES, WS)
+    else:
+        b_acc, b_m, b_l = _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n, 0,
+                                            lo_mask, T, scale_log2, BN, IS_CAUSAL, False, STAGES, WS)
+        if IS_CAUSAL or not EVEN_N:  # compile-time: with T % BN == 0 and no causal mask no block needs a mask
+            b_acc, b_m, b_l = _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n,
+                                                lo_mask, hi, T, scale_log2, BN, IS_CAUSAL, True, STAGES, WS)
+    # every stored row saw at least key 0 (Tq == Tk), so l > 0 and m is finite
+    b_o = (b_acc / b_l[:, None]).to(O.dtype.element_ty)
+    b_lse = (b_m + tl.math.log2(b_l)) * 0.6931471805599453
+    tl.store(LSE + i_bh.to(tl.int64) * T + o_m, b_lse, mask=m_m)
+    p_o = O + (row0 + o_m).to(tl.int64)[:, None] * (HQ * D) + col_q + o_d[None, :]
+    if EVEN_M:
+        tl.store(p_o, b_o)
+    else:  # a ragged last block: its rows past T belong to the next batch
+        tl.store(p_o, b_o, mask=m_m[:, None])
+
+
+# Tiles per (head dim, causal): (BM, BN, num_warps, loop stages, WS). Measured on an H100 SXM (dev/attention/NOTES.md,
+# "Hopper forward (TMA/WS)", run H2): D128 non-causal is fastest warp-specialised (one TMA producer group and two
+# consumer groups of 64 rows; WS needs num_warps=4 and launches 12), D128 causal without WS (the WS kernel must mask
+# every block, its single loop cannot skip the mask). With WS, 3 loop stages gave NaN (Triton 3.6), so 2. kernel.py
+# dispatches here only where these tiles beat its own (HOPPER_MIN_T there).
+# D64 is not dispatched here (no tile beat kernel.py's by more than noise); its entries are the best new tiles.
+def _hopper_table(D: int, T: int, causal: bool) -> dict:
+    if D <= 64:
+        t = (128, 64, 4, 3, False) if causal else (128, 128, 4, 2, True)
+    else:
+        t = (128, 128, 8, 3, False) if causal else (128, 128, 4, 2, True)
+    return {"BM": t[0], "BN": t[1], "num_warps": t[2], "STAGES": t[3], "WS": t[4], "ONE_LOOP": t[4], "REV": causal}
+
+
+def _scratch(size: int, alignment: int, stream):
+    # global memory for the kernel's in-kernel TMA descriptor (128 bytes a program), from torch's caching allocator
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator() -> None:
+    """tl.make_tensor_descriptor needs a Triton allocator; set ours only where the caller has set none."""
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_scratch)
+
+
+def hopper_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `hopper_flash_attn_fwd` can take these inputs (the caller checks the GPU and the interpreter)."""
+    B, Tq, Hq, D = q.shape
+    Tk = k.shape[1]
+    return (q.dtype in (torch.float16, torch.bfloat16) and D in (64, 128) and Tq == Tk
+            and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (q, k, v)))
+
+
+def hopper_flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float,
+                          config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward on sm_90 by TMA. q: (B, T, Hq, D), k, v: (B, T, Hkv, D), contiguous. Returns o (B, T, Hq, D)
+    and lse (B, Hq, T) fp32 (natural log). `config` overrides the tile table (for the dev sweeps)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    B, T, Hq, D = q.shape
+    Hkv = k.shape[2]
+    cfg = dict(config) if config is not None else _hopper_table(D, T, causal)
+    BM, BN = cfg.pop("BM"), cfg.pop("BN")
+    num_warps = cfg.pop("num_warps")
+    # causal: the mask-free loop ends at the query block's first row, which must be a multiple of BN
+    assert not causal or BM % BN == 0 or cfg["ONE_LOOP"], (BM, BN)
+    if q.device.type == "cuda":
+        _ensure_allocator()
+    o = torch.empty_like(q)
+    lse = torch.empty((B, Hq, T), device=q.device, dtype=torch.float32)
+    k2, v2 = k.view(B * T, Hkv * D), v.view(B * T, Hkv * D)
+    desc_k = TensorDescriptor.from_tensor(k2, [BN, D])
+    desc_v = TensorDescriptor.from_tensor(v2, [BN, D])
+    grid = (triton.cdiv(T, BM), B * Hq)
+    _hopper_flash_attn_fwd_kernel[grid](q, desc_k, desc_v, o, lse, T, B * T, softmax_scale * LOG2E,
+                                        HQ=Hq, GROUP=Hq // Hkv, D=D, BM=BM, BN=BN, IS_CAUSAL=causal,
+                                        EVEN_M=T % BM == 0, EVEN_N=T % BN == 0, num_warps=num_warps, **cfg)
+    return o, lse
+
+
+__all__ = ["hopper_flash_attn_fwd", "hopper_supported"]
