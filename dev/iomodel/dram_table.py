@@ -9,13 +9,15 @@ import json
 import re
 import sys
 
+from ioaware.kernels.attention.flash.hopper import _hopper_table
 from ioaware.kernels.attention.flash.kernel import _table
 from ioaware.sim.l2 import H100_L2, flash_l2_traffic
 
 sys.path.insert(0, "dev/iomodel")
 from ncu_csv import ncu_rows  # noqa: E402
 
-KERNEL_OP = {"_flash_attn_fwd_kernel": "fwd", "_flash_attn_bwd_dkdv_kernel": "dkdv", "_flash_attn_bwd_dq_kernel": "dq"}
+KERNEL_OP = {"_flash_attn_fwd_kernel": "fwd", "_hopper_flash_attn_fwd_kernel": "fwd",
+             "_flash_attn_bwd_dkdv_kernel": "dkdv", "_flash_attn_bwd_dq_kernel": "dq"}
 LIMITS = ("Block Limit Registers", "Block Limit SM", "Block Limit Shared Mem", "Block Limit Warps",
           "Block Limit Barriers")
 
@@ -36,14 +38,16 @@ for m, r in zip(manifest["launches"], ncu_rows(f"{run}/ncu-attn.csv"), strict=Tr
     g = re.match(r"(fwd|bwd)-B(\d+)-H(\d+)(?:-KV(\d+))?-T(\d+)k-D(\d+)(-causal)?", m["shape"])
     B, H, T, D = int(g[2]), int(g[3]), int(g[5]) * 1024, int(g[6])
     Hkv, causal = int(g[4] or H), bool(g[7])
-    op = KERNEL_OP[m["kernel"]]
-    t = _table(op, D, T, causal)
+    kernel = r.get("kernel_name", m["kernel"])  # what ran: flash_attn_fwd dispatches D128 to the Hopper kernel
+    op = KERNEL_OP[kernel]
+    t = _hopper_table(D, T, causal) if kernel.startswith("_hopper") else _table(op, D, T, causal)
     per_sm = int(min(r[k] for k in LIMITS if k in r))
     conc = per_sm * int(r["# SMs"])
     model = flash_l2_traffic(op, B, H, T, D, t["BM"], t["BN"], Hkv=Hkv, causal=causal, rev=t["REV"], concurrent=conc)
     fr, fw = floor_bytes(op, B, H, Hkv, T, D)
     mr, mw = r["dram__bytes_read.sum"], r["dram__bytes_write.sum"]
-    row = {"set": m["set"], "shape": m["shape"], "kernel": op, "tiles": [t["BM"], t["BN"], t["num_warps"]],
+    row = {"set": m["set"], "shape": m["shape"], "kernel": op, "kernel_name": kernel,
+           "tiles": [t["BM"], t["BN"], t["num_warps"]],
            "registers": int(r["Registers Per Thread"]), "ctas_per_sm": per_sm,
            "measured_read": mr, "measured_write": mw, "measured_l2_bytes": r["lts__t_bytes.sum"],
            "measured_us": r["gpu__time_duration.sum"] / 1e3,

@@ -12,7 +12,7 @@ if [ -n "$PROBE" ]; then
   echo "probe rows: $(grep -c dram__bytes_read $OUT/ncu-probe.csv)"
 fi
 ncu --csv --cache-control all --section LaunchStats --section Occupancy --metrics $M \
-    --kernel-name regex:"_flash_attn_(fwd|bwd_dkdv|bwd_dq)_kernel" \
+    --kernel-name regex:"_(hopper_)?flash_attn_(fwd|bwd_dkdv|bwd_dq)_kernel" \
     python3 dev/iomodel/ncu_all.py > $OUT/ncu-attn.csv 2> $OUT/ncu-attn.err
 echo "attention rows: $(grep -c dram__bytes_read $OUT/ncu-attn.csv)"
 tail -3 $OUT/ncu-attn.err
