@@ -104,3 +104,89 @@ def test_no_hopper_fwd_below_threshold_or_other_head_dims():
         assert kernel._use_hopper(q, k, v, causal)
         assert not kernel._use_hopper(q.float(), k.float(), v.float(), causal)
         assert not kernel._use_hopper(q, k[:, :-1], v[:, :-1], causal)  # Tq != Tk
+
+
+# ------------------------------------------------------------------------------------------- dK/dV (backward)
+def _ref_dkdv(q, k, v, do, causal, upcast):
+    qs, ks, vs = ((t.float() if upcast else t).detach().requires_grad_() for t in (q, k, v))
+    out, _ = attention_ref(qs, ks, vs, causal, upcast=upcast)
+    return torch.autograd.grad(out, (ks, vs), do.float() if upcast else do)
+
+
+BWD_TILES = {  # hopper._hopper_bwd_table's tile, and the two runners-up of run B1 (dev/attention/NOTES.md)
+    "tma_64x128_w8_s3": {"BM": 64, "BN": 128, "num_warps": 8, "STAGES": 3, "WS": False, "ONE_LOOP": False},
+    "tma_64x128_w8_s2": {"BM": 64, "BN": 128, "num_warps": 8, "STAGES": 2, "WS": False, "ONE_LOOP": False},
+    "ws_64x128_s2": {"BM": 64, "BN": 128, "num_warps": 4, "STAGES": 2, "WS": True, "ONE_LOOP": True},
+}
+BWD_CASES = [  # B, T, Hq, Hkv, causal, dtype (D = 128)
+    pytest.param(2, 1000, 4, 4, False, torch.bfloat16, id="B2-T1000-H4-D128-bf16"),
+    pytest.param(2, 1000, 4, 4, True, torch.bfloat16, id="B2-T1000-H4-D128-causal-bf16"),
+    pytest.param(1, 4097, 8, 2, False, torch.bfloat16, id="B1-T4097-H8-Hkv2-D128-bf16"),
+    pytest.param(1, 4097, 8, 2, True, torch.float16, id="B1-T4097-H8-Hkv2-D128-causal-fp16"),
+    pytest.param(2, 1000, 4, 1, True, torch.float16, id="B2-T1000-H4-MQA-D128-causal-fp16"),
+    pytest.param(3, 77, 2, 2, True, torch.bfloat16, id="B3-T77-H2-D128-causal-bf16"),
+]
+
+
+@pytest.mark.parametrize("tile", list(BWD_TILES))
+@pytest.mark.parametrize("B,T,Hq,Hkv,causal,dtype", BWD_CASES)
+def test_hopper_bwd_dkdv_tiles(tile, B, T, Hq, Hkv, causal, dtype, poison):
+    hopper = _hopper_or_skip()
+    from ioaware.kernels.attention.flash import kernel
+
+    D = 128
+    q, k, v = _inputs(B, T, Hq, Hkv, D, dtype, T + Hkv)
+    do = torch.randn_like(q)
+    o, lse = kernel.flash_attn_fwd(q, k, v, causal, 1 / math.sqrt(D))
+    delta = (o.float() * do.float()).sum(-1).transpose(1, 2).contiguous()
+    dk, dv = hopper.hopper_flash_attn_bwd_dkdv(q, k, v, do, lse, delta, causal, 1 / math.sqrt(D),
+                                               config=BWD_TILES[tile])
+    refs, pts = _ref_dkdv(q, k, v, do, causal, True), _ref_dkdv(q, k, v, do, causal, False)
+    for name, x, xr, xp in zip(("dk", "dv"), (dk, dv), refs, pts):
+        assert not x.isnan().any(), name
+        e, e_pt = (x.float() - xr).abs().max().item(), (xp.float() - xr).abs().max().item()
+        atol = 2 * (xr.to(dtype) + 0.3 - 0.3 - xr.to(dtype)).abs().max().item()
+        assert e <= 2 * e_pt + atol, f"{name}: max error {e:.3g}, PyTorch {dtype} {e_pt:.3g}"
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_flash_attn_dispatches_hopper_bwd(causal, monkeypatch):
+    """At D = 128, T >= HOPPER_BWD_MIN_T the public op's backward takes dK/dV from hopper.py (GQA here)."""
+    hopper = _hopper_or_skip()
+    from ioaware.kernels.attention.flash import kernel
+
+    calls = []
+    real = hopper.hopper_flash_attn_bwd_dkdv
+    monkeypatch.setattr(hopper, "hopper_flash_attn_bwd_dkdv", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    B, T, Hq, Hkv, D = 1, kernel.HOPPER_BWD_MIN_T, 4, 2, 128
+    q, k, v = (t.requires_grad_() for t in _inputs(B, T, Hq, Hkv, D, torch.bfloat16, 9))
+    do = torch.randn_like(q)
+    out = ioaware.flash_attn(q, k, v, causal=causal)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    assert calls, "flash_attn's backward did not run the Hopper dK/dV kernel"
+    qr, kr, vr = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref, _ = attention_ref(qr, kr, vr, causal)
+    ref_grads = torch.autograd.grad(ref, (qr, kr, vr), do.float())
+    qp, kp, vp = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    pt, _ = attention_ref(qp, kp, vp, causal, upcast=False)
+    pt_grads = torch.autograd.grad(pt, (qp, kp, vp), do)
+    for name, x, xr, xp in zip(("dq", "dk", "dv"), grads, ref_grads, pt_grads):
+        e, e_pt = (x.float() - xr).abs().max().item(), (xp.float() - xr).abs().max().item()
+        atol = 2 * (xr.bfloat16() + 0.3 - 0.3 - xr.bfloat16()).abs().max().item()
+        assert e <= 2 * e_pt + atol, f"{name}: max error {e:.3g}, PyTorch bf16 {e_pt:.3g}"
+
+
+def test_no_hopper_bwd_below_threshold_or_other_head_dims():
+    _hopper_or_skip()
+    from ioaware.kernels.attention.flash import kernel
+
+    T = kernel.HOPPER_BWD_MIN_T
+    q, k, v = _inputs(1, T, 2, 2, 128, torch.bfloat16, 0)
+    lse = torch.empty(1, 2, T, device="cuda")
+    assert kernel._use_hopper_bwd(q, k, v, torch.randn_like(q), lse)
+    assert not kernel._use_hopper_bwd(q, k, v, torch.randn_like(q).transpose(1, 2).contiguous().transpose(1, 2), lse)
+    assert not kernel._use_hopper_bwd(q.float(), k.float(), v.float(), torch.randn_like(q).float(), lse)
+    q1, k1, v1 = _inputs(1, T - 1, 2, 2, 128, torch.bfloat16, 0)
+    assert not kernel._use_hopper_bwd(q1, k1, v1, torch.randn_like(q1), lse[..., 1:])
+    q2, k2, v2 = _inputs(1, T, 2, 2, 64, torch.bfloat16, 0)
+    assert not kernel._use_hopper_bwd(q2, k2, v2, torch.randn_like(q2), lse)

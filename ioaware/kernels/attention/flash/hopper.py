@@ -11,6 +11,10 @@ keys are masked out of the scores. Q and O move once per program, by masked poin
 The loop is a `tl.range` whose `num_stages` sets how many K/V tiles are in flight (the pipeliner allocates
 the shared-memory ring and the mbarriers); with WS the loop is warp-specialised (Triton's Hopper pass: a
 producer warp group issues the TMA loads, consumer warp groups run the wgmma and the softmax).
+
+`_hopper_flash_attn_bwd_dkdv_kernel` is the same treatment for kernel.py's dK/dV kernel: Q and dO tiles by TMA in a
+pipelined query loop past the program's K and V, LSE and delta by pointers (dev/attention/NOTES.md, "Hopper backward
+(dK/dV)").
 """
 
 from __future__ import annotations
@@ -108,6 +112,109 @@ def _hopper_flash_attn_fwd_kernel(Q, desc_k, desc_v, O, LSE, T, NROWS, scale_log
         tl.store(p_o, b_o, mask=m_m[:, None])
 
 
+@triton.jit
+def _hopper_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, desc_q, desc_do, LSE, DELTA, i_b, i_h0, row0, o_n, o_m0, lo, hi, T,
+                           scale_log2, HQ: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, NG: tl.constexpr,
+                           IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, STAGES: tl.constexpr, WS: tl.constexpr):
+    # NG > 1 flattens the walk over the group's query heads into this one loop (WS compiles one loop only)
+    nblk = (hi - lo + BM - 1) // BM
+    for j in tl.range(0, nblk * NG, num_stages=STAGES, warp_specialize=WS):
+        if NG == 1:  # compile-time
+            i_h = i_h0
+            start_m = lo + j * BM
+        else:
+            g = j // nblk
+            i_h = i_h0 + g
+            start_m = lo + (j - g * nblk) * BM
+        o_m = start_m + o_m0
+        b_q = desc_q.load([row0 + start_m, i_h * D])  # (BM, D) by TMA
+        b_do = desc_do.load([row0 + start_m, i_h * D])  # (BM, D) by TMA
+        off = (i_b * HQ + i_h).to(tl.int64) * T
+        if MASK:
+            m_m = o_m < T
+            b_lse2 = tl.load(LSE + off + o_m, mask=m_m, other=0.0) * 1.4426950408889634
+            b_delta = tl.load(DELTA + off + o_m, mask=m_m, other=0.0)
+        else:
+            b_lse2 = tl.load(LSE + off + o_m) * 1.4426950408889634
+            b_delta = tl.load(DELTA + off + o_m)
+        b_st = tl.dot(b_k, b_q.T) * scale_log2  # (BN, BM)
+        b_pt = tl.math.exp2(b_st - b_lse2[None, :])
+        if MASK:
+            # rows past T belong to the next batch (or are TMA zeros): their P^T columns are zeroed, so is dS^T
+            m_s = m_m[None, :]
+            if IS_CAUSAL:  # Tq == Tk: key c is seen by rows r >= c
+                m_s = m_s & (o_n[:, None] <= o_m[None, :])
+            b_pt = tl.where(m_s, b_pt, 0.0)
+        b_dv = tl.dot(b_pt.to(b_do.dtype), b_do, b_dv)
+        b_dpt = tl.dot(b_v, b_do.T)  # (BN, BM)
+        b_dst = b_pt * (b_dpt - b_delta[None, :])
+        b_dk = tl.dot(b_dst.to(b_q.dtype), b_q, b_dk)
+    return b_dk, b_dv
+
+
+@triton.jit
+def _hopper_flash_attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, T, NROWS, scale, scale_log2,
+                                       HQ: tl.constexpr, HKV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
+                                       BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                                       STAGES: tl.constexpr, WS: tl.constexpr, EVEN_M: tl.constexpr,
+                                       ONE_LOOP: tl.constexpr):
+    # grid (key blocks, batch x kv heads) as kernel.py's dK/dV kernel: K and V of the block stay on chip, Q and dO
+    # of every query head of the group stream past them by TMA
+    i_n = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // HKV
+    i_hk = i_bh % HKV
+    row0 = i_b * T
+    o_n = i_n * BN + tl.arange(0, BN)
+    o_m0 = tl.arange(0, BM)
+    o_d = tl.arange(0, D)
+    # every descriptor made in the kernel: WS partitions the BN key rows between its consumer groups and rewrites an
+    # in-kernel descriptor's box to match (the forward's finding for Q); a key block past T reads the next batch's
+    # rows (or zeros), which only reach dK/dV rows that are not stored
+    desc_k = tl.make_tensor_descriptor(K, shape=[NROWS, HKV * D], strides=[HKV * D, 1], block_shape=[BN, D])
+    desc_v = tl.make_tensor_descriptor(V, shape=[NROWS, HKV * D], strides=[HKV * D, 1], block_shape=[BN, D])
+    desc_q = tl.make_tensor_descriptor(Q, shape=[NROWS, HQ * D], strides=[HQ * D, 1], block_shape=[BM, D])
+    desc_do = tl.make_tensor_descriptor(DO, shape=[NROWS, HQ * D], strides=[HQ * D, 1], block_shape=[BM, D])
+    b_k = desc_k.load([row0 + i_n * BN, i_hk * D])  # (BN, D)
+    b_v = desc_v.load([row0 + i_n * BN, i_hk * D])  # (BN, D)
+    b_dk = tl.zeros([BN, D], tl.float32)
+    b_dv = tl.zeros([BN, D], tl.float32)
+    i_h0 = i_hk * GROUP
+    if IS_CAUSAL:
+        # the first query block that sees this key block, and the first that sees all of its keys
+        lo = (i_n * BN) // BM * BM
+        lo_full = tl.minimum((i_n * BN + BN - 1 + BM - 1) // BM * BM, T // BM * BM)
+        lo_full = tl.maximum(lo_full, lo)
+    else:
+        lo = 0
+        lo_full = 0
+    hi_full = T // BM * BM
+    if ONE_LOOP:
+        b_dk, b_dv = _hopper_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, desc_q, desc_do, LSE, DELTA, i_b, i_h0, row0, o_n,
+                                            o_m0, lo, T, T, scale_log2, HQ, D, BM, GROUP, IS_CAUSAL,
+                                            IS_CAUSAL or not EVEN_M, STAGES, WS)
+    else:
+        for g in range(GROUP):
+            # the diagonal blocks (causal only), then the blocks every key sees in full, then the ragged tail
+            if IS_CAUSAL:
+                b_dk, b_dv = _hopper_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, desc_q, desc_do, LSE, DELTA, i_b, i_h0 + g,
+                                                    row0, o_n, o_m0, lo, lo_full, T, scale_log2, HQ, D, BM, 1,
+                                                    IS_CAUSAL, True, STAGES, WS)
+            b_dk, b_dv = _hopper_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, desc_q, desc_do, LSE, DELTA, i_b, i_h0 + g,
+                                                row0, o_n, o_m0, lo_full, hi_full, T, scale_log2, HQ, D, BM, 1,
+                                                IS_CAUSAL, False, STAGES, WS)
+            if not EVEN_M:
+                b_dk, b_dv = _hopper_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, desc_q, desc_do, LSE, DELTA, i_b, i_h0 + g,
+                                                    row0, o_n, o_m0, tl.maximum(hi_full, lo_full), T, T, scale_log2,
+                                                    HQ, D, BM, 1, IS_CAUSAL, True, STAGES, WS)
+    b_dk = b_dk * scale
+    m_n = (o_n < T)[:, None]
+    p_dk = DK + (row0 + o_n).to(tl.int64)[:, None] * (HKV * D) + i_hk * D + o_d[None, :]
+    p_dv = DV + (row0 + o_n).to(tl.int64)[:, None] * (HKV * D) + i_hk * D + o_d[None, :]
+    tl.store(p_dk, b_dk.to(DK.dtype.element_ty), mask=m_n)
+    tl.store(p_dv, b_dv.to(DV.dtype.element_ty), mask=m_n)
+
+
 # Tiles per (head dim, causal): (BM, BN, num_warps, loop stages, WS). Measured on an H100 SXM (dev/attention/NOTES.md,
 # "Hopper forward (TMA/WS)", run H2): D128 non-causal is fastest warp-specialised (one TMA producer group and two
 # consumer groups of 64 rows; WS needs num_warps=4 and launches 12), D128 causal without WS (the WS kernel must mask
@@ -170,4 +277,36 @@ def hopper_flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cau
     return o, lse
 
 
-__all__ = ["hopper_flash_attn_fwd", "hopper_supported"]
+# dK/dV tiles (BM query rows a step, BN keys a program). Measured at D128 (dev/attention/NOTES.md, "Hopper backward
+# (dK/dV)", runs B1-B2 on an H200): 64x128, 8 warps, no WS, 3 loop stages was best or within 1% (whole backward
+# +7-13% over kernel.py's dK/dV at T = 2048-16384); 4 stages the same; WS (one loop, 12 warps) at 2 stages +6-11%,
+# at 3 stages NaN (as in the forward). BM128 spills.
+# D64 is not dispatched here and was not timed.
+def _hopper_bwd_table(D: int, T: int, causal: bool) -> dict:
+    return {"BM": 64, "BN": 128, "num_warps": 8, "STAGES": 3, "WS": False, "ONE_LOOP": False}
+
+
+def hopper_flash_attn_bwd_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor,
+                               lse: torch.Tensor, delta: torch.Tensor, causal: bool, softmax_scale: float,
+                               config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """dK, dV on sm_90 by TMA. q, do: (B, T, Hq, D), k, v: (B, T, Hkv, D), contiguous; lse, delta (B, Hq, T) fp32.
+    Returns dk, dv like k, v. `config` overrides the tile table (for the dev sweeps)."""
+    B, T, Hq, D = q.shape
+    Hkv = k.shape[2]
+    cfg = dict(config) if config is not None else _hopper_bwd_table(D, T, causal)
+    BM, BN = cfg.pop("BM"), cfg.pop("BN")
+    num_warps = cfg.pop("num_warps")
+    # causal: the diagonal's masked loop must start on a query block boundary that a key block's start lies in
+    assert not causal or BN % BM == 0 or cfg["ONE_LOOP"], (BM, BN)
+    if q.device.type == "cuda":
+        _ensure_allocator()
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    grid = (triton.cdiv(T, BN), B * Hkv)
+    _hopper_flash_attn_bwd_dkdv_kernel[grid](q, k, v, do, dk, dv, lse, delta, T, B * T, softmax_scale,
+                                             softmax_scale * LOG2E, HQ=Hq, HKV=Hkv, GROUP=Hq // Hkv, D=D, BM=BM, BN=BN,
+                                             IS_CAUSAL=causal, EVEN_M=T % BM == 0, num_warps=num_warps, **cfg)
+    return dk, dv
+
+
+__all__ = ["hopper_flash_attn_bwd_dkdv", "hopper_flash_attn_fwd", "hopper_supported"]

@@ -432,6 +432,23 @@ def _use_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool)
     return hopper_supported(q, k, v)
 
 
+# The Hopper dK/dV kernel (hopper.py, TMA for Q and dO, 3-stage pipelined loop) runs where it was measured faster than
+# kernel.py's on sm_90 (dev/attention/NOTES.md, "Hopper backward (dK/dV)"): D = 128, fp16/bf16, Tq == Tk, contiguous,
+# T >= 2048, causal or not (whole backward +7-13% at T = 2048, 4096 and 16384 on an H200, runs B1-B2). T < 2048 was
+# not timed.
+HOPPER_BWD_MIN_T = 2048
+
+
+def _use_hopper_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, lse: torch.Tensor) -> bool:
+    if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < HOPPER_BWD_MIN_T:
+        return False
+    if torch.cuda.get_device_capability(q.device)[0] != 9:
+        return False
+    from .hopper import hopper_supported
+
+    return hopper_supported(q, k, v) and hopper_supported(do, k, v) and lse.is_contiguous()
+
+
 def flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                    softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel. Returns out (B, Tq, Hq, D) and lse (B, Hq, Tq) fp32 (natural log)."""
@@ -466,18 +483,23 @@ def flash_attn_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
         o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2), Tq,
         HQ=Hq, D=D, BD=BD, BM=bm_pre)
     dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
     prec = _precision(q.dtype)
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
     bucket = _bucket(max(Tq, Tk))
-    grid_dkdv = lambda meta: (triton.cdiv(Tk, meta["BN"]), B * Hkv)
-    _launch(_flash_attn_bwd_dkdv_kernel, _DKDV_TILES, grid_dkdv, D, max(Tq, Tk),
-            q, k, v, do, dk, dv, lse, delta, *common, dk.stride(0), dk.stride(1), dk.stride(2),
-            dv.stride(0), dv.stride(1), dv.stride(2), Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket,
-            _bucket(B * Hq),
-            HQ=Hq, HKV=Hkv, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec, UPCAST=_upcast(q.dtype))
+    if _use_hopper_bwd(q, k, v, do, lse):
+        from . import hopper
+
+        dk, dv = hopper.hopper_flash_attn_bwd_dkdv(q, k, v, do, lse, delta, causal, softmax_scale)
+    else:
+        dk = torch.empty_like(k)
+        dv = torch.empty_like(v)
+        grid_dkdv = lambda meta: (triton.cdiv(Tk, meta["BN"]), B * Hkv)
+        _launch(_flash_attn_bwd_dkdv_kernel, _DKDV_TILES, grid_dkdv, D, max(Tq, Tk),
+                q, k, v, do, dk, dv, lse, delta, *common, dk.stride(0), dk.stride(1), dk.stride(2),
+                dv.stride(0), dv.stride(1), dv.stride(2), Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket,
+                _bucket(B * Hq),
+                HQ=Hq, HKV=Hkv, GROUP=Hq // Hkv, D=D, BD=BD, IS_CAUSAL=causal, PRECISION=prec, UPCAST=_upcast(q.dtype))
     _launch(_flash_attn_bwd_dq_kernel, _DQ_TILES, lambda meta: (triton.cdiv(Tq, meta["BM"]), B * Hq), D, max(Tq, Tk),
             q, k, v, do, dq, lse, delta, *common, dq.stride(0), dq.stride(1), dq.stride(2),
             Tq, Tk, softmax_scale, softmax_scale * LOG2E, bucket, _bucket(B * Hq),
