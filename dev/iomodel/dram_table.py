@@ -9,7 +9,7 @@ import json
 import re
 import sys
 
-from ioaware.kernels.attention.flash.hopper import _hopper_table
+from ioaware.kernels.attention.flash.hopper import _hopper_bwd_table, _hopper_table
 from ioaware.kernels.attention.flash.kernel import _table
 from ioaware.sim.l2 import H100_L2, flash_l2_traffic
 
@@ -17,7 +17,8 @@ sys.path.insert(0, "dev/iomodel")
 from ncu_csv import ncu_rows  # noqa: E402
 
 KERNEL_OP = {"_flash_attn_fwd_kernel": "fwd", "_hopper_flash_attn_fwd_kernel": "fwd",
-             "_flash_attn_bwd_dkdv_kernel": "dkdv", "_flash_attn_bwd_dq_kernel": "dq"}
+             "_flash_attn_bwd_dkdv_kernel": "dkdv", "_hopper_flash_attn_bwd_dkdv_kernel": "dkdv",
+             "_flash_attn_bwd_dq_kernel": "dq"}
 LIMITS = ("Block Limit Registers", "Block Limit SM", "Block Limit Shared Mem", "Block Limit Warps",
           "Block Limit Barriers")
 
@@ -40,10 +41,14 @@ for m, r in zip(manifest["launches"], ncu_rows(f"{run}/ncu-attn.csv"), strict=Tr
     Hkv, causal = int(g[4] or H), bool(g[7])
     kernel = r.get("kernel_name", m["kernel"])  # what ran: flash_attn_fwd dispatches D128 to the Hopper kernel
     op = KERNEL_OP[kernel]
-    t = _hopper_table(D, T, causal) if kernel.startswith("_hopper") else _table(op, D, T, causal)
+    if kernel.startswith("_hopper"):
+        t = _hopper_table(D, T, causal) if op == "fwd" else _hopper_bwd_table(D, T, causal)
+    else:
+        t = _table(op, D, T, causal)
     per_sm = int(min(r[k] for k in LIMITS if k in r))
     conc = per_sm * int(r["# SMs"])
-    model = flash_l2_traffic(op, B, H, T, D, t["BM"], t["BN"], Hkv=Hkv, causal=causal, rev=t["REV"], concurrent=conc)
+    model = flash_l2_traffic(op, B, H, T, D, t["BM"], t["BN"], Hkv=Hkv, causal=causal, rev=t.get("REV", False),
+                             concurrent=conc)
     fr, fw = floor_bytes(op, B, H, Hkv, T, D)
     mr, mw = r["dram__bytes_read.sum"], r["dram__bytes_write.sum"]
     row = {"set": m["set"], "shape": m["shape"], "kernel": op, "kernel_name": kernel,
