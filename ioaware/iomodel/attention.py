@@ -11,9 +11,9 @@ paper's Theta(N^2 d^2 / M). L2 is not modelled: re-reads that hit L2 are still c
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from .bounds import kv_rows_seen, q_rows_seen
 from .cost import Cost
 
 FP32 = 4
@@ -56,33 +56,6 @@ def blocks_for_sram(sram_bytes: float, D: int, elem_bytes: int = 2) -> Blocks:
     return Blocks(b, b)
 
 
-def _kv_rows_seen(Tq: int, Tk: int, bq: int, bk: int, causal: bool) -> list[int]:
-    """Key rows the forward program of each query block loads (causal aligned bottom-right)."""
-    out = []
-    for i in range(math.ceil(Tq / bq)):
-        if not causal:
-            out.append(Tk)
-            continue
-        last_row = min((i + 1) * bq, Tq) - 1
-        need = min(max(last_row + Tk - Tq + 1, 0), Tk)
-        out.append(min(math.ceil(need / bk) * bk, Tk))
-    return out
-
-
-def _q_rows_seen(Tq: int, Tk: int, bq: int, bk: int, causal: bool) -> list[int]:
-    """Query rows the dK/dV program of each key block loads."""
-    out = []
-    for j in range(math.ceil(Tk / bk)):
-        if not causal:
-            out.append(Tq)
-            continue
-        first_key = j * bk
-        first_row = max(first_key - (Tk - Tq), 0)  # row r sees keys <= r + Tk - Tq
-        start_block = first_row // bq
-        out.append(max(Tq - start_block * bq, 0) if first_row < Tq else 0)
-    return out
-
-
 def flash_attention_cost(B: int, Hq: int, Tq: int, Tk: int, D: int, *, Hkv: int | None = None,
                          sram_bytes: float | None = None, block_q: int | None = None, block_k: int | None = None,
                          elem_bytes: int = 2, causal: bool = False, backward: bool = False) -> Cost:
@@ -98,12 +71,12 @@ def flash_attention_cost(B: int, Hq: int, Tq: int, Tk: int, D: int, *, Hkv: int 
         block_q, block_k = block_q or b.q, block_k or b.k
     bq, bk = min(block_q, max(Tq, 1)), min(block_k, max(Tk, 1))
     e = elem_bytes
-    kv_rows = _kv_rows_seen(Tq, Tk, bq, bk, causal)
+    kv_rows = kv_rows_seen(Tq, Tk, bq, bk, causal)
     if not backward:
         read = Hq * (Tq * D * e + 2 * D * e * sum(kv_rows))  # Q once; K and V per query block
         write = Hq * (Tq * D * e + Tq * FP32)  # O and LSE
     else:
-        q_rows = _q_rows_seen(Tq, Tk, bq, bk, causal)
+        q_rows = q_rows_seen(Tq, Tk, bq, bk, causal)
         pre_r, pre_w = Hq * 2 * Tq * D * e, Hq * Tq * FP32  # delta = rowsum(dO * O)
         # dK/dV: one program per key block and KV head; it walks the query blocks of every head of its group
         dkdv_r = Hkv * 2 * Tk * D * e + Hq * sum(q_rows) * (2 * D * e + 2 * FP32)

@@ -29,6 +29,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..iomodel.bounds import kv_rows_seen, q_rows_seen
+
 MiB = 2**20
 FP32 = 4
 
@@ -60,14 +62,6 @@ class L2Traffic:
 Program = Iterator[tuple]
 
 
-def _kv_blocks(i: int, Tq: int, Tk: int, bq: int, bk: int, causal: bool) -> int:
-    """Key blocks query block i visits (causal aligned bottom-right, as the kernels)."""
-    if not causal:
-        return math.ceil(Tk / bk)
-    need = min(max(min((i + 1) * bq, Tq) - 1 + Tk - Tq + 1, 0), Tk)
-    return math.ceil(need / bk)
-
-
 def _query_major(kernel: str, B: int, H: int, Hkv: int, Tq: int, Tk: int, D: int, bq: int, bk: int, causal: bool,
                  rev: bool, e: int) -> tuple[list[Program], int]:
     """Forward and dQ: one program per (query block, batch x head), query blocks fastest; each walks its K/V."""
@@ -83,11 +77,12 @@ def _query_major(kernel: str, B: int, H: int, Hkv: int, Tq: int, Tk: int, D: int
             yield ((("kv", kv, j), 2 * min(bk, Tk - j * bk) * D * e, False),)
         yield ((("out", bh, i), rows * row_out, True),)
 
+    blocks = [math.ceil(rows / bk) for rows in kv_rows_seen(Tq, Tk, bq, bk, causal)]  # key blocks per query block
     progs, longest = [], 0
     for bh in range(B * H):
         for p in range(nq):
             i = nq - 1 - p if (rev and causal) else p
-            n = _kv_blocks(i, Tq, Tk, bq, bk, causal)
+            n = blocks[i]
             longest = max(longest, n + 2)
             progs.append(program(bh, i, n))
     return progs, longest
@@ -106,13 +101,14 @@ def _key_major(B: int, H: int, Hkv: int, Tq: int, Tk: int, D: int, bq: int, bk: 
                 yield ((("in", b, hk * group + g, i), min(bq, Tq - i * bq) * (2 * D * e + 2 * FP32), False),)
         yield ((("out", b, hk, j), 2 * cols * D * e, True),)
 
+    # the first query block each key block's program visits: it skips the rows that see none of its keys
+    first = [(Tq - rows) // bq for rows in q_rows_seen(Tq, Tk, bq, bk, causal)]
     progs, longest = [], 0
     for b in range(B):
         for hk in range(Hkv):
             for j in range(nk):
-                lo = max(j * bk - (Tk - Tq), 0) // bq if causal else 0
-                longest = max(longest, group * max(nq - lo, 0) + 2)
-                progs.append(program(b, hk, j, min(lo, nq)))
+                longest = max(longest, group * (nq - first[j]) + 2)
+                progs.append(program(b, hk, j, first[j]))
     return progs, longest
 
 
@@ -191,15 +187,7 @@ def flash_l2_traffic(kernel: str, B: int, H: int, T: int, D: int, block_q: int, 
     return replay(progs, max(1, concurrent), model, longest)
 
 
-def flash_fwd_l2_traffic(B: int, H: int, T: int, D: int, block_q: int, block_k: int, *, l2_bytes: float | None = None,
-                         desync: float | None = None, **kw) -> L2Traffic:
-    """The forward kernel; `l2_bytes` / `desync` override the H100 model's parameters."""
-    m = H100_L2
-    model = L2Model(m.capacity if l2_bytes is None else l2_bytes, m.desync if desync is None else desync)
-    return flash_l2_traffic("fwd", B, H, T, D, block_q, block_k, model=model, **kw)
-
-
-def h100_ctas_per_sm(kernel: str, D: int) -> int:
+def h100_ctas_per_sm(D: int) -> int:
     """Resident programs per SM of ioaware's attention kernels on the H100 (ncu's occupancy, Triton 3.6).
 
     The launch table's D <= 64 tiles use <= 128 registers per thread at 8 warps or 4 warps at 255 (dK/dV), and fit
@@ -217,5 +205,5 @@ def flash_kernels_dram(B: int, H: int, T: int, D: int, *, Hkv: int | None = None
     for kernel in ("dkdv", "dq") if backward else ("fwd",):
         t = _table(kernel, D, T, causal)
         out[kernel] = flash_l2_traffic(kernel, B, H, T, D, t["BM"], t["BN"], Hkv=Hkv, causal=causal, rev=t["REV"],
-                                       concurrent=sms * h100_ctas_per_sm(kernel, D), model=model)
+                                       concurrent=sms * h100_ctas_per_sm(D), model=model)
     return out

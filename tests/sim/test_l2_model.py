@@ -7,7 +7,7 @@ asserted here.
 import pytest
 
 from ioaware.iomodel import flash_attention_cost
-from ioaware.sim.l2 import L2Model, flash_fwd_l2_traffic, flash_l2_traffic
+from ioaware.sim.l2 import L2Model, flash_l2_traffic
 
 SHAPE = dict(B=2, H=4, T=1000, D=64, block_q=128, block_k=64)
 
@@ -56,17 +56,17 @@ def test_more_l2_never_reads_more(kernel):
 def test_concurrent_programs_share_reads():
     # programs of one head running together read each K/V block once; one at a time with a tiny L2, every time
     cap = 3 * 2 * 64 * 64 * 2
-    together = flash_fwd_l2_traffic(1, 1, 2048, 64, 128, 64, concurrent=16, l2_bytes=cap, desync=0.0)
-    alone = flash_fwd_l2_traffic(1, 1, 2048, 64, 128, 64, concurrent=1, l2_bytes=cap, desync=0.0)
+    together = flash_l2_traffic("fwd", 1, 1, 2048, 64, 128, 64, concurrent=16, model=L2Model(cap, 0.0))
+    alone = flash_l2_traffic("fwd", 1, 1, 2048, 64, 128, 64, concurrent=1, model=L2Model(cap, 0.0))
     assert together.dram_read < alone.dram_read / 4
 
 
 def test_drift_breaks_wave_sharing():
     # a head whose K/V exceeds the L2, read by one wave in lockstep: every block comes from DRAM once per wave.
     # Spread the same programs' starts over a whole program and a trailing program finds blocks already evicted.
-    kw = dict(concurrent=8, l2_bytes=8 * 2 * 64 * 64 * 2)
-    lock = flash_fwd_l2_traffic(1, 1, 4096, 64, 128, 64, desync=0.0, **kw)
-    drift = flash_fwd_l2_traffic(1, 1, 4096, 64, 128, 64, desync=1.0, **kw)
+    cap = 8 * 2 * 64 * 64 * 2
+    lock = flash_l2_traffic("fwd", 1, 1, 4096, 64, 128, 64, concurrent=8, model=L2Model(cap, 0.0))
+    drift = flash_l2_traffic("fwd", 1, 1, 4096, 64, 128, 64, concurrent=8, model=L2Model(cap, 1.0))
     assert drift.dram_read > lock.dram_read
 
 
