@@ -242,6 +242,15 @@ def _ensure_allocator() -> None:
         triton.set_allocator(_scratch)
 
 
+def _launch_config(q: torch.Tensor, config: dict | None, table: dict) -> tuple[int, int, int, dict]:
+    """(BM, BN, num_warps, the kernel's other constexprs) from `config` (dev sweeps) or the launch table; sets up
+    the allocator the in-kernel descriptors need."""
+    cfg = dict(config) if config is not None else table
+    if q.device.type == "cuda":
+        _ensure_allocator()
+    return cfg.pop("BM"), cfg.pop("BN"), cfg.pop("num_warps"), cfg
+
+
 def hopper_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether `hopper_flash_attn_fwd` can take these inputs (the caller checks the GPU and the interpreter)."""
     B, Tq, Hq, D = q.shape
@@ -258,13 +267,9 @@ def hopper_flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cau
 
     B, T, Hq, D = q.shape
     Hkv = k.shape[2]
-    cfg = dict(config) if config is not None else _hopper_table(D, T, causal)
-    BM, BN = cfg.pop("BM"), cfg.pop("BN")
-    num_warps = cfg.pop("num_warps")
+    BM, BN, num_warps, cfg = _launch_config(q, config, _hopper_table(D, T, causal))
     # causal: the mask-free loop ends at the query block's first row, which must be a multiple of BN
     assert not causal or BM % BN == 0 or cfg["ONE_LOOP"], (BM, BN)
-    if q.device.type == "cuda":
-        _ensure_allocator()
     o = torch.empty_like(q)
     lse = torch.empty((B, Hq, T), device=q.device, dtype=torch.float32)
     k2, v2 = k.view(B * T, Hkv * D), v.view(B * T, Hkv * D)
@@ -293,13 +298,9 @@ def hopper_flash_attn_bwd_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     Returns dk, dv like k, v. `config` overrides the tile table (for the dev sweeps)."""
     B, T, Hq, D = q.shape
     Hkv = k.shape[2]
-    cfg = dict(config) if config is not None else _hopper_bwd_table(D, T, causal)
-    BM, BN = cfg.pop("BM"), cfg.pop("BN")
-    num_warps = cfg.pop("num_warps")
+    BM, BN, num_warps, cfg = _launch_config(q, config, _hopper_bwd_table(D, T, causal))
     # causal: the diagonal's masked loop must start on a query block boundary that a key block's start lies in
     assert not causal or BN % BM == 0 or cfg["ONE_LOOP"], (BM, BN)
-    if q.device.type == "cuda":
-        _ensure_allocator()
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     grid = (triton.cdiv(T, BN), B * Hkv)
