@@ -147,31 +147,41 @@ def _flash_attn_bwd_preprocess_kernel(O, DO, DELTA, s_ob, s_ot, s_oh, s_db, s_dt
 
 
 @triton.jit
+def _load_query_rows(q_base, do_base, lse_base, delta_base, s_qt, s_dot, o_m, o_d, Tq, D: tl.constexpr,
+                     MASK: tl.constexpr, UPCAST: tl.constexpr):
+    """One query block's operands for the dK/dV loop: Q transposed (BD, BM), dO (BM, BD), LSE and delta (BM,);
+    rows past Tq (MASK) and columns past D read as zero."""
+    m_d = o_d < D
+    if MASK:
+        m_m = o_m < Tq
+        b_qt = _up(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_m[None, :] & m_d[:, None], other=0.0),
+                   UPCAST)
+        b_do = _up(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_m[:, None] & m_d[None, :],
+                           other=0.0), UPCAST)
+        b_lse = tl.load(lse_base + o_m, mask=m_m, other=0.0)
+        b_delta = tl.load(delta_base + o_m, mask=m_m, other=0.0)
+    else:
+        b_qt = _up(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
+        b_do = _up(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
+        b_lse = tl.load(lse_base + o_m)
+        b_delta = tl.load(delta_base + o_m)
+    return b_qt, b_do, b_lse, b_delta
+
+
+@triton.jit
 def _flash_attn_bwd_dkdv_inner(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, delta_base, s_qt, s_dot,
                                o_n, o_m0, o_d, lo, hi, Tq, offset, scale_log2,
                                D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, IS_CAUSAL: tl.constexpr,
                                MASK: tl.constexpr, PRECISION: tl.constexpr,
                           UPCAST: tl.constexpr):
-    m_d = o_d < D
     for start_m in range(lo, hi, BM):
         o_m = start_m + o_m0
-        if MASK:
-            m_m = o_m < Tq
-            b_qt = _up(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None],
-                mask=m_m[None, :] & m_d[:, None], other=0.0), UPCAST)
-            b_do = _up(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_m[:, None] & m_d[None, :],
-                           other=0.0), UPCAST)
-            b_lse = tl.load(lse_base + o_m, mask=m_m, other=0.0)
-            b_delta = tl.load(delta_base + o_m, mask=m_m, other=0.0)
-        else:
-            b_qt = _up(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
-            b_do = _up(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
-            b_lse = tl.load(lse_base + o_m)
-            b_delta = tl.load(delta_base + o_m)
+        b_qt, b_do, b_lse, b_delta = _load_query_rows(q_base, do_base, lse_base, delta_base, s_qt, s_dot, o_m, o_d,
+                                                      Tq, D, MASK, UPCAST)
         b_st = tl.dot(b_k, b_qt, input_precision=PRECISION) * scale_log2  # (BN, BM)
         b_pt = tl.math.exp2(b_st - b_lse[None, :] * 1.4426950408889634)
         if MASK:
-            m_s = m_m[None, :]
+            m_s = (o_m < Tq)[None, :]
             if IS_CAUSAL:
                 m_s = m_s & (o_n[:, None] <= o_m[None, :] + offset)
             b_pt = tl.where(m_s, b_pt, 0.0)

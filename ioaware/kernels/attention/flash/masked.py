@@ -25,7 +25,16 @@ import triton
 import triton.language as tl
 
 from ..._dispatch import interpreting
-from .kernel import LOG2E, _flash_attn_bwd_preprocess_kernel, _head_dim_block, _precision, _table, _up, _upcast
+from .kernel import (
+    LOG2E,
+    _flash_attn_bwd_preprocess_kernel,
+    _head_dim_block,
+    _load_query_rows,
+    _precision,
+    _table,
+    _up,
+    _upcast,
+)
 
 BIG = 1 << 30  # "no bound": a window side of -1 (row and key indices stay far below it)
 
@@ -249,20 +258,8 @@ def _dkdv_tile(b_dk, b_dv, b_k, b_v, q_base, do_base, lse_base, delta_base, s_qt
                HAS_PREFIX: tl.constexpr, HAS_ALIBI: tl.constexpr, SOFTCAP: tl.constexpr, IS_DROPOUT: tl.constexpr,
                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     o_m = start_m + o_m0
-    m_d = o_d < D
-    if MASK:
-        m_m = o_m < Tq
-        b_qt = _up(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_m[None, :] & m_d[:, None], other=0.0),
-                   UPCAST)
-        b_do = _up(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_m[:, None] & m_d[None, :],
-                           other=0.0), UPCAST)
-        b_lse = tl.load(lse_base + o_m, mask=m_m, other=0.0)
-        b_delta = tl.load(delta_base + o_m, mask=m_m, other=0.0)
-    else:
-        b_qt = _up(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
-        b_do = _up(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
-        b_lse = tl.load(lse_base + o_m)
-        b_delta = tl.load(delta_base + o_m)
+    b_qt, b_do, b_lse, b_delta = _load_query_rows(q_base, do_base, lse_base, delta_base, s_qt, s_dot, o_m, o_d, Tq,
+                                                  D, MASK, UPCAST)
     b_lse2 = tl.where(b_lse == float("-inf"), float("inf"), b_lse * 1.4426950408889634)  # empty rows: P = 0
     b_st, b_tt = _scores(tl.dot(b_k, b_qt, input_precision=PRECISION), o_m[None, :], o_n[:, None], off, qk_scale,
                          cap_log2, slope_log2, HAS_ALIBI, SOFTCAP)  # (BN, BM)
