@@ -153,6 +153,7 @@ def main() -> int:
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--prefetch", action="store_true", help="ioaware reads each block's FFN ahead during attention")
     ap.add_argument("--torch-threads", type=int, default=2)
     ap.add_argument("--calibration", default=None, help="text file to fit thresholds/predictors on (default: the "
                     "text shipped in ioaware/runtime/data)")
@@ -165,7 +166,7 @@ def main() -> int:
 
     text = Path(args.calibration).read_text() if args.calibration else None
     model, rt, acct, tok, store = open_streamed(args.model, args.budget, None, args.window, args.threads,
-                                                args.sparsity, calibration_text=text)
+                                                args.sparsity, calibration_text=text, prefetch=args.prefetch)
     curve = rt.curve
     if curve is None:
         raise SystemExit("no disk curve for this disk: run `ioaware probe disk` first")
@@ -189,7 +190,9 @@ def main() -> int:
         "flash_bytes_read_per_token"], "predicted_io_s_per_token": fs_["flash_predicted_io_s_per_token"],
         "tok_s": res.summary["decode_tok_s"], "GBps": fs_["flash_GBps"], "window_hit_rate": fs_["window_hit_rate"],
         "ffn_frac_loaded_per_token": fs_["ffn_frac_loaded_per_token"],
-        "ffn_frac_predicted_per_token": fs_["ffn_frac_predicted_per_token"], "overflow_neurons": fs_[
+        "ffn_frac_predicted_per_token": fs_["ffn_frac_predicted_per_token"],
+        "stall_s_per_token": fs_["flash_stall_s_per_token"], "prefetch_used_frac": fs_["prefetch_used_frac"],
+        "overflow_neurons": fs_[
             "overflow_neurons"], "resident_bytes": acct["resident_total"], "text": res.text, "detail": fs_}
     ffns = [layer.feed_forward for layer in model.layers]
 

@@ -42,6 +42,8 @@ def add_parser(sp) -> None:
     sp.add_argument("--store", default=None, help="the flash store to stream from (default: the cache dir's)")
     sp.add_argument("--window", type=int, default=5, help="tokens whose neurons stay cached (--memory-budget)")
     sp.add_argument("--read-threads", type=int, default=8, help="parallel reads (--memory-budget)")
+    sp.add_argument("--prefetch", action="store_true",
+                    help="read each block's likely FFN neurons ahead, while its attention runs (--memory-budget)")
     sp.add_argument("--ffn-sparsity", type=float, default=0.2,
                     help="fraction of FFN neurons the gate threshold zeroes (--memory-budget; default 0.2, the largest "
                          "within 5%% of dense perplexity on SmolLM2, benchmarks/results/sparsity-smollm2-*.json)")
@@ -130,7 +132,8 @@ def _run_streamed(args, sampling) -> int:
         raise UnsupportedError("--memory-budget runs on CPU for now (the GPU path stages through pinned memory)")
     t0 = time.perf_counter()
     model, rt, acct, tok, store = open_streamed(args.model, args.memory_budget, args.store, args.window,
-                                                args.read_threads, args.ffn_sparsity, probe_if_missing=True)
+                                                args.read_threads, args.ffn_sparsity, probe_if_missing=True,
+                                                prefetch=args.prefetch)
     model.set_attention("sdpa" if args.attention == "auto" else args.attention)
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
     ids = tok.encode(text)
@@ -163,6 +166,9 @@ def _run_streamed(args, sampling) -> int:
         ["flash read / token", human_bytes(s["flash_bytes_read_per_token"])],
         ["I/O time / token: measured vs iomodel", f"{s['flash_io_s_per_token'] * 1e3:.2f} ms vs "
          + (f"{pred * 1e3:.2f} ms" if pred == pred else "n/a (run `ioaware probe disk`)")],
+        ["I/O wait / token (reads not hidden behind compute)", f"{s['flash_stall_s_per_token'] * 1e3:.2f} ms"
+         + (f" (prefetch: {s['prefetch_used_frac']:.0%} of read-ahead neurons used)"
+            if s["prefetch_used_frac"] is not None else "")],
         ["flash GB/s vs probed peak", f"{s['flash_GBps']:.2f} vs {s['flash_peak_GBps']:.2f}"],
         ["window hit rate", f"{s['window_hit_rate']:.1%} (k={s['window']})"],
         ["FFN neurons loaded / token", f"{s['ffn_frac_loaded_per_token']:.1%} (predicted "

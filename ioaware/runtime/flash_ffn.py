@@ -10,16 +10,21 @@ resident bundles (a superset of the predicted ones: the threshold on the real ga
 thresholded FFN over predicted ∪ window neurons). A step whose predicted set is larger than the cache caches what
 fits and uses the overflow once from the I/O buffer without caching it (exact, just more I/O).
 
-Prefetch: none across layers. Layer l+1's neurons are predicted from its own FFN input, which exists only after
-its attention; a read issued then has nothing left to overlap with in a batch-1 decode step. Speculating with
-layer l's input would read neurons that are often not needed, which is exactly the I/O this runtime cuts.
+Prefetch (`prefetch=True`): when block l starts a decode step, its FFN's neurons are predicted from the block's
+input (the residual stream before attention, through block l's FFN norm: the FFN input less attention's update)
+and the ones missing from the window cache are read in the background while attention runs. At the FFN the exact
+prediction is made; prefetched neurons it needs are used, the rest of its misses are read then, and prefetched
+neurons it does not need are wasted bytes (counted). `io_s` is the reads' busy time (what the iomodel prices),
+`stall_s` the time the decode step actually waited on the disk.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,7 +60,10 @@ class FlashStats:
     bytes_read: int = 0
     useful_bytes: int = 0
     chunks: int = 0
-    io_s: float = 0.0  # wall time of the reads (the compute thread waits on them: no overlap, see above)
+    io_s: float = 0.0  # busy time of the reads (each read's wall time; prefetches overlap attention)
+    stall_s: float = 0.0  # time the decode step waited on reads (= io_s without prefetch)
+    prefetched: int = 0  # neurons read ahead by speculation
+    prefetch_used: int = 0  # of those, the ones the exact prediction then asked for
     predicted_io_s: float = 0.0  # the iomodel's price of the same chunks
     neurons_predicted: int = 0
     neurons_read: int = 0
@@ -71,7 +79,8 @@ class FlashRuntime:
     """The streamed FFN's shared state: store reader, window cache, predictors, thresholds and the stats."""
 
     def __init__(self, store: FlashStore, predictors, thresholds: torch.Tensor, cache_neurons: int, window: int,
-                 threads: int = 8, chunk: int | None = None, direct: bool | None = None, curve: dict | None = None):
+                 threads: int = 8, chunk: int | None = None, direct: bool | None = None, curve: dict | None = None,
+                 prefetch: bool = False):
         from .neuron_cache import NeuronCache
 
         a = store.args
@@ -92,6 +101,21 @@ class FlashRuntime:
         self.counting = False  # decode steps only: prefill's reads are reported apart
         self._forwards = 0
         self.prefill = FlashStats()
+        self.prefetch = prefetch
+        self._pending: dict[int, object] = {}  # layer -> Future of its speculative read
+
+    def speculate(self, layer: int, ffn_norm: nn.Module, x: torch.Tensor) -> None:
+        """Block `layer` is starting on input x: read ahead the neurons its FFN will probably need (decode steps
+        only; a no-op unless prefetch is on)."""
+        if not self.prefetch or self._forwards == 0 or x.reshape(-1, x.shape[-1]).shape[0] != 1:
+            return
+        ids = self.predictors.predict(layer, ffn_norm(x).reshape(1, -1))
+        miss = ids[self.cache[layer].slot_of[ids] < 0]  # not lookup(): that would mark hits used by this token
+        # one reader batch at most, the lowest ids: a contiguous stretch of the layer's file, so the rest read at the
+        # FFN merges into runs as well as one whole read would (a scattered pick would double the gap bytes)
+        miss = miss[:self.reader.max_neurons]
+        if miss.numel():
+            self._pending[layer] = self.reader.prefetch(layer, miss.numpy())
 
     def _price(self, chunk_sizes) -> float:
         if self.curve is None:
@@ -123,31 +147,54 @@ class FlashRuntime:
         # the I/O buffer (exact, just not cached), and the ones that do fit still stay for the next tokens.
         room = c.capacity - hits.numel()
         y = None
+        st.neurons_read += miss.numel()
+        pending = self._pending.pop(layer, None)
+        if pending is not None:  # the speculative read: use what the exact prediction asks for, read the rest
+            t0 = time.perf_counter()
+            res = pending.result()
+            st.stall_s += time.perf_counter() - t0
+            self._account(st, res.stats)
+            use = np.isin(res.ids, miss.numpy())
+            st.prefetched += len(res.ids)
+            st.prefetch_used += int(use.sum())
+            miss = miss[torch.from_numpy(~np.isin(miss.numpy(), res.ids[use]))]
+            y, room = self._use(c, xf, t, res.ids[use], res.bundles[torch.from_numpy(use)], room, y, st)
         for g in range(0, miss.numel(), self.reader.max_neurons):
             group = miss[g:g + self.reader.max_neurons]
             res = self.reader.read(layer, group.numpy())
-            st.bytes_read += res.stats.bytes
-            st.useful_bytes += res.stats.useful_bytes
-            st.chunks += res.stats.chunks
-            st.io_s += res.stats.seconds
-            st.predicted_io_s += self._price(res.stats.chunk_sizes)
-            k = max(0, min(room, len(res.ids)))
-            if k:
-                c.insert(torch.from_numpy(res.ids[:k]), res.bundles[:k])  # copied out of the I/O buffer
-                room -= k
-            if k < len(res.ids):
-                part = sparse_ffn(xf, res.bundles[k:], t).float()  # used once, not cached
-                y = part if y is None else y + part
-                st.overflow_reads += len(res.ids) - k
+            st.stall_s += res.stats.seconds
+            self._account(st, res.stats)
+            y, room = self._use(c, xf, t, res.ids, res.bundles, room, y, st)
         resident, _ = c.resident()  # (n, 3, dim) view: hits + what was just read + the rest of the window
         part = sparse_ffn(xf, resident, t).float()
         y = part if y is None else y + part
         c.step_window(ids)
         c.evict_outside_window()
         st.neurons_predicted += ids.numel()
-        st.neurons_read += miss.numel()
         st.layer_steps += 1
         return y.to(x.dtype).reshape(shape)
+
+    def _account(self, st: FlashStats, rs) -> None:
+        st.bytes_read += rs.bytes
+        st.useful_bytes += rs.useful_bytes
+        st.chunks += rs.chunks
+        st.io_s += rs.seconds
+        st.predicted_io_s += self._price(rs.chunk_sizes)
+
+    @staticmethod
+    def _use(c, xf, t, ids, bundles, room, y, st):
+        """Cache what fits of a read's bundles (copied out of the I/O buffer); the FFN over the rest, now."""
+        from .sparsity import sparse_ffn
+
+        k = max(0, min(room, len(ids)))
+        if k:
+            c.insert(torch.from_numpy(np.ascontiguousarray(ids[:k])), bundles[:k])
+            room -= k
+        if k < len(ids):
+            part = sparse_ffn(xf, bundles[k:], t).float()  # used once, not cached
+            y = part if y is None else y + part
+            st.overflow_reads += len(ids) - k
+        return y, room
 
     def buffer_bytes(self) -> dict[str, int]:
         return {"predictors": predictor_bytes(self.predictors),
@@ -197,8 +244,8 @@ def plan_cache(store: FlashStore, budget: int, pred_bytes: int, direct: bool) ->
 
 
 def build_streamed_model(store: FlashStore, predictors, thresholds, budget: int, window: int = 5, threads: int = 8,
-                         chunk: int | None = None, direct: bool | None = None, curve: dict | None = None
-                         ) -> tuple[Transformer, FlashRuntime, dict]:
+                         chunk: int | None = None, direct: bool | None = None, curve: dict | None = None,
+                         prefetch: bool = False) -> tuple[Transformer, FlashRuntime, dict]:
     """A Transformer with the store's resident tensors (in the store's dtype) and StreamedFFN layers; no dense FFN
     weight is ever allocated. Returns (model, runtime, accounting) where accounting['resident_total'] is the
     measured bytes of every weight-holding buffer and is checked against `budget`."""
@@ -212,7 +259,7 @@ def build_streamed_model(store: FlashStore, predictors, thresholds, budget: int,
         from ..hardware.probe_disk import best_chunk
 
         chunk = best_chunk(curve, threads, direct)
-    rt = FlashRuntime(store, predictors, thresholds, cap, window, threads, chunk, direct, curve)
+    rt = FlashRuntime(store, predictors, thresholds, cap, window, threads, chunk, direct, curve, prefetch)
     a = store.args
     with torch.device("meta"):
         model = Transformer(a)
@@ -224,6 +271,8 @@ def build_streamed_model(store: FlashStore, predictors, thresholds, budget: int,
     sd = store.read_resident()
     load_hf_state_dict(model, sd, ffn=False)
     model.weight_format = f"flash-streamed ({store.dtype})"
+    for i, layer in enumerate(model.layers):  # the speculative read of block i starts when block i does
+        layer.register_forward_pre_hook(lambda mod, args, i=i: rt.speculate(i, mod.ffn_norm, args[0]))
     seen, res = set(), 0
     for p in model.parameters():
         if id(p) not in seen:
@@ -254,6 +303,9 @@ def flash_summary(rt: FlashRuntime, acct: dict, decode_s: float) -> dict:
         "ffn_frac_loaded_per_token": s.neurons_read / (n * a.n_layers * a.hidden_dim),
         "ffn_frac_predicted_per_token": s.neurons_predicted / (n * a.n_layers * a.hidden_dim),
         "overflow_neurons": s.overflow_reads, "io_share_of_decode": s.io_s / decode_s if decode_s > 0 else None,
+        "prefetch": rt.prefetch, "flash_stall_s_per_token": s.stall_s / n,
+        "prefetch_neurons_per_token": s.prefetched / n,
+        "prefetch_used_frac": s.prefetch_used / s.prefetched if s.prefetched else None,
         "direct_io": rt.reader.direct, "read_threads": rt.reader.threads, "read_chunk": rt.reader.chunk,
         "read_merge_gap": rt.reader.max_gap,
         "prefill_bytes_read": rt.prefill.bytes_read, "prefill_io_s": rt.prefill.io_s,
@@ -286,7 +338,7 @@ def train_for_store(model_path, sparsity: float, rank: int = PREDICTOR_RANK, max
 
 def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, window: int = 5, threads: int = 8,
                   sparsity: float = 0.5, progress: bool = True, calibration_text: str | None = None,
-                  probe_if_missing: bool = False):
+                  probe_if_missing: bool = False, prefetch: bool = False):
     """Everything `ioaware generate --memory-budget` needs: converts the model into the cache dir if it has no
     store, checks the budget against the minimum at once, loads (or trains once, then caches) the predictors,
     and with `probe_if_missing` measures the store's disk once (`ioaware probe disk`, cached) so the run can
@@ -327,7 +379,8 @@ def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, wi
             print(f"probing the disk under {store_path.parent} once (about 20 s; cached for later runs)")
         curve = probe(store_path.parent, progress=progress)
         save_curve(curve)
-    model, rt, acct = build_streamed_model(store, pr, pr.thresholds, budget, window, threads, curve=curve)
+    model, rt, acct = build_streamed_model(store, pr, pr.thresholds, budget, window, threads, curve=curve,
+                                           prefetch=prefetch)
     acct["predictors_file"] = str(pred_path)
     return model, rt, acct, _tokenizer(path), store
 

@@ -111,3 +111,51 @@ def test_generate_cli_memory_budget(tiny, tmp_path, monkeypatch, capsys):
     assert list((tmp_path / "cache" / "stores").glob("*.store"))  # converted on first use
     rc = main(["generate", "--model", str(g), "--prompt", "x", "--memory-budget", "10%"])
     assert rc == 2 and "below the minimum" in capsys.readouterr().err
+
+
+class RandomProjection(PredictAll):
+    """Predicts the neurons where a fixed random projection of x is positive: a deterministic function of x, so
+    the speculative prediction (from the block input) and the exact one (from the FFN input) differ."""
+
+    def __init__(self, L, dim, H, thresholds):
+        super().__init__(L, dim, H, thresholds)
+        self.P = torch.randn(L, dim, H, generator=torch.Generator().manual_seed(5))
+
+    def predict(self, layer, x):
+        return ((x.reshape(-1, x.shape[-1]).float() @ self.P[layer]) > 0).any(0).nonzero().flatten()
+
+
+@pytest.mark.parametrize("pred", [PredictAll, RandomProjection], ids=["predict-all", "random-projection"])
+def test_prefetch_reads_ahead_and_changes_nothing(tiny, pred):
+    """Speculative read-ahead during attention: the same logits as without it (exact prediction decides), the
+    read-ahead neurons it then needs are not read again, and the ones it does not need are counted as waste."""
+    g, ck, dense, th, st = tiny
+    a = ck.args
+    io = sum(ff.slot_sizes(min(ff.MAX_READ_NEURONS, a.hidden_dim), st.bundle_bytes, a.hidden_dim * st.bundle_bytes,
+                           direct_io_supported(st.path)))
+    # predict-all: every token needs every neuron, so any cache gives the same output: a 30% cache makes it read;
+    # random projection: a full cache, so prefetch cannot change what stays cached (window 1 still makes it read)
+    cap = int(a.hidden_dim * (0.3 if pred is PredictAll else 1.0))
+    budget = st.resident_bytes + io + cap * st.bundle_bytes * a.n_layers
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(2))
+    outs, rts = [], []
+    for prefetch in (False, True):
+        model, rt, acct = ff.build_streamed_model(st, pred(a.n_layers, a.dim, a.hidden_dim, th), th, budget,
+                                                  window=1, prefetch=prefetch)
+        model.setup_cache(1, 16)
+        with torch.inference_mode():
+            o = [model(ids[:, :8], 0)] + [model(ids[:, t:t + 1], t) for t in range(8, 12)]
+        outs.append(o)
+        rts.append(rt)
+        rt.close()
+    for x, y in zip(*outs, strict=True):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-5)
+    off, on = rts[0].stats, rts[1].stats
+    assert off.prefetched == 0 and on.prefetched > 0 and not rts[1]._pending
+    assert on.neurons_read == off.neurons_read  # the same misses; some of them came from the read-ahead
+    assert on.prefetch_used <= on.prefetched
+    if pred is PredictAll:
+        assert on.prefetch_used == on.prefetched and on.bytes_read == off.bytes_read
+    else:  # speculation from the block input misses some and over-reads others
+        assert on.prefetch_used < on.prefetched and on.bytes_read > off.bytes_read
+    assert on.stall_s <= on.io_s + 1e-9
