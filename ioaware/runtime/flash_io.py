@@ -189,7 +189,7 @@ class NeuronReader:
                 pos += k
             views = [memoryview(slot.stage)[p:p + k] for p, (_, k) in zip(stage_pos, chunks, strict=True)]
             self._issue(chunks, views)
-            self._gather(runs, chunks, stage_pos, slot, out, layer)
+            self._gather(ids, chunks, stage_pos, slot, out, layer)
         else:
             views, dst = [], 0
             outb = memoryview(slot.out)
@@ -215,29 +215,33 @@ class NeuronReader:
         for f in futs:
             f.result()
 
-    def _gather(self, runs, chunks, stage_pos, slot, out: np.ndarray, layer: int) -> None:
-        """Copy each run's bundles from the page-aligned staging buffer to its rows of `out`."""
-        base = self.store.layers[layer]["offset"]
+    def _gather(self, ids: np.ndarray, chunks, stage_pos, slot, out: np.ndarray, layer: int) -> None:
+        """Copy each neuron's bundle from the page-aligned staging buffer to its row of `out` (ids sorted).
+
+        Chunks lie back to back in the stage, so chunks that are adjacent in the file form one contiguous range
+        there too; inside a range the bundles sit at a fixed stride, so each range is one strided view and one
+        row gather (a few numpy calls per range instead of Python work per run of neurons)."""
+        if not len(ids):
+            return
+        B = self.bundle
         stage = np.frombuffer(slot.stage, dtype=np.uint8)
-        outb = out.reshape(-1).view(np.uint8)
-        # file offset -> staging position, chunk by chunk (chunks are sorted and non-overlapping)
+        outb = out.reshape(len(ids), -1).view(np.uint8)  # (n, B)
         c_off = np.array([o for o, _ in chunks], dtype=np.int64)
-        c_pos = np.array(stage_pos, dtype=np.int64)
-        row = 0
-        for first, count in runs:
-            start = base + first * self.bundle
-            nbytes = count * self.bundle
-            dst = row * self.bundle
-            done = 0
-            while done < nbytes:  # a run may span several chunks
-                f = start + done
-                j = int(np.searchsorted(c_off, f, side="right")) - 1
-                within = f - c_off[j]
-                k = min(nbytes - done, chunks[j][1] - within)
-                src = c_pos[j] + within
-                outb[dst + done:dst + done + k] = stage[src:src + k]
-                done += k
-            row += count
+        c_len = np.array([k for _, k in chunks], dtype=np.int64)
+        first = np.ones(len(chunks), dtype=bool)
+        first[1:] = c_off[1:] != c_off[:-1] + c_len[:-1]
+        r_off = c_off[first]
+        r_pos = np.asarray(stage_pos, dtype=np.int64)[first]
+        f = self.store.layers[layer]["offset"] + ids.astype(np.int64) * B  # each bundle's file offset
+        j = np.searchsorted(r_off, f, side="right") - 1
+        src = r_pos[j] + (f - r_off[j])  # its position in the stage
+        bounds = np.flatnonzero(np.diff(j)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ids)], strict=True):
+            s0 = int(src[lo])
+            rows = (src[lo:hi] - s0) // B
+            view = np.lib.stride_tricks.as_strided(stage[s0:], shape=(int(rows[-1]) + 1, B), strides=(B, 1),
+                                                   writeable=False)
+            outb[lo:hi] = view[rows]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
