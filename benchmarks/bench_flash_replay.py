@@ -10,6 +10,8 @@ Cases (page cache dropped before each): (a) naive, every layer's FFN read whole 
 dense fp16 FFN file, the layers that fit in the budget pinned, others faulted in by touching every page and then
 dropped (madvise + fadvise DONTNEED); (c) ioaware: window cache under the budget + bundle reads of the misses.
 
+A trace from `make_synthetic_trace.py` (ReLU-level sparsity, no model) is labelled SYNTHETIC in the output.
+
     python benchmarks/bench_flash_replay.py --trace /tmp/trace.npz [--budget 50%] [--tokens 8]
         -> benchmarks/results/flash-random1b-cpu-<date>.json
 """
@@ -214,7 +216,9 @@ def main() -> int:
     print(f"I/O {bar['io_vs_naive']:.2f}x below naive, {bar['io_vs_mmap']:.2f}x below mmap, ioaware measured/"
           f"predicted {bar['ioaware_measured_vs_predicted']:.2f}")
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cores": os.cpu_count(), "weights": "RANDOM fp16, I/O only",
-           "shapes": "Llama-3.2-1B", "neuron_sets": f"replayed from {args.trace}", "budget": args.budget,
+           "shapes": "Llama-3.2-1B", "neuron_sets": (
+               f"SYNTHETIC, OPT-6.7B-like statistics (benchmarks/make_synthetic_trace.py), from {args.trace}"
+               if "synthetic" in np.load(args.trace) else f"replayed from {args.trace}"), "budget": args.budget,
            "memory": acct, "tokens": n, "window": args.window, "chunk": chunk, "disk_peak_GBps": curve["peak_GBps"],
            "loadavg_after": os.getloadavg(), "cases": cases, "bar": bar}
     dest = Path(args.out) if args.out else RESULTS / f"flash-random1b-cpu-{time.strftime('%Y-%m-%d')}.json"

@@ -211,7 +211,10 @@ class NeuronReader:
         if len(chunks) == 1:
             _pread_full(self.fd, views[0], chunks[0][0])
             return
-        futs = [self.pool.submit(_pread_full, self.fd, v, off) for (off, _), v in zip(chunks, views, strict=True)]
+        # one task per pool thread, each reading every threads-th chunk: a pool future costs ~10 us of Python, as
+        # much as a small read itself, so hundreds of scattered chunks must not each be a task
+        k = min(self.threads, len(chunks))
+        futs = [self.pool.submit(_pread_many, self.fd, views[i::k], [o for o, _ in chunks[i::k]]) for i in range(k)]
         for f in futs:
             f.result()
 
@@ -271,6 +274,11 @@ def _page_ranges(ranges: list[tuple[int, int]], max_gap: int = 0) -> list[tuple[
         else:
             out.append([a, b])
     return [(a, b - a) for a, b in out]
+
+
+def _pread_many(fd: int, views, offsets) -> None:
+    for v, off in zip(views, offsets, strict=True):
+        _pread_full(fd, v, off)
 
 
 def _pread_full(fd: int, view: memoryview, off: int) -> int:
