@@ -20,13 +20,13 @@ from triton.compiler import ASTSource
 from ioaware.kernels.attention.flash.hopper import _hopper_flash_attn_fwd_kernel as kernel
 
 
-def compile_variant(D, BM, BN, warps, stages, ws, causal, dtype="bf16", even_n=True, one_loop=False):
+def compile_variant(D, BM, BN, warps, stages, ws, causal, dtype="bf16", even_n=True, one_loop=False, left=False):
     sig = {"Q": f"*{dtype}", "desc_k": f"tensordesc<{dtype}[{BN}, {D}]>",
            "desc_v": f"tensordesc<{dtype}[{BN}, {D}]>",
-           "O": f"*{dtype}", "LSE": "*fp32", "T": "i32", "NROWS": "i32", "scale_log2": "fp32"}
+           "O": f"*{dtype}", "LSE": "*fp32", "T": "i32", "NROWS": "i32", "scale_log2": "fp32", "WL": "i32"}
     const = {"HQ": 16, "GROUP": 1, "D": D, "BM": BM, "BN": BN, "IS_CAUSAL": causal, "STAGES": stages, "WS": ws,
              "REV": causal, "EVEN_M": True, "EVEN_N": even_n,
-             "ONE_LOOP": one_loop}
+             "ONE_LOOP": one_loop, "HAS_LEFT": left}
     for k in const:
         sig[k] = "constexpr"
     names = kernel.arg_names
@@ -48,8 +48,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dump", default=None)
     ap.add_argument("--only", default=None, help="D,BM,BN,warps,stages,ws,causal")
+    ap.add_argument("--window", action="store_true", help="the sliding-window (HAS_LEFT, causal) variants, D128")
     a = ap.parse_args()
-    if a.only:
+    left = a.window
+    if a.window:  # (D, BM, BN, warps, stages, ws, causal, even_n, one_loop)
+        variants = [(128, 128, 128, 8, 3, False, True, True, False), (128, 128, 128, 8, 2, False, True, True, False),
+                    (128, 128, 64, 8, 3, False, True, True, False), (128, 128, 64, 4, 3, False, True, True, False),
+                    (128, 64, 64, 4, 3, False, True, True, False), (128, 64, 64, 4, 4, False, True, True, False),
+                    (128, 64, 128, 4, 3, False, True, True, True), (128, 128, 128, 4, 2, True, True, True, True),
+                    (128, 128, 64, 4, 2, True, True, True, True), (128, 128, 128, 8, 3, False, True, True, True)]
+    elif a.only:
         v = a.only.split(",")
         variants = [(int(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4]), v[5] == "1", v[6] == "1",
                      v[7] == "1" if len(v) > 7 else True, v[8] == "1" if len(v) > 8 else False)]
@@ -57,9 +65,10 @@ def main():
         variants = [(D, 128, BN, 4, s, True, c, e, True) for D in (64, 128) for BN in (64, 128) for s in (2, 3)
                     for c, e in ((False, True), (True, True), (False, False))]
     for D, BM, BN, w, s, ws, c, even_n, one_loop in variants:
-        tag = f"D{D} BM{BM} BN{BN} w{w} s{s} ws{int(ws)} causal{int(c)} even{int(even_n)} one{int(one_loop)}"
+        tag = (f"D{D} BM{BM} BN{BN} w{w} s{s} ws{int(ws)} causal{int(c)} even{int(even_n)} one{int(one_loop)}"
+               f" left{int(left)}")
         try:
-            k = compile_variant(D, BM, BN, w, s, ws, c, even_n=even_n, one_loop=one_loop)
+            k = compile_variant(D, BM, BN, w, s, ws, c, even_n=even_n, one_loop=one_loop, left=left)
         except Exception as e:  # noqa: BLE001 - report and go on
             print(f"{tag}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
             continue

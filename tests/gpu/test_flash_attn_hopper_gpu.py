@@ -190,3 +190,92 @@ def test_no_hopper_bwd_below_threshold_or_other_head_dims():
     assert not kernel._use_hopper_bwd(q1, k1, v1, torch.randn_like(q1), lse[..., 1:])
     q2, k2, v2 = _inputs(1, T, 2, 2, 64, torch.bfloat16, 0)
     assert not kernel._use_hopper_bwd(q2, k2, v2, torch.randn_like(q2), lse)
+
+
+# ------------------------------------------------------------------------------- sliding window (forward)
+def _check_window_fwd(o, lse, q, k, v, wl):
+    from ioaware.kernels.attention.flash.reference import attention_masked_ref
+
+    dtype, kw = q.dtype, dict(causal=True, window_size=(wl, 0))
+    ref, lse_ref = attention_masked_ref(q, k, v, **kw)
+    pt, _ = attention_masked_ref(q, k, v, upcast=False, **kw)
+    assert not o.isnan().any()
+    e, e_pt = (o.float() - ref).abs().max().item(), (pt.float() - ref).abs().max().item()
+    atol = 2 * (ref.to(dtype) + 0.3 - 0.3 - ref.to(dtype)).abs().max().item()
+    assert e <= 2 * e_pt + atol, f"max error {e:.3g}, PyTorch {dtype} {e_pt:.3g}"
+    assert (lse - lse_ref).abs().max().item() < 1e-3
+
+
+WINDOW_TILES = {  # hopper._hopper_window_table's tile and the other variants timed (dev/attention/NOTES.md)
+    "table": None,
+    "tma_128x128_w8_s3": {"BM": 128, "BN": 128, "num_warps": 8, "STAGES": 3, "WS": False, "ONE_LOOP": False},
+    "tma_128x64_w8_s3": {"BM": 128, "BN": 64, "num_warps": 8, "STAGES": 3, "WS": False, "ONE_LOOP": False},
+    "tma_64x32_w4_s3": {"BM": 64, "BN": 32, "num_warps": 4, "STAGES": 3, "WS": False, "ONE_LOOP": False},
+    "ws_128x128_s2": {"BM": 128, "BN": 128, "num_warps": 4, "STAGES": 2, "WS": True, "ONE_LOOP": True},
+}
+WINDOW_CASES = [  # B, T, Hq, Hkv, window left, dtype (D = 128, causal)
+    pytest.param(2, 1000, 4, 2, 127, torch.bfloat16, id="B2-T1000-H4-Hkv2-W127-bf16"),
+    pytest.param(1, 4097, 4, 4, 1024, torch.float16, id="B1-T4097-H4-W1024-fp16"),
+    pytest.param(2, 2049, 4, 1, 127, torch.bfloat16, id="B2-T2049-H4-MQA-W127-bf16"),
+    pytest.param(1, 16384, 2, 1, 1024, torch.bfloat16, id="B1-T16384-H2-MQA-W1024-bf16"),
+    pytest.param(1, 16384, 2, 2, 127, torch.float16, id="B1-T16384-H2-W127-fp16"),
+    pytest.param(3, 77, 2, 2, 0, torch.bfloat16, id="B3-T77-H2-W0-bf16"),
+]
+
+
+@pytest.mark.parametrize("tile", list(WINDOW_TILES))
+@pytest.mark.parametrize("B,T,Hq,Hkv,wl,dtype", WINDOW_CASES)
+def test_hopper_fwd_window_tiles(tile, B, T, Hq, Hkv, wl, dtype, poison):
+    hopper = _hopper_or_skip()
+    q, k, v = _inputs(B, T, Hq, Hkv, 128, dtype, T + wl)
+    cfg = WINDOW_TILES[tile]
+    o, lse = hopper.hopper_flash_attn_fwd(q, k, v, True, 1 / math.sqrt(128),
+                                          config=None if cfg is None else dict(cfg, REV=False), window_left=wl)
+    _check_window_fwd(o, lse, q, k, v, wl)
+
+
+@pytest.mark.parametrize("causal,window", [(True, (1023, -1)), (False, (300, 0))], ids=["causal-1023", "right0-300"])
+def test_flash_attn_dispatches_hopper_window_fwd(causal, window, monkeypatch):
+    """A causal sliding window at D = 128, T >= HOPPER_WINDOW_MIN_T: the forward runs hopper.py, masked.py's backward
+    takes its LSE (GQA here)."""
+    hopper = _hopper_or_skip()
+    from ioaware.kernels.attention.flash import masked
+    from ioaware.kernels.attention.flash.reference import attention_masked_ref
+
+    calls = []
+    real = hopper.hopper_flash_attn_fwd
+    monkeypatch.setattr(hopper, "hopper_flash_attn_fwd", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    B, T, Hq, Hkv, D = 1, masked.HOPPER_WINDOW_MIN_T, 4, 2, 128
+    q, k, v = (t.requires_grad_() for t in _inputs(B, T, Hq, Hkv, D, torch.bfloat16, 11))
+    do = torch.randn_like(q)
+    out = ioaware.flash_attn(q, k, v, causal=causal, window_size=window)
+    assert calls == [{"window_left": window[0]}], "flash_attn did not run the Hopper windowed forward"
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    kw = dict(causal=True, window_size=(window[0], 0))
+    qr, kr, vr = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref, _ = attention_masked_ref(qr, kr, vr, **kw)
+    ref_grads = torch.autograd.grad(ref, (qr, kr, vr), do.float())
+    qp, kp, vp = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    pt, _ = attention_masked_ref(qp, kp, vp, upcast=False, **kw)
+    pt_grads = torch.autograd.grad(pt, (qp, kp, vp), do)
+    for name, x, xr, xp in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), (pt, *pt_grads)):
+        e, e_pt = (x.float() - xr).abs().max().item(), (xp.float() - xr).abs().max().item()
+        atol = 2 * (xr.bfloat16() + 0.3 - 0.3 - xr.bfloat16()).abs().max().item()
+        assert e <= 2 * e_pt + atol, f"{name}: max error {e:.3g}, PyTorch bf16 {e_pt:.3g}"
+
+
+def test_no_hopper_window_below_threshold_or_with_other_options():
+    _hopper_or_skip()
+    from ioaware.kernels.attention.flash import masked
+
+    T = masked.HOPPER_WINDOW_MIN_T
+    spec = dict(wl=1023, wr=0, cu_q=None, block_mask=None, alibi=None, softcap=0.0, dropout_p=0.0, prefix=None)
+    q, k, v = _inputs(1, T, 2, 2, 128, torch.bfloat16, 0)
+    assert masked._use_hopper_window(q, k, v, spec)
+    assert not masked._use_hopper_window(q, k, v, dict(spec, softcap=30.0))
+    assert not masked._use_hopper_window(q, k, v, dict(spec, wr=16))
+    assert not masked._use_hopper_window(q.float(), k.float(), v.float(), spec)
+    q1, k1, v1 = _inputs(1, T - 1, 2, 2, 128, torch.bfloat16, 0)
+    assert not masked._use_hopper_window(q1, k1, v1, spec)
+    q2, k2, v2 = _inputs(1, T, 2, 2, 64, torch.bfloat16, 0)
+    assert not masked._use_hopper_window(q2, k2, v2, spec)

@@ -1,5 +1,6 @@
 """The Hopper forward (hopper.py) is GPU-only: dispatch must never pick it on CPU tensors or under the interpreter."""
 
+import pytest
 import torch
 
 from ioaware.kernels._dispatch import load_kernel_module
@@ -30,3 +31,93 @@ def test_flash_attn_hopper_bwd_not_dispatched_on_cpu():
     q, k, v, do = (torch.randn(1, T, 1, 128, dtype=torch.bfloat16) for _ in range(4))
     assert not kernel._use_hopper_bwd(q, k, v, do, torch.zeros(1, 1, T))
     assert not torch.cuda.is_initialized()
+
+
+# ------------------------------------------------------------------------------------ sliding window (forward)
+def _window_ref_check(o, lse, q, k, v, wl):
+    """fp64 reference (causal, window (wl, 0)) vs the kernel; plain PyTorch in q's dtype sets the tolerance."""
+    from ioaware.kernels.attention.flash.reference import attention_masked_ref
+
+    kw = dict(causal=True, window_size=(wl, 0))
+    ref, lse_ref = attention_masked_ref(q.double(), k.double(), v.double(), **kw)
+    pt, _ = attention_masked_ref(q, k, v, upcast=False, **kw)
+    assert not o.isnan().any() and not lse.isnan().any()
+    e, e_pt = (o.double() - ref).abs().max().item(), (pt.double() - ref).abs().max().item()
+    r = ref.to(q.dtype)
+    atol = 2 * (r + 0.3 - 0.3 - r).abs().max().item()
+    assert e <= 2 * e_pt + atol, f"max error {e:.3g}, PyTorch {q.dtype} {e_pt:.3g}"
+    assert (lse.double() - lse_ref).abs().max().item() < 1e-3
+
+
+WINDOW_TILES = {  # small tiles for the interpreter: the three-loop band (BN < BM and BN = BM) and the one-loop form
+    "bands_32x16": {"BM": 32, "BN": 16, "num_warps": 4, "STAGES": 2, "WS": False, "ONE_LOOP": False, "REV": False},
+    "bands_32x32": {"BM": 32, "BN": 32, "num_warps": 4, "STAGES": 2, "WS": False, "ONE_LOOP": False, "REV": False},
+    "one_loop_32x32": {"BM": 32, "BN": 32, "num_warps": 4, "STAGES": 2, "WS": False, "ONE_LOOP": True, "REV": False},
+}
+
+
+@pytest.mark.parametrize("tile", list(WINDOW_TILES))
+@pytest.mark.parametrize("B,T,Hq,Hkv,D,wl,dtype", [
+    (2, 77, 2, 1, 64, 5, torch.float16),  # window smaller than a tile: edge and diagonal blocks meet
+    (1, 101, 2, 2, 128, 0, torch.float16),  # each row sees only itself
+    (2, 130, 4, 2, 64, 40, torch.float16),  # GQA, ragged last block, edge block first in the band
+    (1, 95, 1, 1, 128, 31, torch.float16),  # the window = one tile - 1
+    (1, 64, 1, 1, 64, 200, torch.float16),  # window wider than T: plain causal
+])
+def test_hopper_window_fwd_interpreter(tile, B, T, Hq, Hkv, D, wl, dtype, poison):
+    """hopper.py's windowed forward (TMA descriptors and all) under Triton's interpreter against fp64. fp16 only: the
+    kernel has no bf16 upcast for the interpreter (numpy has no bf16 dot); bf16 is checked on the GPU."""
+    from ioaware.kernels._dispatch import load_kernel_module
+
+    hopper = load_kernel_module("ioaware.kernels.attention.flash.hopper")
+    g = torch.Generator().manual_seed(T + wl)
+    q, k, v = (torch.randn(B, T, h, D, generator=g).to(dtype) for h in (Hq, Hkv, Hkv))
+    o, lse = hopper.hopper_flash_attn_fwd(q, k, v, True, D ** -0.5, config=WINDOW_TILES[tile], window_left=wl)
+    _window_ref_check(o, lse, q, k, v, wl)
+
+
+def test_hopper_window_not_dispatched_on_cpu_and_spec_rules():
+    masked = load_kernel_module("ioaware.kernels.attention.flash.masked")
+    T = masked.HOPPER_WINDOW_MIN_T
+    q, k, v = (torch.randn(1, T, 1, 128, dtype=torch.bfloat16) for _ in range(3))
+    spec = dict(wl=1023, wr=0, cu_q=None, block_mask=None, alibi=None, softcap=0.0, dropout_p=0.0, prefix=None)
+    assert masked._hopper_window_spec(spec)
+    assert not masked._use_hopper_window(q, k, v, spec)  # CPU / interpreter: never
+    assert not torch.cuda.is_initialized()
+    for change in (dict(wl=-1), dict(wr=-1), dict(wr=4), dict(cu_q=q), dict(block_mask=q), dict(alibi=q),
+                   dict(softcap=30.0), dict(dropout_p=0.1), dict(prefix=q)):
+        assert not masked._hopper_window_spec({**spec, **change}), change
+
+
+@pytest.mark.parametrize("causal,window", [(True, (13, -1)), (False, (13, 0))], ids=["causal", "window-right0"])
+def test_flash_attn_window_wiring_through_hopper(causal, window, monkeypatch):
+    """With the dispatch forced on (as on sm_90), flash_attn's windowed forward runs hopper.py under the interpreter
+    and masked.py's backward takes its LSE: output and gradients against fp64."""
+    import ioaware
+    from ioaware.kernels.attention.flash.reference import attention_masked_ref
+
+    masked = load_kernel_module("ioaware.kernels.attention.flash.masked")
+    hopper = load_kernel_module("ioaware.kernels.attention.flash.hopper")
+    calls = []
+    real = hopper.hopper_flash_attn_fwd
+    monkeypatch.setattr(masked, "_use_hopper_window", lambda q, k, v, spec: masked._hopper_window_spec(spec))
+    monkeypatch.setattr(hopper, "hopper_flash_attn_fwd", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    g = torch.Generator().manual_seed(3)
+    B, T, Hq, Hkv, D = 1, 45, 4, 2, 64
+    ins = [torch.randn(B, T, h, D, generator=g).half().requires_grad_() for h in (Hq, Hkv, Hkv)]
+    do = torch.randn(B, T, Hq, D, generator=g).half()
+    out = ioaware.flash_attn(*ins, causal=causal, window_size=window)
+    assert calls == [{"window_left": 13}]
+    grads = torch.autograd.grad(out, ins, do)
+    kw = dict(causal=True, window_size=(13, 0))
+    x64 = [t.detach().double().requires_grad_() for t in ins]
+    ref, _ = attention_masked_ref(*x64, **kw)
+    ref_grads = torch.autograd.grad(ref, x64, do.double())
+    xp = [t.detach().clone().requires_grad_() for t in ins]
+    pt, _ = attention_masked_ref(*xp, upcast=False, **kw)
+    pt_grads = torch.autograd.grad(pt, xp, do)
+    for name, x, xr, xq in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), (pt, *pt_grads)):
+        e, e_pt = (x.double() - xr).abs().max().item(), (xq.double() - xr).abs().max().item()
+        r = xr.half()
+        atol = 2 * (r + 0.3 - 0.3 - r).abs().max().item()
+        assert e <= 2 * e_pt + atol, f"{name}: max error {e:.3g}, PyTorch fp16 {e_pt:.3g}"

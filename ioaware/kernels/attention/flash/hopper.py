@@ -12,6 +12,9 @@ The loop is a `tl.range` whose `num_stages` sets how many K/V tiles are in fligh
 the shared-memory ring and the mbarriers); with WS the loop is warp-specialised (Triton's Hopper pass: a
 producer warp group issues the TMA loads, consumer warp groups run the wgmma and the softmax).
 
+With HAS_LEFT the forward is a causal sliding window (row r sees keys r - WL .. r): the key loop covers only the band
+of key blocks, masked at its left edge and on the diagonal (dev/attention/NOTES.md, "Hopper windowed forward").
+
 `_hopper_flash_attn_bwd_dkdv_kernel` is the same treatment for kernel.py's dK/dV kernel: Q and dO tiles by TMA in a
 pipelined query loop past the program's K and V, LSE and delta by pointers (dev/attention/NOTES.md, "Hopper backward
 (dK/dV)").
@@ -27,9 +30,9 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n, lo, hi, T, scale_log2,
+def _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n, lo, hi, T, scale_log2, WL,
                       BN: tl.constexpr, IS_CAUSAL: tl.constexpr, MASK: tl.constexpr, STAGES: tl.constexpr,
-                      WS: tl.constexpr):
+                      WS: tl.constexpr, HAS_LEFT: tl.constexpr):
     for start_n in tl.range(lo, hi, BN, num_stages=STAGES, warp_specialize=WS):
         start_n = tl.multiple_of(start_n, BN)
         b_k = desc_k.load([row0 + start_n, col_kv])  # (BN, D) by TMA
@@ -39,15 +42,23 @@ def _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o
             m_s = o_k[None, :] < T
             if IS_CAUSAL:
                 m_s = m_s & (o_k[None, :] <= o_m[:, None])
+            if HAS_LEFT:  # sliding window: row r sees keys r - WL .. r
+                m_s = m_s & (o_k[None, :] >= o_m[:, None] - WL)
             b_s = tl.where(m_s, b_s * scale_log2, float("-inf"))
             b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-            b_s = b_s - b_m_new[:, None]
+            if HAS_LEFT:
+                # the window's left edge block comes first: a row may have seen no key yet (m = -inf)
+                b_m_use = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+            else:
+                b_m_use = b_m_new
+            b_s = b_s - b_m_use[:, None]
         else:
             # scale folded into the max and the exponent's argument: one FMA per element
             b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * scale_log2)
+            b_m_use = b_m_new
             b_s = b_s * scale_log2 - b_m_new[:, None]
         b_p = tl.math.exp2(b_s)
-        b_alpha = tl.math.exp2(b_m - b_m_new)
+        b_alpha = tl.math.exp2(b_m - b_m_use)
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
         b_acc = b_acc * b_alpha[:, None]
         b_v = desc_v.load([row0 + start_n, col_kv])  # (BN, D) by TMA
@@ -57,11 +68,11 @@ def _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o
 
 
 @triton.jit
-def _hopper_flash_attn_fwd_kernel(Q, desc_k, desc_v, O, LSE, T, NROWS, scale_log2,
+def _hopper_flash_attn_fwd_kernel(Q, desc_k, desc_v, O, LSE, T, NROWS, scale_log2, WL,
                                   HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
                                   BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr,
                                   STAGES: tl.constexpr, WS: tl.constexpr, REV: tl.constexpr, EVEN_M: tl.constexpr,
-                                  EVEN_N: tl.constexpr, ONE_LOOP: tl.constexpr):
+                                  EVEN_N: tl.constexpr, ONE_LOOP: tl.constexpr, HAS_LEFT: tl.constexpr):
     # grid (query blocks, batch x heads) as in kernel.py: neighbouring programs share one head's K and V in L2
     i_m = tl.num_programs(0) - 1 - tl.program_id(0) if REV else tl.program_id(0)
     i_bh = tl.program_id(1)
@@ -90,18 +101,34 @@ def _hopper_flash_attn_fwd_kernel(Q, desc_k, desc_v, O, LSE, T, NROWS, scale_log
     else:
         lo_mask = T // BN * BN
         hi = T
+    if HAS_LEFT:
+        # sliding window (causal, Tq == Tk, masked.py's window_size=(WL, 0)): row r sees keys r - WL .. r. The band
+        # of key blocks starts at the first row's left bound (rounded down to a block); blocks from the last row's
+        # left bound (rounded up) to the diagonal are seen in full by every row; blocks left of the band are never
+        # loaded. Only the left edge block(s) and the diagonal block(s) are masked.
+        lo = tl.maximum(i_m * BM - WL, 0) // BN * BN
+        lo_full = (tl.maximum(i_m * BM + BM - 1 - WL, 0) + BN - 1) // BN * BN
+        lo_full = tl.minimum(tl.maximum(lo_full, lo), lo_mask)
+    else:
+        lo = 0
+        lo_full = 0
     if ONE_LOOP:
         # one loop, masked throughout when a mask is needed at all: Triton 3.6's Hopper warp specialisation fails
         # to compile a function with two loops (an MLIR dominance assertion, seen 2026-11-26)
-        b_acc, b_m, b_l = _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n, 0, hi,
-                                            T, scale_log2, BN, IS_CAUSAL, IS_CAUSAL or not EVEN_N, STAGES, WS)
+        b_acc, b_m, b_l = _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n, lo, hi,
+                                            T, scale_log2, WL, BN, IS_CAUSAL, IS_CAUSAL or not EVEN_N, STAGES, WS,
+                                            HAS_LEFT)
     else:
-        b_acc, b_m, b_l = _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n, 0,
-                                            lo_mask, T, scale_log2, BN, IS_CAUSAL, False, STAGES, WS)
+        if HAS_LEFT:  # the window's left edge
+            b_acc, b_m, b_l = _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n, lo,
+                                                lo_full, T, scale_log2, WL, BN, IS_CAUSAL, True, STAGES, WS, HAS_LEFT)
+        b_acc, b_m, b_l = _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n, lo_full,
+                                            lo_mask, T, scale_log2, WL, BN, IS_CAUSAL, False, STAGES, WS, HAS_LEFT)
         if IS_CAUSAL or not EVEN_N:  # compile-time: with T % BN == 0 and no causal mask no block needs a mask
             b_acc, b_m, b_l = _hopper_fwd_inner(b_acc, b_m, b_l, b_q, desc_k, desc_v, row0, col_kv, o_m, o_n,
-                                                lo_mask, hi, T, scale_log2, BN, IS_CAUSAL, True, STAGES, WS)
-    # every stored row saw at least key 0 (Tq == Tk), so l > 0 and m is finite
+                                                lo_mask, hi, T, scale_log2, WL, BN, IS_CAUSAL, True, STAGES, WS,
+                                                HAS_LEFT)
+    # every stored row saw at least its own key (Tq == Tk; causal or window), so l > 0 and m is finite
     b_o = (b_acc / b_l[:, None]).to(O.dtype.element_ty)
     b_lse = (b_m + tl.math.log2(b_l)) * 0.6931471805599453
     tl.store(LSE + i_bh.to(tl.int64) * T + o_m, b_lse, mask=m_m)
@@ -229,6 +256,15 @@ def _hopper_table(D: int, T: int, causal: bool) -> dict:
     return {"BM": t[0], "BN": t[1], "num_warps": t[2], "STAGES": t[3], "WS": t[4], "ONE_LOOP": t[4], "REV": causal}
 
 
+# Sliding-window tiles (left window, causal). Measured on an H100 SXM at D128, window 1023, T = 2048 / 4096 / 16384
+# (dev/attention/NOTES.md, "Hopper windowed forward", run W1): 64x64, 4 warps, 3 loop stages was fastest everywhere
+# (113 KB of shared memory: two CTAs an SM, one's softmax and prologue overlap the other's wgmma); the 128-row tiles,
+# WS included, were 5-15% slower than masked.py's portable kernel (short ~9-block loops); 4 stages (one CTA an SM) 1.5x
+# slower.
+def _hopper_window_table(D: int, T: int) -> dict:
+    return {"BM": 64, "BN": 64, "num_warps": 4, "STAGES": 3, "WS": False, "ONE_LOOP": False, "REV": False}
+
+
 def _scratch(size: int, alignment: int, stream):
     # global memory for the kernel's in-kernel TMA descriptor (128 bytes a program), from torch's caching allocator
     return torch.empty(size, dtype=torch.int8, device="cuda")
@@ -260,14 +296,19 @@ def hopper_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 
 def hopper_flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float,
-                          config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          config: dict | None = None, window_left: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward on sm_90 by TMA. q: (B, T, Hq, D), k, v: (B, T, Hkv, D), contiguous. Returns o (B, T, Hq, D)
-    and lse (B, Hq, T) fp32 (natural log). `config` overrides the tile table (for the dev sweeps)."""
+    and lse (B, Hq, T) fp32 (natural log). `config` overrides the tile table (for the dev sweeps).
+    window_left >= 0 (with causal): a sliding window, row r sees keys r - window_left .. r (flash-attn's
+    window_size=(window_left, 0)); only the band of key blocks is visited."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     B, T, Hq, D = q.shape
     Hkv = k.shape[2]
-    BM, BN, num_warps, cfg = _launch_config(q, config, _hopper_table(D, T, causal))
+    window = window_left >= 0
+    assert causal or not window, "a left window is supported with causal=True (right side 0) only"
+    table = _hopper_window_table(D, T) if window else _hopper_table(D, T, causal)
+    BM, BN, num_warps, cfg = _launch_config(q, config, table)
     # causal: the mask-free loop ends at the query block's first row, which must be a multiple of BN
     assert not causal or BM % BN == 0 or cfg["ONE_LOOP"], (BM, BN)
     o = torch.empty_like(q)
@@ -277,8 +318,9 @@ def hopper_flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cau
     desc_v = TensorDescriptor.from_tensor(v2, [BN, D])
     grid = (triton.cdiv(T, BM), B * Hq)
     _hopper_flash_attn_fwd_kernel[grid](q, desc_k, desc_v, o, lse, T, B * T, softmax_scale * LOG2E,
-                                        HQ=Hq, GROUP=Hq // Hkv, D=D, BM=BM, BN=BN, IS_CAUSAL=causal,
-                                        EVEN_M=T % BM == 0, EVEN_N=T % BN == 0, num_warps=num_warps, **cfg)
+                                        max(window_left, 0), HQ=Hq, GROUP=Hq // Hkv, D=D, BM=BM, BN=BN,
+                                        IS_CAUSAL=causal, EVEN_M=T % BM == 0, EVEN_N=T % BN == 0, HAS_LEFT=window,
+                                        num_warps=num_warps, **cfg)
     return o, lse
 
 

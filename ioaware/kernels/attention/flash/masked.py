@@ -547,9 +547,36 @@ def _common(q, k, spec):
     return B, flags, scalars, ptrs, a_str
 
 
+# A causal sliding window (window_size=(left, 0), no other option) at D = 128 on sm_90 runs hopper.py's TMA forward
+# with the same band of key blocks (dev/attention/NOTES.md, "Hopper windowed forward"); the backward stays here.
+HOPPER_WINDOW_MIN_T = 2048
+
+
+def _hopper_window_spec(spec: dict) -> bool:
+    """A left window with right side 0 (causal or not: with Tq == Tk the same mask) and no other option."""
+    return (spec["wl"] >= 0 and spec["wr"] == 0 and spec["cu_q"] is None and spec["block_mask"] is None
+            and spec["alibi"] is None and spec["softcap"] == 0 and spec["dropout_p"] == 0 and spec["prefix"] is None)
+
+
+def _use_hopper_window(q, k, v, spec: dict) -> bool:
+    """Whether the forward of this call runs hopper.py's windowed kernel instead of the one below."""
+    if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < HOPPER_WINDOW_MIN_T:
+        return False
+    if not _hopper_window_spec(spec) or torch.cuda.get_device_capability(q.device)[0] != 9:
+        return False
+    from .hopper import hopper_supported
+
+    return hopper_supported(q, k, v)
+
+
 def flash_attn_masked_fwd(q, k, v, spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, Tq, Hq, D) or, varlen, (1, total_q, Hq, D). Returns out like q and lse (B, Hq, Tq) fp32 (varlen:
     (1, Hq, total_q))."""
+    if _use_hopper_window(q, k, v, spec):
+        from . import hopper
+
+        # window_size=(wl, 0) with Tq == Tk is the causal mask with a left bound, whether or not causal was passed
+        return hopper.hopper_flash_attn_fwd(q, k, v, True, spec["scale"], window_left=spec["wl"])
     _, Tq_all, Hq, D = q.shape
     Tk_all, Hkv = k.shape[1], k.shape[2]
     B, flags, sc, ptrs, a_str = _common(q, k, spec)
