@@ -12,6 +12,10 @@ def add_parser(sp) -> None:
     d.add_argument("--seconds", type=float, default=0.25, help="time per case (default 0.25)")
     d.add_argument("--threads", default=None, help="comma-separated thread counts (default 1,4,8,16)")
     d.add_argument("--json", default=None, metavar="FILE", help="also write the curve here ('-' for stdout)")
+    d.add_argument("--plot", default=None, metavar="FILE.png", help="also plot GB/s against chunk size, a line per "
+                   "thread count, O_DIRECT and buffered side by side (needs matplotlib: the [plot] extra)")
+    d.add_argument("--cached", action="store_true", help="report (and plot) the cached curve of this disk "
+                   "instead of probing again")
     d.set_defaults(func=run_disk)
 
 
@@ -19,9 +23,17 @@ def run_disk(args) -> int:
     from ..hardware.probe_disk import THREADS, best_chunk, probe, save_curve
     from ._report import emit_json, human_bytes, parse_bytes, print_table
 
-    threads = tuple(int(t) for t in args.threads.split(",")) if args.threads else THREADS
-    curve = probe(args.path, int(parse_bytes(args.size)), threads=threads, seconds_per_case=args.seconds)
-    cached = save_curve(curve)
+    if args.cached:
+        from ..hardware.probe_disk import curve_path, load_curve
+
+        curve, cached = load_curve(args.path), curve_path(args.path)
+        if curve is None:
+            raise FileNotFoundError(f"no cached curve for this disk ({cached}): run `ioaware probe disk` without "
+                                    "--cached first")
+    else:
+        threads = tuple(int(t) for t in args.threads.split(",")) if args.threads else THREADS
+        curve = probe(args.path, int(parse_bytes(args.size)), threads=threads, seconds_per_case=args.seconds)
+        cached = save_curve(curve)
     rows = []
     for p in curve["points"]:
         rows.append(["O_DIRECT" if p["direct"] else "buffered", human_bytes(p["chunk"]), p["threads"],
@@ -32,4 +44,33 @@ def run_disk(args) -> int:
           f"({'O_DIRECT' if b['direct'] else 'buffered'}); best chunk with 8 threads, O_DIRECT: "
           f"{human_bytes(best_chunk(curve, 8, True))}; cached in {cached}")
     emit_json(curve, args.json)
+    if args.plot:
+        plot_curve(curve, args.plot)
+        print(f"plot written to {args.plot}")
     return 0
+
+
+def plot_curve(curve: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in (True, False) if any(p["direct"] is m for p in curve["points"])]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.8), sharey=True, squeeze=False)
+    for ax, direct in zip(axes[0], modes, strict=True):
+        pts = [p for p in curve["points"] if p["direct"] is direct]
+        for t in sorted({p["threads"] for p in pts}):
+            xs = sorted((p["chunk"], p["GBps"]) for p in pts if p["threads"] == t)
+            ax.plot([x / 1024 for x, _ in xs], [y for _, y in xs], marker="o", label=f"{t} threads")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("chunk (KiB)")
+        ax.set_title("O_DIRECT" if direct else "buffered (page cache dropped)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("GB/s")
+    axes[0][0].legend()
+    fig.suptitle(f"disk under {curve['path']}: cold reads, peak {curve['peak_GBps']:.2f} GB/s "
+                 f"({curve['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -185,6 +185,13 @@ def test_probe_curve_format_and_iomodel(tmp_path, monkeypatch):
     assert predict_read_seconds([4096] * 10, synth, threads=8) == pytest.approx(10 * 4096 / 0.2e9)
     assert predict_read_seconds([], synth) == 0.0
     assert os.path.exists(tmp_path / "cache" / "probe")
+    # --cached reports the same curve without probing again, and plots it
+    pytest.importorskip("matplotlib")
+    js2, png = tmp_path / "again.json", tmp_path / "curve.png"
+    assert main(["probe", "disk", "--path", str(tmp_path), "--cached", "--json", str(js2), "--plot", str(png)]) == 0
+    assert json.loads(js2.read_text()) == c and png.stat().st_size > 10_000
+    monkeypatch.setenv("IOAWARE_CACHE_DIR", str(tmp_path / "other-cache"))  # a cache that never probed
+    assert main(["probe", "disk", "--path", str(tmp_path), "--cached"]) == 2
 
 
 def test_convert_cli(tiny, tmp_path, capsys):
