@@ -25,11 +25,17 @@ for (D, BJ, nw), cell, dt, which, save in itertools.product(TILES, (0, 1, 2), ("
     if cell == 2 and save:
         sig["GS"] = "*fp32"  # sLSTM saves its gate logits in fp32 (issue #9)
     sig.update({n: "*fp32" for n in ("BIAS", "CS", "DST") if n in fn.arg_names})
-    sig.update(CNT="*i32", B="i32", T="i32", t0="i32", n_steps="i32", finish="i32")
+    sig.update(CNT="*i32", FLG="*i32", Z="*i64", B="i32", T="i32", t0="i32", n_steps="i32", finish="i32")
     consts = dict(NH=2, D=D, DP=DP, G=3 if cell == 1 else 4, CELL=cell, BB=16, BJ=BJ, NJ=-(-D // BJ), SYNC=True,
                   PREFETCH=True, FAST=dt != "fp32", PRECISION="ieee" if dt == "fp32" else "tf32", UPCAST=False)
     if which == "fwd":
         consts["SAVE"] = save
+    consts.update(BAR=0, KC=0, NJP=1, KB=0, **({"FUSE": False} if which == "fwd" else {}))
+    if -(-D // BJ) > 1:  # split heads: the planner's kernel variant (ioaware/plan/rnn_tiles.py)
+        fuse = cell != 1
+        kc = DP // 4 if fuse and 4 * D <= 3 * DP else 0
+        kb = nw if fuse and DP // nw >= 16 else 0
+        consts.update(BAR=1, **(dict(FUSE=fuse, KC=kc) if which == "fwd" else dict(KB=kb, KC=0 if kb else kc)))
     sig.update({k: "constexpr" for k in consts})
     sig = {k: sig[k] for k in fn.arg_names}
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})

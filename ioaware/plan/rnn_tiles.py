@@ -21,6 +21,12 @@ Objective (integer nanoseconds per time step, a latency model; lower is better):
         through shared memory behind CTA barriers, which cost more the more warps meet there),
     ties broken by fewer warps, then larger BJ, then larger BB (a strict order: the optimum is unique).
 
+Kernel variant of a split head (NJ > 1), fixed by rule rather than by the model (dev/rnn/NOTES.md, entries 7-10,
+measured on an H100 at one head of 768): barrier 1 (arrive by atomic add after h_t's store, spin on acquire loads
+before h_{t-1} is read); for LSTM/sLSTM (4 gates) the forward's gates side by side in one dot (`fuse`, N = 4·BJ,
+so the warps share the MMA work instead of repeating it) with K in chunks of DP/4 (`kc`) where that leaves at most
+3 chunks, and the backward's exchange batched over NW chunks of K (`kb`).
+
 Two exact solvers of the same model: `solve_enumerate` (default, pure Python, deterministic; exact because it
 visits every point of the finite domain, at most 3 · 7 · 3 = 63 of them) and `solve_cpsat` (OR-Tools CP-SAT, an
 optional dependency used by the tests to cross-check the enumerator).
@@ -61,6 +67,12 @@ class RNNTiles:
     DP: int
     num_warps: int
     sync: bool = True
+    barrier: int = 0  # split heads: 0 atomic counter (RMW spin), 1 counter with acquire-load spin, 2 flag per program,
+    # 3 (forward with fwd_kb; the backward then uses 1) LL exchange: h and the step's flag in the same 64-bit words
+    kc: int = 0  # split heads: K (= D) in chunks of kc columns (0: one chunk padded to DP)
+    fuse: bool = False  # split LSTM/sLSTM heads, forward: the 4 gates' R slices side by side in one dot of N = 4·BJ
+    kb: int = 0  # split LSTM/sLSTM heads, backward: the exchange as one dot per gate batched over kb chunks of K
+    fwd_kb: int = 0  # split LSTM/sLSTM heads, forward (with fuse, no kc): K as fwd_kb batched chunks (measured slower)
 
 
 @dataclass(frozen=True)
@@ -197,5 +209,11 @@ def plan_rnn_tiles(cell: str, B: int, NH: int, D: int, elem_bytes: int, machine:
         raise ValueError(f"rnn tiles: no configuration of {cell} with head size {D} ({elem_bytes}-byte elements) "
                          "fits the machine's registers and shared memory; use more heads of a smaller size")
     bb, bj, nw = sol
-    return RNNTiles(BB=bb, BJ=bj, NJ=-(-D // bj), DP=p.DP, num_warps=nw, sync=sync)
+    nj = -(-D // bj)
+    if nj == 1:
+        return RNNTiles(BB=bb, BJ=bj, NJ=nj, DP=p.DP, num_warps=nw, sync=sync)
+    fuse = GATES[cell] == 4
+    kc = p.DP // 4 if fuse and 4 * D <= 3 * p.DP else 0  # D = 768: 3 chunks of 256 instead of padding to 1024
+    kb = nw if fuse and p.DP // nw >= 16 else 0
+    return RNNTiles(BB=bb, BJ=bj, NJ=nj, DP=p.DP, num_warps=nw, sync=sync, barrier=1, kc=kc, fuse=fuse, kb=kb)
 

@@ -67,3 +67,18 @@ def test_plan_is_deterministic_and_refuses_what_cannot_fit():
     assert t.NJ == 1 and t.BJ == 64  # the FlashRNN target: one program per head
     with pytest.raises(ValueError, match="fits the machine"):
         plan_rnn_tiles("lstm", 16, 1, 1024, 4)
+
+
+def test_split_head_kernel_variant():
+    """A split LSTM / sLSTM head gets the acquire-load barrier, the forward's fused-gate dot with K in 3 chunks
+    where that avoids padding, and the backward's exchange batched over one chunk of K per warp; GRU (3 gates)
+    keeps the plain dots; one program per head has nothing to sync."""
+    t = plan_rnn_tiles("lstm", 16, 1, 768, 2)
+    assert (t.BJ, t.NJ, t.num_warps) == (16, 48, 4)
+    assert (t.barrier, t.fuse, t.kc, t.kb, t.fwd_kb) == (1, True, 256, 4, 0)
+    g = plan_rnn_tiles("gru", 16, 1, 768, 2)
+    assert g.NJ > 1 and (g.barrier, g.fuse, g.kc, g.kb) == (1, False, 0, 0)
+    s = plan_rnn_tiles("slstm", 16, 1, 200, 2)
+    assert s.NJ > 1 and s.fuse and s.kc == 0 and s.kb == s.num_warps  # 200 of 256: 4 chunks of 64, no K chunks
+    one = plan_rnn_tiles("lstm", 16, 12, 64, 2)
+    assert one.NJ == 1 and (one.fuse, one.kb, one.barrier, one.kc) == (False, 0, 0, 0)

@@ -121,3 +121,35 @@ def test_split_barrier_is_deterministic_and_exact():
     y1, _ = lstm(x, R, b, (h0, c0), 2, tiles=RNNTiles(BB=16, BJ=64, NJ=1, DP=64, num_warps=8))
     y4, _ = lstm(x, R, b, (h0, c0), 2, tiles=RNNTiles(BB=16, BJ=16, NJ=4, DP=64, num_warps=4))
     assert rel_rms(y4, y1) < 1e-5
+
+
+SPLIT_VARIANTS = [  # (barrier, kc, fuse, kb, fwd_kb): every split-head kernel variant of issue #9's 1x768 work
+    pytest.param(0, 0, False, 0, 0, id="counter-rmw"),
+    pytest.param(1, 0, False, 0, 0, id="counter-acquire-load"),
+    pytest.param(2, 0, False, 0, 0, id="flags"),
+    pytest.param(2, 32, False, 0, 0, id="flags-kc32-dataflow"),
+    pytest.param(1, 32, True, 0, 0, id="acquire-kc32-fused"),
+    pytest.param(1, 32, True, 4, 0, id="acquire-kc32-fused-bwd-kb4"),  # the planner's choice for split LSTM heads
+    pytest.param(1, 0, True, 4, 4, id="acquire-fused-kb4"),
+    pytest.param(2, 0, True, 4, 4, id="flags-fused-kb4"),
+    pytest.param(3, 0, True, 4, 4, id="ll-fused-kb4"),
+]
+
+
+@pytest.mark.parametrize("barrier,kc,fuse,kb,fwd_kb", SPLIT_VARIANTS)
+def test_split_head_variants_match_fp64_loop(barrier, kc, fuse, kb, fwd_kb):
+    """Heads of 64 split over 4 co-resident programs (a barrier or LL exchange every step), fp16, 300 steps, forward
+    and backward: within twice PyTorch fp16's error of an fp64 loop (a stale h would diverge far beyond that)."""
+    torch.manual_seed(0)
+    x, R, b, h0, c0 = make("lstm", 16, 300, 2, 64, torch.float16)
+    tiles = RNNTiles(BB=16, BJ=16, NJ=4, DP=64, num_warps=4, barrier=barrier, kc=kc, fuse=fuse, kb=kb, fwd_kb=fwd_kb)
+    dy = torch.randn(16, 300, 128, device="cuda", dtype=torch.float16)
+    dfin = [torch.randn(16, 128, device="cuda", dtype=torch.float16) for _ in range(2)]
+    st = [h0, c0]
+    ref_out, ref_g = run_grads(lambda *a: rnn_ref("lstm", *a), *(t.double() for t in (x, R, b)),
+                               [s.double() for s in st], 2, dy.double(), [d.double() for d in dfin])
+    low_out, low_g = run_grads(lambda *a: rnn_ref("lstm", *a), x, R, b, st, 2, dy, dfin)
+    out, grads = run_grads(lstm, x, R, b, st, 2, dy, dfin, tiles=tiles)
+    for name, o, lo, r in zip(["y", "h", "c", "dx", "dR", "db", "dh0", "dc0"], out + grads, low_out + low_g,
+                              ref_out + ref_g):
+        assert rel_rms(o, r) <= 2 * rel_rms(lo, r), f"{name}: {rel_rms(o, r):.2e} vs {rel_rms(lo, r):.2e}"

@@ -1,6 +1,8 @@
 """Fused LSTM / GRU / sLSTM kernels under Triton's interpreter against the PyTorch time loop: forward and
 backward with random upstream gradients, odd sizes, heads split over programs, nn.LSTM parity, input errors."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -52,6 +54,17 @@ CASES = [  # cell, B, T, NH, D, tiles, initial state given
     pytest.param("gru", 2, 7, 3, 33, split(33, 16), True, id="gru-B2-T7-NH3-D33-split3"),
     pytest.param("slstm", 4, 63, 2, 16, None, False, id="slstm-B4-T63-NH2-D16-nostate"),
     pytest.param("slstm", 3, 8, 1, 59, split(59, 32), True, id="slstm-B3-T8-NH1-D59-split2"),
+    # split-head kernel variants (issue #9): K in chunks, gates side by side in one dot, K as batched chunks
+    pytest.param("lstm", 5, 6, 2, 96, replace(split(96, 32), kc=32), True, id="lstm-B5-T6-NH2-D96-split3-kc32"),
+    pytest.param("gru", 2, 7, 3, 33, replace(split(33, 16), kc=16), True, id="gru-B2-T7-NH3-D33-split3-kc16"),
+    pytest.param("lstm", 17, 9, 1, 40, replace(split(40, 16), kc=16, fuse=True), True,
+                 id="lstm-B17-T9-NH1-D40-split3-kc16-fused"),
+    pytest.param("lstm", 17, 9, 1, 40, replace(split(40, 16), fuse=True, kb=4, fwd_kb=4), True,
+                 id="lstm-B17-T9-NH1-D40-split3-fused-kb4"),
+    pytest.param("slstm", 3, 8, 1, 59, replace(split(59, 32), fuse=True, kb=2, fwd_kb=2), True,
+                 id="slstm-B3-T8-NH1-D59-split2-fused-kb2"),
+    pytest.param("lstm", 5, 6, 2, 96, replace(split(96, 32), kc=32, fuse=True, kb=4), True,
+                 id="lstm-B5-T6-NH2-D96-split3-kc32-fused-bwd-kb4"),
 ]
 
 
