@@ -20,13 +20,16 @@ from triton.compiler import ASTSource
 from ioaware.kernels.attention.flash.hopper import _hopper_flash_attn_fwd_kernel as kernel
 
 
-def compile_variant(D, BM, BN, warps, stages, ws, causal, dtype="bf16", even_n=True, one_loop=False, left=False):
+def compile_variant(D, BM, BN, warps, stages, ws, causal, dtype="bf16", even_n=True, one_loop=False, left=False,
+                    sparse=False):
     sig = {"Q": f"*{dtype}", "desc_k": f"tensordesc<{dtype}[{BN}, {D}]>",
            "desc_v": f"tensordesc<{dtype}[{BN}, {D}]>",
-           "O": f"*{dtype}", "LSE": "*fp32", "T": "i32", "NROWS": "i32", "scale_log2": "fp32", "WL": "i32"}
+           "O": f"*{dtype}", "LSE": "*fp32", "T": "i32", "NROWS": "i32", "scale_log2": "fp32", "WL": "i32",
+           "BLK_CNT": "*i32", "BLK_IDX": "*i32", **{n: "i32" for n in ("s_cb", "s_ch", "s_cm", "s_ib", "s_ih", "s_im")}}
     const = {"HQ": 16, "GROUP": 1, "D": D, "BM": BM, "BN": BN, "IS_CAUSAL": causal, "STAGES": stages, "WS": ws,
              "REV": causal, "EVEN_M": True, "EVEN_N": even_n,
-             "ONE_LOOP": one_loop, "HAS_LEFT": left}
+             "ONE_LOOP": one_loop, "HAS_LEFT": left,
+             "SPARSE": sparse, "SQ": 128, "SK": 128, "SPARSE_MASK": sparse and not even_n}
     for k in const:
         sig[k] = "constexpr"
     names = kernel.arg_names
@@ -49,9 +52,15 @@ def main():
     ap.add_argument("--dump", default=None)
     ap.add_argument("--only", default=None, help="D,BM,BN,warps,stages,ws,causal")
     ap.add_argument("--window", action="store_true", help="the sliding-window (HAS_LEFT, causal) variants, D128")
+    ap.add_argument("--sparse", action="store_true", help="the block-sparse (SPARSE, 128x128 blocks) variants, D128")
     a = ap.parse_args()
     left = a.window
-    if a.window:  # (D, BM, BN, warps, stages, ws, causal, even_n, one_loop)
+    if a.sparse:  # (D, BM, BN, warps, stages, ws, causal, even_n, one_loop)
+        variants = [(128, 128, 128, 4, 2, True, False, True, True), (128, 128, 128, 8, 3, False, False, True, False),
+                    (128, 128, 128, 8, 2, False, False, True, False), (128, 64, 64, 4, 3, False, False, True, False),
+                    (128, 128, 64, 8, 3, False, False, True, False), (128, 128, 128, 4, 2, True, False, False, True),
+                    (128, 128, 128, 8, 3, False, False, False, False)]
+    elif a.window:  # (D, BM, BN, warps, stages, ws, causal, even_n, one_loop)
         variants = [(128, 128, 128, 8, 3, False, True, True, False), (128, 128, 128, 8, 2, False, True, True, False),
                     (128, 128, 64, 8, 3, False, True, True, False), (128, 128, 64, 4, 3, False, True, True, False),
                     (128, 64, 64, 4, 3, False, True, True, False), (128, 64, 64, 4, 4, False, True, True, False),
@@ -66,9 +75,9 @@ def main():
                     for c, e in ((False, True), (True, True), (False, False))]
     for D, BM, BN, w, s, ws, c, even_n, one_loop in variants:
         tag = (f"D{D} BM{BM} BN{BN} w{w} s{s} ws{int(ws)} causal{int(c)} even{int(even_n)} one{int(one_loop)}"
-               f" left{int(left)}")
+               f" left{int(left)} sparse{int(a.sparse)}")
         try:
-            k = compile_variant(D, BM, BN, w, s, ws, c, even_n=even_n, one_loop=one_loop, left=left)
+            k = compile_variant(D, BM, BN, w, s, ws, c, even_n=even_n, one_loop=one_loop, left=left, sparse=a.sparse)
         except Exception as e:  # noqa: BLE001 - report and go on
             print(f"{tag}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
             continue

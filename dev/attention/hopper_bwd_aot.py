@@ -20,11 +20,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 from hopper_aot import resources  # noqa: E402
 
 
-def compile_variant(D, BM, BN, warps, stages, ws, causal, one_loop, group=1, even_m=True, dtype="bf16"):
+def compile_variant(D, BM, BN, warps, stages, ws, causal, one_loop, group=1, even_m=True, dtype="bf16",
+                    sparse=False):
     sig = {n: f"*{dtype}" for n in ("Q", "K", "V", "DO", "DK", "DV")}
-    sig.update({"LSE": "*fp32", "DELTA": "*fp32", "T": "i32", "NROWS": "i32", "scale": "fp32", "scale_log2": "fp32"})
+    sig.update({"LSE": "*fp32", "DELTA": "*fp32", "T": "i32", "NROWS": "i32", "scale": "fp32", "scale_log2": "fp32",
+                "BLK_CNT": "*i32", "BLK_IDX": "*i32"})
+    sig.update({n: "i32" for n in ("s_cb", "s_ch", "s_cm", "s_ib", "s_ih", "s_im")})
     const = {"HQ": 16, "HKV": 16 // group, "GROUP": group, "D": D, "BM": BM, "BN": BN, "IS_CAUSAL": causal,
-             "STAGES": stages, "WS": ws, "EVEN_M": even_m, "ONE_LOOP": one_loop}
+             "STAGES": stages, "WS": ws, "EVEN_M": even_m, "ONE_LOOP": one_loop,
+             "SPARSE": sparse, "SQ": 128, "SK": 128, "SPARSE_MASK": sparse and not even_m}
     for k in const:
         sig[k] = "constexpr"
     names = kernel.arg_names
@@ -47,13 +51,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dump", default=None)
     ap.add_argument("--ws-only", action="store_true")
+    ap.add_argument("--sparse", action="store_true", help="the block-sparse dK/dV (transposed lists), non-causal")
     a = ap.parse_args()
-    for D, BM, BN, w, s, ws, c, one, g, e in VARIANTS:
+    variants = VARIANTS
+    if a.sparse:
+        variants = [(128, 64, 128, 8, s, False, False, False, g, e) for s in (2, 3) for g, e in
+                    ((1, True), (4, False))]
+    for D, BM, BN, w, s, ws, c, one, g, e in variants:
         if a.ws_only and not ws:
             continue
-        tag = f"D{D} BM{BM} BN{BN} w{w} s{s} ws{int(ws)} causal{int(c)} one{int(one)} group{g} even{int(e)}"
+        tag = (f"D{D} BM{BM} BN{BN} w{w} s{s} ws{int(ws)} causal{int(c)} one{int(one)} group{g} even{int(e)}"
+               f" sparse{int(a.sparse)}")
         try:
-            k = compile_variant(D, BM, BN, w, s, ws, c, one, g, e)
+            k = compile_variant(D, BM, BN, w, s, ws, c, one, g, e, sparse=a.sparse)
         except Exception as ex:  # noqa: BLE001 - report and go on
             print(f"{tag}: FAILED {type(ex).__name__}: {str(ex).splitlines()[0][:200]}", flush=True)
             continue

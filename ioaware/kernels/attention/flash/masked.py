@@ -569,6 +569,37 @@ def _use_hopper_window(q, k, v, spec: dict) -> bool:
     return hopper_supported(q, k, v)
 
 
+# Block-sparse attention (block_mask of 128 x 128 blocks, no other option) at D = 128 on sm_90 runs hopper.py's TMA
+# kernels over the same per-row block lists (forward) and their transpose (dK/dV); dQ stays here
+# (dev/attention/NOTES.md, "Hopper block-sparse", run S1): faster at T = 8192 (fwd 1.21x, bwd 1.04-1.07x), slower at
+# B8 T2048 (4 blocks a row: the per-program prologue dominates); T = 4096 not measured, so T < 8192 stays here.
+HOPPER_SPARSE_MIN_T = 8192
+HOPPER_SPARSE_BLOCK = (128, 128)
+
+
+def _hopper_sparse_spec(spec: dict) -> bool:
+    """A block mask with 128 x 128 blocks (the Hopper tiles divide them) and no other option (causal included)."""
+    return (spec["block_mask"] is not None and tuple(spec["block_size"]) == HOPPER_SPARSE_BLOCK
+            and not spec.get("causal", False) and spec["wl"] < 0 and spec["wr"] < 0 and spec["cu_q"] is None
+            and spec["alibi"] is None and spec["softcap"] == 0 and spec["dropout_p"] == 0 and spec["prefix"] is None)
+
+
+def _use_hopper_sparse(q, k, v, spec: dict) -> bool:
+    """Whether this block-sparse call runs hopper.py's kernels (forward, and dK/dV in the backward)."""
+    if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < HOPPER_SPARSE_MIN_T:
+        return False
+    if not _hopper_sparse_spec(spec) or torch.cuda.get_device_capability(q.device)[0] != 9:
+        return False
+    from .hopper import hopper_supported
+
+    return hopper_supported(q, k, v)
+
+
+def _hopper_sparse_lists(blk: torch.Tensor, dummy: torch.Tensor, block: tuple[int, int]) -> tuple:
+    """masked.py's block lists (`_sparse_args`) and the block size, as hopper.py takes them."""
+    return (*_sparse_args(blk, dummy), tuple(block))
+
+
 def flash_attn_masked_fwd(q, k, v, spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, Tq, Hq, D) or, varlen, (1, total_q, Hq, D). Returns out like q and lse (B, Hq, Tq) fp32 (varlen:
     (1, Hq, total_q))."""
@@ -577,6 +608,11 @@ def flash_attn_masked_fwd(q, k, v, spec: dict) -> tuple[torch.Tensor, torch.Tens
 
         # window_size=(wl, 0) with Tq == Tk is the causal mask with a left bound, whether or not causal was passed
         return hopper.hopper_flash_attn_fwd(q, k, v, True, spec["scale"], window_left=spec["wl"])
+    if _use_hopper_sparse(q, k, v, spec):
+        from . import hopper
+
+        sparse = _hopper_sparse_lists(spec["block_mask"], q, spec["block_size"])
+        return hopper.hopper_flash_attn_fwd(q, k, v, False, spec["scale"], sparse=sparse)
     _, Tq_all, Hq, D = q.shape
     Tk_all, Hkv = k.shape[1], k.shape[2]
     B, flags, sc, ptrs, a_str = _common(q, k, spec)
@@ -624,13 +660,20 @@ def flash_attn_masked_bwd(do, q, k, v, o, lse, spec: dict) -> tuple[torch.Tensor
     block = spec["block_size"] if blk is not None else None
     cnt, idx, c_str, i_str = _sparse_args(blk, q)
     cnt_t, idx_t, ct_str, it_str = _sparse_args(blk.transpose(-1, -2) if blk is not None else None, q)
-    cfg = _tiles("dkdv", D, max(MQ, MK), banded, block)
-    SQ, SK = block if block is not None else (cfg["BM"], cfg["BN"])
-    _flash_attn_masked_bwd_dkdv_kernel[(triton.cdiv(MK, cfg["BN"]), B * Hkv)](
-        q, k, v, do, dk, dv, lse, delta, *ptrs, cnt_t, idx_t, *common, sb(dk), dk.stride(1), dk.stride(2),
-        sb(dv), dv.stride(1), dv.stride(2), s_lb, lse.stride(1), *a_str, *ct_str, *it_str, Tq_all, Tk_all, MK,
-        spec["scale"], *tail, HQ=Hq, HKV=Hkv, GROUP=Hq // Hkv, D=D, BD=BD, SQ=SQ, SK=SK, **flags, PRECISION=prec,
-        UPCAST=up, **cfg)
+    if _use_hopper_sparse(q, k, v, spec) and do.is_contiguous() and do.data_ptr() % 16 == 0:
+        from . import hopper
+
+        # the transposed lists above, walked by hopper.py's TMA dK/dV kernel (the dense backward's)
+        dk, dv = hopper.hopper_flash_attn_bwd_dkdv(q, k, v, do, lse, delta, False, spec["scale"],
+                                                   sparse=(cnt_t, idx_t, ct_str, it_str, tuple(block)))
+    else:
+        cfg = _tiles("dkdv", D, max(MQ, MK), banded, block)
+        SQ, SK = block if block is not None else (cfg["BM"], cfg["BN"])
+        _flash_attn_masked_bwd_dkdv_kernel[(triton.cdiv(MK, cfg["BN"]), B * Hkv)](
+            q, k, v, do, dk, dv, lse, delta, *ptrs, cnt_t, idx_t, *common, sb(dk), dk.stride(1), dk.stride(2),
+            sb(dv), dv.stride(1), dv.stride(2), s_lb, lse.stride(1), *a_str, *ct_str, *it_str, Tq_all, Tk_all, MK,
+            spec["scale"], *tail, HQ=Hq, HKV=Hkv, GROUP=Hq // Hkv, D=D, BD=BD, SQ=SQ, SK=SK, **flags,
+            PRECISION=prec, UPCAST=up, **cfg)
     cfg = _tiles("dq", D, max(MQ, MK), banded, block, flags["HAS_LEFT"])
     SQ, SK = block if block is not None else (cfg["BM"], cfg["BN"])
     _flash_attn_masked_bwd_dq_kernel[(triton.cdiv(MQ, cfg["BM"]), B * Hq)](
