@@ -20,6 +20,10 @@ The backward is deterministic: dK/dV and dQ are each written by exactly one prog
 
 from __future__ import annotations
 
+import functools
+import os
+from collections import OrderedDict
+
 import torch
 import triton
 import triton.language as tl
@@ -511,11 +515,62 @@ def _sparse_index(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return cnt, idx
 
 
+# Block lists built from a block mask, reused while the mask is unchanged (every training step, every benchmark round
+# passes the same mask): keyed on the mask's memory, version counter (bumped by every in-place write), shape, strides,
+# dtype, device and the current stream. An entry holds the mask itself, so its memory cannot be freed and reused by
+# another tensor while the key is live. Not used while a CUDA graph is being captured (the lists are then built inside
+# the graph, whose memory pool must not leak into the cache) nor for tensors without a version counter (inference
+# mode). IOAWARE_SPARSE_CACHE=0 (read at import) or `sparse_cache(False)` turns it off.
+SPARSE_CACHE_SIZE = 8
+_SPARSE_CACHE: OrderedDict = OrderedDict()
+_SPARSE_CACHE_ON = [os.environ.get("IOAWARE_SPARSE_CACHE", "1") != "0"]
+
+
+def sparse_cache(on: bool | None = None) -> bool:
+    """Turn the block-list cache on/off (None: leave it); returns the previous setting. Turning it off clears it."""
+    prev = _SPARSE_CACHE_ON[0]
+    if on is not None:
+        _SPARSE_CACHE_ON[0] = bool(on)
+        if not on:
+            _SPARSE_CACHE.clear()
+    return prev
+
+
+def _mask_key(blk: torch.Tensor):
+    """The cache key of a block mask, or None where it cannot be cached."""
+    try:
+        version = blk._version
+    except RuntimeError:  # inference tensors track no version
+        return None
+    stream = 0
+    if blk.is_cuda:
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        stream = torch.cuda.current_stream(blk.device).stream_id
+    return blk.data_ptr(), version, tuple(blk.shape), blk.stride(), blk.dtype, blk.device, stream
+
+
+def _sparse_index_cached(blk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_sparse_index(blk)`, from the cache when the same mask was seen unchanged."""
+    key = _mask_key(blk) if _SPARSE_CACHE_ON[0] else None
+    if key is None:
+        return _sparse_index(blk)
+    hit = _SPARSE_CACHE.get(key)
+    if hit is not None:
+        _SPARSE_CACHE.move_to_end(key)
+        return hit[1], hit[2]
+    cnt, idx = _sparse_index(blk)
+    _SPARSE_CACHE[key] = (blk, cnt, idx)
+    while len(_SPARSE_CACHE) > SPARSE_CACHE_SIZE:
+        _SPARSE_CACHE.popitem(last=False)
+    return cnt, idx
+
+
 def _sparse_args(blk: torch.Tensor | None, dummy: torch.Tensor) -> tuple:
     """(count, indices, their (batch, head, row) strides) for the kernels; 0 strides on broadcast dimensions."""
     if blk is None:
         return dummy, dummy, (0, 0, 0), (0, 0, 0)
-    cnt, idx = _sparse_index(blk)
+    cnt, idx = _sparse_index_cached(blk)
     st = lambda t: (t.stride(0) if blk.shape[0] > 1 else 0, t.stride(1) if blk.shape[1] > 1 else 0, t.stride(2))
     return cnt, idx, st(cnt), st(idx)
 
@@ -552,6 +607,16 @@ def _common(q, k, spec):
 HOPPER_WINDOW_MIN_T = 2048
 
 
+@functools.cache
+def _sm_major_of(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def _sm_major(device: torch.device) -> int:
+    """The compute capability's major number of a CUDA device (looked up once per device)."""
+    return _sm_major_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _hopper_window_spec(spec: dict) -> bool:
     """A left window with right side 0 (causal or not: with Tq == Tk the same mask) and no other option."""
     return (spec["wl"] >= 0 and spec["wr"] == 0 and spec["cu_q"] is None and spec["block_mask"] is None
@@ -562,7 +627,7 @@ def _use_hopper_window(q, k, v, spec: dict) -> bool:
     """Whether the forward of this call runs hopper.py's windowed kernel instead of the one below."""
     if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < HOPPER_WINDOW_MIN_T:
         return False
-    if not _hopper_window_spec(spec) or torch.cuda.get_device_capability(q.device)[0] != 9:
+    if not _hopper_window_spec(spec) or _sm_major(q.device) != 9:
         return False
     from .hopper import hopper_supported
 
@@ -588,7 +653,7 @@ def _use_hopper_sparse(q, k, v, spec: dict) -> bool:
     """Whether this block-sparse call runs hopper.py's kernels (forward, and dK/dV in the backward)."""
     if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < HOPPER_SPARSE_MIN_T:
         return False
-    if not _hopper_sparse_spec(spec) or torch.cuda.get_device_capability(q.device)[0] != 9:
+    if not _hopper_sparse_spec(spec) or _sm_major(q.device) != 9:
         return False
     from .hopper import hopper_supported
 
