@@ -130,3 +130,27 @@ def test_reference_backend_backward(monkeypatch):
     ref = torch.autograd.grad(attention_ref(q64, k64, v64, True)[0], (q64, k64, v64), do.double())
     for g, r in zip((dq, dk, dv), ref):
         assert (g.double() - r).abs().max() < 1e-5
+
+
+def test_forward_without_autograd_skips_the_custom_op(monkeypatch):
+    """No grad needed and nothing tracing: flash_attn calls the op's body directly (same result, no dispatch);
+    with grad it goes through the registered op, so autograd and torch.compile keep working."""
+    import ioaware
+    from ioaware.kernels.attention.flash import interface as I
+
+    calls = []
+    for name in ("_flash_attn_fwd_op", "_flash_attn_masked_fwd_op"):
+        real = getattr(I, name)
+        monkeypatch.setattr(I, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    q = torch.randn(1, 9, 2, 8)
+    k = v = torch.randn(1, 9, 2, 8)
+    want = [ioaware.flash_attn(q, k, v, causal=c, window_size=w) for c, w in ((True, (-1, -1)), (True, (3, 0)))]
+    assert calls == []  # no input requires grad
+    qg = q.clone().requires_grad_()
+    got = [ioaware.flash_attn(qg, k, v, causal=c, window_size=w) for c, w in ((True, (-1, -1)), (True, (3, 0)))]
+    assert calls == ["_flash_attn_fwd_op", "_flash_attn_masked_fwd_op"]
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    with torch.no_grad():
+        ioaware.flash_attn(qg, k, v, window_size=(2, 2))
+    assert len(calls) == 2  # grad mode off: direct again

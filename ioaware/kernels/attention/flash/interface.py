@@ -1,7 +1,10 @@
 """`ioaware.flash_attn`: validation, autograd and dispatch for FlashAttention-2.
 
 The forward and backward are registered as torch.library custom ops (`ioaware::flash_attn_fwd`,
-`ioaware::flash_attn_bwd`), so autograd works and torch.compile traces around them without graph breaks.
+`ioaware::flash_attn_bwd`), so autograd works and torch.compile traces around them without graph breaks. A forward
+that needs neither (no input requires grad or grad mode is off, and nothing is tracing) calls the same body
+directly: the custom op's dispatch costs tens of microseconds of host time per call, which a short kernel
+(a sliding window's band, a sparse block mask) cannot hide (dev/attention/NOTES.md, runs S3-S4).
 """
 
 from __future__ import annotations
@@ -49,9 +52,20 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _direct(*ts) -> bool:
+    """True when the forward may skip the custom op: no autograd graph to record and no tracer watching."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts))
+
+
 @torch.library.custom_op("ioaware::flash_attn_fwd", mutates_args=())
 def _flash_attn_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                        softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _flash_attn_fwd_impl(q, k, v, causal, softmax_scale)
+
+
+def _flash_attn_fwd_impl(q, k, v, causal: bool, softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     backend = backend_for(q.device.type)
     record("flash_attn", backend)
     if backend == "reference":
@@ -138,6 +152,12 @@ def _flash_attn_masked_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               causal: bool, wl: int, wr: int, alibi: torch.Tensor | None, softcap: float,
                               dropout_p: float, seed: int, prefix: torch.Tensor | None,
                               block_mask: torch.Tensor | None, bq: int, bk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _flash_attn_masked_fwd_impl(q, k, v, cu_q, cu_k, max_q, max_k, batch, scale, causal, wl, wr, alibi, softcap,
+                                       dropout_p, seed, prefix, block_mask, bq, bk)
+
+
+def _flash_attn_masked_fwd_impl(q, k, v, cu_q, cu_k, max_q, max_k, batch, scale, causal, wl, wr, alibi, softcap,
+                                dropout_p, seed, prefix, block_mask, bq, bk) -> tuple[torch.Tensor, torch.Tensor]:
     spec = _spec(cu_q, cu_k, max_q, max_k, batch, scale, causal, wl, wr, alibi, softcap, dropout_p, seed, prefix,
                  block_mask, bq, bk)
     backend = backend_for(q.device.type)
@@ -243,12 +263,14 @@ def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
     if block_mask is not None:
         block_mask, block_size = _check_block_mask(block_mask, block_size, B, Hq, Tq, Tk, q.device)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    direct = _direct(q, k, v)
     if opts is None and block_mask is None:  # plain or causal: kernel.py, unchanged
-        o, lse = _flash_attn_fwd_op(q, k, v, bool(causal), scale)
+        o, lse = (_flash_attn_fwd_impl if direct else _flash_attn_fwd_op)(q, k, v, bool(causal), scale)
         return (o, lse) if return_lse else o
     opts = opts or _options("flash_attn", q, B, Hq, causal, (-1, -1), None, 0.0, 0.0, None, False, None, force=True)
     bq, bk = block_size if block_mask is not None else (0, 0)
-    o, lse = _flash_attn_masked_fwd_op(q, k, v, None, None, Tq, Tk, B, scale, *opts, block_mask, bq, bk)
+    fwd = _flash_attn_masked_fwd_impl if direct else _flash_attn_masked_fwd_op
+    o, lse = fwd(q, k, v, None, None, Tq, Tk, B, scale, *opts, block_mask, bq, bk)
     return (o, lse) if return_lse else o
 
 
@@ -275,8 +297,8 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     opts = _options("flash_attn_varlen", q, B, Hq, causal, window_size, alibi_slopes, softcap, dropout_p, seed,
                     deterministic, prefix_lens, force=True)
     q, k, v = (_last_dim_contiguous(t)[None] for t in (q, k, v))
-    o, lse = _flash_attn_masked_fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), B,
-                                       scale, *opts, None, 0, 0)
+    fwd = _flash_attn_masked_fwd_impl if _direct(q, k, v) else _flash_attn_masked_fwd_op
+    o, lse = fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), B, scale, *opts, None, 0, 0)
     return (o[0], lse[0]) if return_lse else o[0]
 
 
