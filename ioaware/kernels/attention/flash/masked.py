@@ -623,15 +623,21 @@ def _hopper_window_spec(spec: dict) -> bool:
             and spec["alibi"] is None and spec["softcap"] == 0 and spec["dropout_p"] == 0 and spec["prefix"] is None)
 
 
-def _use_hopper_window(q, k, v, spec: dict) -> bool:
-    """Whether the forward of this call runs hopper.py's windowed kernel instead of the one below."""
-    if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < HOPPER_WINDOW_MIN_T:
+def _hopper_eligible(q, k, v, min_t: int) -> bool:
+    """The tensor side of every Hopper dispatch here: D = 128 on an sm_90 device, T >= min_t, not interpreting, and
+    what hopper.py's TMA descriptors need (`hopper_supported`)."""
+    if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < min_t:
         return False
-    if not _hopper_window_spec(spec) or _sm_major(q.device) != 9:
+    if _sm_major(q.device) != 9:
         return False
     from .hopper import hopper_supported
 
     return hopper_supported(q, k, v)
+
+
+def _use_hopper_window(q, k, v, spec: dict) -> bool:
+    """Whether the forward of this call runs hopper.py's windowed kernel instead of the one below."""
+    return _hopper_window_spec(spec) and _hopper_eligible(q, k, v, HOPPER_WINDOW_MIN_T)
 
 
 # Block-sparse attention (block_mask of 128 x 128 blocks, no other option) at D = 128 on sm_90 runs hopper.py's TMA
@@ -651,13 +657,7 @@ def _hopper_sparse_spec(spec: dict) -> bool:
 
 def _use_hopper_sparse(q, k, v, spec: dict) -> bool:
     """Whether this block-sparse call runs hopper.py's kernels (forward, and dK/dV in the backward)."""
-    if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < HOPPER_SPARSE_MIN_T:
-        return False
-    if not _hopper_sparse_spec(spec) or _sm_major(q.device) != 9:
-        return False
-    from .hopper import hopper_supported
-
-    return hopper_supported(q, k, v)
+    return _hopper_sparse_spec(spec) and _hopper_eligible(q, k, v, HOPPER_SPARSE_MIN_T)
 
 
 def _hopper_sparse_lists(blk: torch.Tensor, dummy: torch.Tensor, block: tuple[int, int]) -> tuple:
