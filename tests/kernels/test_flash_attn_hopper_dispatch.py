@@ -94,7 +94,6 @@ def test_flash_attn_window_wiring_through_hopper(causal, window, monkeypatch):
     """With the dispatch forced on (as on sm_90), flash_attn's windowed forward runs hopper.py under the interpreter
     and masked.py's backward takes its LSE: output and gradients against fp64."""
     import ioaware
-    from ioaware.kernels.attention.flash.reference import attention_masked_ref
 
     masked = load_kernel_module("ioaware.kernels.attention.flash.masked")
     hopper = load_kernel_module("ioaware.kernels.attention.flash.hopper")
@@ -108,19 +107,7 @@ def test_flash_attn_window_wiring_through_hopper(causal, window, monkeypatch):
     do = torch.randn(B, T, Hq, D, generator=g).half()
     out = ioaware.flash_attn(*ins, causal=causal, window_size=window)
     assert calls == [{"window_left": 13}]
-    grads = torch.autograd.grad(out, ins, do)
-    kw = dict(causal=True, window_size=(13, 0))
-    x64 = [t.detach().double().requires_grad_() for t in ins]
-    ref, _ = attention_masked_ref(*x64, **kw)
-    ref_grads = torch.autograd.grad(ref, x64, do.double())
-    xp = [t.detach().clone().requires_grad_() for t in ins]
-    pt, _ = attention_masked_ref(*xp, upcast=False, **kw)
-    pt_grads = torch.autograd.grad(pt, xp, do)
-    for name, x, xr, xq in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), (pt, *pt_grads)):
-        e, e_pt = (x.double() - xr).abs().max().item(), (xq.double() - xr).abs().max().item()
-        r = xr.half()
-        atol = 2 * (r + 0.3 - 0.3 - r).abs().max().item()
-        assert e <= 2 * e_pt + atol, f"{name}: max error {e:.3g}, PyTorch fp16 {e_pt:.3g}"
+    _check_fwd_bwd(out, torch.autograd.grad(out, ins, do), ins, do, causal=True, window_size=(13, 0))
 
 
 # ------------------------------------------------------------------------------------ block-sparse (fwd, dK/dV)
@@ -161,6 +148,20 @@ def _sparse_ref(q, k, v, bm, block):
     kw = dict(block_mask=bm, block_size=block)
     return attention_masked_ref(q.double(), k.double(), v.double(), **kw), attention_masked_ref(q, k, v, upcast=False,
                                                                                                **kw)
+
+
+def _check_fwd_bwd(out, grads, ins, do, **kw):
+    """out and (dq, dk, dv) of an fp16 call against the fp64 reference, within 2x PyTorch's fp16 error."""
+    from ioaware.kernels.attention.flash.reference import attention_masked_ref
+
+    x64 = [t.detach().double().requires_grad_() for t in ins]
+    ref, _ = attention_masked_ref(*x64, **kw)
+    ref_grads = torch.autograd.grad(ref, x64, do.double())
+    xp = [t.detach().clone().requires_grad_() for t in ins]
+    pt, _ = attention_masked_ref(*xp, upcast=False, **kw)
+    pt_grads = torch.autograd.grad(pt, xp, do)
+    for name, x, xr, xq in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), (pt, *pt_grads)):
+        _close(name, x, xr, xq)
 
 
 def _close(name, x, xr, xp):
@@ -244,7 +245,6 @@ def test_flash_attn_block_sparse_wiring_through_hopper(monkeypatch):
     """With the dispatch forced on (as on sm_90), flash_attn's block-sparse forward runs hopper.py's forward and the
     backward hopper.py's dK/dV over the transposed lists (masked.py's dQ): output and gradients against fp64."""
     import ioaware
-    from ioaware.kernels.attention.flash.reference import attention_masked_ref
 
     masked = load_kernel_module("ioaware.kernels.attention.flash.masked")
     hopper = load_kernel_module("ioaware.kernels.attention.flash.hopper")
@@ -266,12 +266,4 @@ def test_flash_attn_block_sparse_wiring_through_hopper(monkeypatch):
     out = ioaware.flash_attn(*ins, block_mask=bm, block_size=(32, 32))
     grads = torch.autograd.grad(out, ins, do)
     assert calls == ["fwd", "dkdv"]
-    kw = dict(block_mask=bm, block_size=(32, 32))
-    x64 = [t.detach().double().requires_grad_() for t in ins]
-    ref, _ = attention_masked_ref(*x64, **kw)
-    ref_grads = torch.autograd.grad(ref, x64, do.double())
-    xp = [t.detach().clone().requires_grad_() for t in ins]
-    pt, _ = attention_masked_ref(*xp, upcast=False, **kw)
-    pt_grads = torch.autograd.grad(pt, xp, do)
-    for name, x, xr, xq in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref, *ref_grads), (pt, *pt_grads)):
-        _close(name, x, xr, xq)
+    _check_fwd_bwd(out, grads, ins, do, block_mask=bm, block_size=(32, 32))
