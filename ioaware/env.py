@@ -20,6 +20,7 @@ class Settings:
     cache_dir: Path  # IOAWARE_CACHE_DIR: probe results, converted stores
     model: str | None  # IOAWARE_MODEL: default model path for `ioaware generate`
     autotune: bool  # IOAWARE_AUTOTUNE: autotune kernel tiles on the GPU instead of using the measured table
+    sparse_cache: bool  # IOAWARE_SPARSE_CACHE: reuse block-sparse attention's block lists while a mask is unchanged
 
 
 def settings() -> Settings:
@@ -31,6 +32,7 @@ def settings() -> Settings:
         cache_dir=Path(cache),
         model=os.environ.get("IOAWARE_MODEL") or None,
         autotune=_flag("IOAWARE_AUTOTUNE"),
+        sparse_cache=os.environ.get("IOAWARE_SPARSE_CACHE", "1").strip() != "0",
     )
 
 
@@ -40,4 +42,6 @@ ENV_TABLE = [
     ("IOAWARE_CACHE_DIR", "~/.cache/ioaware", "where probe results and converted stores are kept"),
     ("IOAWARE_AUTOTUNE", "0", "1: autotune Triton tiles per shape on the GPU (slow first call) instead of the table"),
     ("IOAWARE_MODEL", "(embedded SmolLM2-135M)", "default model file or folder for `ioaware generate`"),
+    ("IOAWARE_SPARSE_CACHE", "1", "0: rebuild block-sparse attention's block lists on every call instead of reusing "
+     "them while the mask is unchanged"),
 ]

@@ -15,6 +15,8 @@ Exponentials are taken base 2 with the scale folded in (scale * log2 e); the LSE
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -432,14 +434,30 @@ def _upcast(dtype: torch.dtype) -> bool:
 HOPPER_MIN_T = {False: 1024, True: 16384}
 
 
-def _use_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> bool:
-    if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < HOPPER_MIN_T[causal]:
+@functools.cache
+def _sm_major_of(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def _sm_major(device: torch.device) -> int:
+    """The compute capability's major number of a CUDA device (looked up once per device)."""
+    return _sm_major_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def hopper_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_t: int) -> bool:
+    """The tensor side of every Hopper dispatch (here and in masked.py): D = 128 on an sm_90 device, T >= min_t,
+    not interpreting, and what hopper.py's TMA descriptors need (`hopper_supported`)."""
+    if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < min_t:
         return False
-    if torch.cuda.get_device_capability(q.device)[0] != 9:
+    if _sm_major(q.device) != 9:
         return False
     from .hopper import hopper_supported
 
     return hopper_supported(q, k, v)
+
+
+def _use_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> bool:
+    return hopper_eligible(q, k, v, HOPPER_MIN_T[causal])
 
 
 # The Hopper dK/dV kernel (hopper.py, TMA for Q and dO, 3-stage pipelined loop) runs where it was measured faster than
@@ -450,13 +468,11 @@ HOPPER_BWD_MIN_T = 2048
 
 
 def _use_hopper_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, lse: torch.Tensor) -> bool:
-    if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < HOPPER_BWD_MIN_T:
-        return False
-    if torch.cuda.get_device_capability(q.device)[0] != 9:
+    if not hopper_eligible(q, k, v, HOPPER_BWD_MIN_T):
         return False
     from .hopper import hopper_supported
 
-    return hopper_supported(q, k, v) and hopper_supported(do, k, v) and lse.is_contiguous()
+    return hopper_supported(do, k, v) and lse.is_contiguous()
 
 
 def flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,

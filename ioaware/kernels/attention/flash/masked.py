@@ -20,14 +20,13 @@ The backward is deterministic: dK/dV and dQ are each written by exactly one prog
 
 from __future__ import annotations
 
-import functools
-import os
 from collections import OrderedDict
 
 import torch
 import triton
 import triton.language as tl
 
+from ....env import settings
 from ..._dispatch import interpreting
 from .kernel import (
     LOG2E,
@@ -38,6 +37,7 @@ from .kernel import (
     _table,
     _up,
     _upcast,
+    hopper_eligible,
 )
 
 BIG = 1 << 30  # "no bound": a window side of -1 (row and key indices stay far below it)
@@ -520,10 +520,10 @@ def _sparse_index(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 # dtype, device and the current stream. An entry holds the mask itself, so its memory cannot be freed and reused by
 # another tensor while the key is live. Not used while a CUDA graph is being captured (the lists are then built inside
 # the graph, whose memory pool must not leak into the cache) nor for tensors without a version counter (inference
-# mode). IOAWARE_SPARSE_CACHE=0 (read at import) or `sparse_cache(False)` turns it off.
+# mode). IOAWARE_SPARSE_CACHE=0 (read at import, through ioaware.env) or `sparse_cache(False)` turns it off.
 SPARSE_CACHE_SIZE = 8
 _SPARSE_CACHE: OrderedDict = OrderedDict()
-_SPARSE_CACHE_ON = [os.environ.get("IOAWARE_SPARSE_CACHE", "1") != "0"]
+_SPARSE_CACHE_ON = [settings().sparse_cache]
 
 
 def sparse_cache(on: bool | None = None) -> bool:
@@ -607,37 +607,20 @@ def _common(q, k, spec):
 HOPPER_WINDOW_MIN_T = 2048
 
 
-@functools.cache
-def _sm_major_of(index: int) -> int:
-    return torch.cuda.get_device_capability(index)[0]
-
-
-def _sm_major(device: torch.device) -> int:
-    """The compute capability's major number of a CUDA device (looked up once per device)."""
-    return _sm_major_of(device.index if device.index is not None else torch.cuda.current_device())
+def _no_other_option(spec: dict) -> bool:
+    """No packed sequences, ALiBi, softcap, dropout or prefix-LM: what the Hopper kernels leave out."""
+    return (spec["cu_q"] is None and spec["alibi"] is None and spec["softcap"] == 0 and spec["dropout_p"] == 0
+            and spec["prefix"] is None)
 
 
 def _hopper_window_spec(spec: dict) -> bool:
     """A left window with right side 0 (causal or not: with Tq == Tk the same mask) and no other option."""
-    return (spec["wl"] >= 0 and spec["wr"] == 0 and spec["cu_q"] is None and spec["block_mask"] is None
-            and spec["alibi"] is None and spec["softcap"] == 0 and spec["dropout_p"] == 0 and spec["prefix"] is None)
-
-
-def _hopper_eligible(q, k, v, min_t: int) -> bool:
-    """The tensor side of every Hopper dispatch here: D = 128 on an sm_90 device, T >= min_t, not interpreting, and
-    what hopper.py's TMA descriptors need (`hopper_supported`)."""
-    if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < min_t:
-        return False
-    if _sm_major(q.device) != 9:
-        return False
-    from .hopper import hopper_supported
-
-    return hopper_supported(q, k, v)
+    return spec["wl"] >= 0 and spec["wr"] == 0 and spec["block_mask"] is None and _no_other_option(spec)
 
 
 def _use_hopper_window(q, k, v, spec: dict) -> bool:
     """Whether the forward of this call runs hopper.py's windowed kernel instead of the one below."""
-    return _hopper_window_spec(spec) and _hopper_eligible(q, k, v, HOPPER_WINDOW_MIN_T)
+    return _hopper_window_spec(spec) and hopper_eligible(q, k, v, HOPPER_WINDOW_MIN_T)
 
 
 # Block-sparse attention (block_mask of 128 x 128 blocks, no other option) at D = 128 on sm_90 runs hopper.py's TMA
@@ -651,13 +634,12 @@ HOPPER_SPARSE_BLOCK = (128, 128)
 def _hopper_sparse_spec(spec: dict) -> bool:
     """A block mask with 128 x 128 blocks (the Hopper tiles divide them) and no other option (causal included)."""
     return (spec["block_mask"] is not None and tuple(spec["block_size"]) == HOPPER_SPARSE_BLOCK
-            and not spec.get("causal", False) and spec["wl"] < 0 and spec["wr"] < 0 and spec["cu_q"] is None
-            and spec["alibi"] is None and spec["softcap"] == 0 and spec["dropout_p"] == 0 and spec["prefix"] is None)
+            and not spec.get("causal", False) and spec["wl"] < 0 and spec["wr"] < 0 and _no_other_option(spec))
 
 
 def _use_hopper_sparse(q, k, v, spec: dict) -> bool:
     """Whether this block-sparse call runs hopper.py's kernels (forward, and dK/dV in the backward)."""
-    return _hopper_sparse_spec(spec) and _hopper_eligible(q, k, v, HOPPER_SPARSE_MIN_T)
+    return _hopper_sparse_spec(spec) and hopper_eligible(q, k, v, HOPPER_SPARSE_MIN_T)
 
 
 def _hopper_sparse_lists(blk: torch.Tensor, dummy: torch.Tensor, block: tuple[int, int]) -> tuple:
