@@ -154,10 +154,11 @@ class FlashRuntime:
             res = pending.result()
             st.stall_s += time.perf_counter() - t0
             self._account(st, res.stats)
-            use = np.isin(res.ids, miss.numpy())
+            m = miss.numpy()
+            use = np.isin(res.ids, m)
             st.prefetched += len(res.ids)
             st.prefetch_used += int(use.sum())
-            miss = miss[torch.from_numpy(~np.isin(miss.numpy(), res.ids[use]))]
+            miss = miss[torch.from_numpy(~np.isin(m, res.ids))]
             y, room = self._use(c, xf, t, res.ids[use], res.bundles[torch.from_numpy(use)], room, y, st)
         for g in range(0, miss.numel(), self.reader.max_neurons):
             group = miss[g:g + self.reader.max_neurons]

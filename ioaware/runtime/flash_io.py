@@ -173,7 +173,7 @@ class NeuronReader:
 
     def read(self, layer: int, ids) -> ReadResult:
         t0 = time.perf_counter()
-        ids, runs, chunks = self.plan(layer, ids)
+        ids, _, chunks = self.plan(layer, ids)
         if len(ids) > self.max_neurons:
             raise ValueError(f"{len(ids)} neurons in one read; this reader's buffers hold {self.max_neurons}")
         with self._lock:
