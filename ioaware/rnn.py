@@ -11,7 +11,7 @@ from torch import nn
 
 from .errors import ShapeError, UnsupportedError
 from .kernels.rnn import gru, gru_ref, lstm, lstm_ref, slstm, slstm_ref
-from .plan.rnn_tiles import RNNTiles, plan_rnn_tiles
+from .kernels.rnn.tiles import RNNTiles, plan_rnn_tiles
 
 __all__ = ["LSTM", "RNNTiles", "gru", "gru_ref", "lstm", "lstm_ref", "plan_rnn_tiles", "slstm", "slstm_ref"]
 

@@ -6,7 +6,7 @@ dense forward, in one process, round-robin over 3 rounds, each case timed four w
   - b2b:   CUDA events around 3N back-to-back calls / 3N (no flush);
   - graph: N calls captured in one CUDA graph, replayed 3 times (no host work) / 3N;
   - host:  time.perf_counter around N calls without synchronising / N (the host's cost of one call).
-Cases: dense flash_attn; block-sparse flash_attn with masked.py's block-list cache off / on; hopper.py's sparse
+Cases: dense flash_attn; block-sparse flash_attn with block_lists.py's block-list cache off / on; hopper.py's sparse
 forward called directly with prebuilt lists (no list building, the launch only). Under graph capture the cache is
 bypassed, so the public op's graph includes the list-building kernels.
 `python3 dev/attention/sparse_host.py [--cpu]` writes $OUT/sparse_host.json (--cpu: the host cost of the list
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from ioaware.kernels.attention.flash import masked
+from ioaware.kernels.attention.flash import block_lists, masked
 
 B, T, H, D, BS = 2, 8192, 16, 128, 128
 N = 30
@@ -40,10 +40,10 @@ def _cpu():
     for dev in ("cpu", "meta"):
         bm = (torch.rand(B, H, n, n) < 0.25).to(dev)
         q = torch.empty(B, T, H, D, dtype=torch.bfloat16, device=dev)
-        masked.sparse_cache(False)
-        res[f"{dev} lists uncached us"] = us(lambda bm=bm, q=q: masked._sparse_args(bm, q))
-        masked.sparse_cache(True)
-        res[f"{dev} lists cached us"] = us(lambda bm=bm, q=q: masked._sparse_args(bm, q))
+        block_lists.sparse_cache(False)
+        res[f"{dev} lists uncached us"] = us(lambda bm=bm, q=q: block_lists.sparse_args(bm, q))
+        block_lists.sparse_cache(True)
+        res[f"{dev} lists cached us"] = us(lambda bm=bm, q=q: block_lists.sparse_args(bm, q))
     print(json.dumps(res, indent=1))
     return res
 
@@ -79,11 +79,11 @@ def _gpu():
         tag = f"{density:.0%}"
 
         def off(bm=bm):
-            masked.sparse_cache(False)
+            block_lists.sparse_cache(False)
             return flash_attn(q, k, v, block_mask=bm, block_size=(BS, BS))
 
         def on(bm=bm):
-            masked.sparse_cache(True)
+            block_lists.sparse_cache(True)
             return flash_attn(q, k, v, block_mask=bm, block_size=(BS, BS))
 
         lists = masked._hopper_sparse_lists(bm, q, (BS, BS))

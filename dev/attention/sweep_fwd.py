@@ -20,17 +20,18 @@ for D, T, causal in [(128, 1024, True), (128, 1024, False), (64, 1024, True)]:
     q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     flops = 4 * B * H * T * T * D / (2 if causal else 1)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-        f = lambda: torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                                                     v.transpose(1, 2), is_causal=causal)
+        # loop variables bound as defaults (B023); every call happens in its own iteration, so nothing changes
+        f = lambda q=q, k=k, v=v, causal=causal: torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal)
         ms_ref = triton.testing.do_bench(f, warmup=50, rep=300, return_mode="median")
     print(f"D{D} T{T} causal={causal}: sdpa-flash {ms_ref:.4f} ms {flops / ms_ref / 1e9:.1f} TF", flush=True)
     for cfg in CONFIGS:
         for rev in ((False, True) if causal else (False,)):
-            K._table = lambda op, D_, T_, c_, cfg=cfg, rev=rev: {"BM": cfg[0], "BN": cfg[1], "num_warps": cfg[2],
-                                                                  "num_stages": cfg[3], "REV": rev}
+            K.tile_table = lambda op, D_, T_, c_, cfg=cfg, rev=rev: {"BM": cfg[0], "BN": cfg[1], "num_warps": cfg[2],
+                                                                      "num_stages": cfg[3], "REV": rev}
             try:
-                ms = triton.testing.do_bench(lambda: ioaware.flash_attn(q, k, v, causal=causal), warmup=50, rep=300,
-                                             return_mode="median")
+                fa = lambda q=q, k=k, v=v, causal=causal: ioaware.flash_attn(q, k, v, causal=causal)
+                ms = triton.testing.do_bench(fa, warmup=50, rep=300, return_mode="median")
             except Exception as e:  # noqa: BLE001
                 print("  ", cfg, rev, "failed", type(e).__name__)
                 continue

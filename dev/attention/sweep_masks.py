@@ -1,6 +1,6 @@
 """Tile sweep for the masked kernels (masked.py) on the two benchmark cases of `ioaware bench attention-masks`:
 sliding window 1024 at T = 16k causal (B1 H16 D128 bf16) and block-sparse 25% of 128x128 blocks at T = 8k (B2).
-Question: do the plain kernel's tiles (masked._tiles reuses kernel._table) suit short band loops and sparse rows?
+Question: do the plain kernel's tiles (masked._tiles reuses kernel.tile_table) suit short band loops and sparse rows?
 Writes $OUT/sweep_masks.json: ms per (case, kernel, tile) — fwd alone; backward with one kernel's tile varied and
 the other at the table's choice."""
 
@@ -21,11 +21,11 @@ orig = masked._tiles
 force: dict = {}
 
 
-def tiles(op, D, T, banded, block):
+def tiles(op, D, T, banded, block, window=False):
     if op in force:
         bm, bn, w, s = force[op]
         return {"BM": bm, "BN": bn, "num_warps": w, "num_stages": s}
-    return orig(op, D, T, banded, block)
+    return orig(op, D, T, banded, block, window)
 
 
 masked._tiles = tiles

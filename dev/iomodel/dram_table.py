@@ -10,7 +10,7 @@ import re
 import sys
 
 from ioaware.kernels.attention.flash.hopper import _hopper_bwd_table, _hopper_table
-from ioaware.kernels.attention.flash.kernel import _table
+from ioaware.kernels.attention.flash.kernel import tile_table
 from ioaware.sim.l2 import H100_L2, flash_l2_traffic
 
 sys.path.insert(0, "dev/iomodel")
@@ -44,7 +44,7 @@ for m, r in zip(manifest["launches"], ncu_rows(f"{run}/ncu-attn.csv"), strict=Tr
     if kernel.startswith("_hopper"):
         t = _hopper_table(D, T, causal) if op == "fwd" else _hopper_bwd_table(D, T, causal)
     else:
-        t = _table(op, D, T, causal)
+        t = tile_table(op, D, T, causal)
     per_sm = int(min(r[k] for k in LIMITS if k in r))
     conc = per_sm * int(r["# SMs"])
     model = flash_l2_traffic(op, B, H, T, D, t["BM"], t["BN"], Hkv=Hkv, causal=causal, rev=t.get("REV", False),

@@ -14,7 +14,7 @@ import triton
 import ioaware
 from ioaware.kernels.attention.flash import kernel as fk
 
-orig = fk._table
+orig = fk.tile_table
 
 
 def with_tile(op, tile):
@@ -39,7 +39,7 @@ for op, D, causal, tiles in cases:
         do = torch.randn_like(o)
         ref = None
         for tile in tiles:
-            fk._table = with_tile(op, tile)
+            fk.tile_table = with_tile(op, tile)
             g = torch.autograd.grad(o, (q, k, v), do, retain_graph=True)
             err = None if ref is None else max((a.float() - b.float()).abs().max().item() for a, b in zip(g, ref))
             ref = ref or g
@@ -51,4 +51,4 @@ for op, D, causal, tiles in cases:
             print(json.dumps({"compiled_dkdv": spills}), flush=True)
             print(json.dumps({"op": op, "D": D, "T": T, "causal": causal, "tile": tile or "table", "bwd_ms": ms,
                               "max_diff_vs_table": err}), flush=True)
-        fk._table = orig
+        fk.tile_table = orig

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from ioaware.kernels.rnn import rnn_ref
-from ioaware.plan.rnn_tiles import RNNTiles
+from ioaware.kernels.rnn.tiles import RNNTiles
 from ioaware.rnn import slstm
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "kernels"))

@@ -9,7 +9,7 @@ import torch
 from ioaware.bench.common import time_ms
 from ioaware.kernels.rnn import kernel as K
 from ioaware.kernels.rnn import lstm, lstm_ref
-from ioaware.plan.rnn_tiles import RNNTiles
+from ioaware.kernels.rnn.tiles import RNNTiles
 
 OUT = os.environ.get("OUT", ".")
 B, T = 16, 1024

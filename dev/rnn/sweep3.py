@@ -10,11 +10,11 @@ import time
 import torch
 
 from ioaware.bench.common import time_ms
-from ioaware.kernels.rnn import kernel as K
 from ioaware.kernels.rnn import lstm, lstm_ref
-from ioaware.plan.rnn_tiles import RNNTiles
+from ioaware.kernels.rnn.tiles import RNNTiles
 
 sys.path.insert(0, os.path.dirname(__file__))
+import kernel_variants as K  # noqa: E402  (barriers 2 and 3 and fwd_kb left the library's kernel)
 from barrier_floor import floor_ms  # noqa: E402
 
 OUT = os.environ.get("OUT", ".")
@@ -138,28 +138,29 @@ VARIANTS = [
 C0, C1 = json.loads(os.environ.get("CUDNN_MS", "[2.07, 6.80]"))
 if "cudnn" in WHICH:
     C0, C1 = c0, c1
-for name, tiles, bwd in VARIANTS:
-    if name[0] not in WHICH:
-        continue
-    if left() < 15:
-        emit(case="1x768", variant=name, skipped="budget")
-        continue
-    row = dict(case="1x768", variant=name, tiles=tiles.__dict__)
-    try:
-        row["err_vs_fp32"] = check(1, 768, tiles, bwd)
-        x, R, b = inputs(1, 768, False)
-        with torch.no_grad():
-            row["fwd_ms"] = time_ms(lambda: lstm(x, R, b, tiles=tiles))  # noqa: B023
-        row["fwd_vs_cudnn"] = C0 / row["fwd_ms"]
-        if tiles.barrier != 3:  # (without the barrier BAR 3 is the same kernel as BAR 1)
-            row["nobarrier_fwd_ms"] = nobarrier_fwd_ms(1, 768, tiles)
-        if bwd and left() > 10:
-            x, R, b = inputs(1, 768, True)
-            row["fwdbwd_ms"] = time_ms(fwd_bwd(lambda: lstm(x, R, b, tiles=tiles)[0], [x, R, b]))  # noqa: B023
-            row["fwdbwd_vs_cudnn"] = C1 / row["fwdbwd_ms"]
-    except Exception as e:  # noqa: BLE001
-        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    emit(**row)
+with K.use_variants():  # the variant rows run kernel_variants.py's launchers; the 12x64 row the library's
+    for name, tiles, bwd in VARIANTS:
+        if name[0] not in WHICH:
+            continue
+        if left() < 15:
+            emit(case="1x768", variant=name, skipped="budget")
+            continue
+        row = dict(case="1x768", variant=name, tiles=tiles.__dict__)
+        try:
+            row["err_vs_fp32"] = check(1, 768, tiles, bwd)
+            x, R, b = inputs(1, 768, False)
+            with torch.no_grad():
+                row["fwd_ms"] = time_ms(lambda: lstm(x, R, b, tiles=tiles))  # noqa: B023
+            row["fwd_vs_cudnn"] = C0 / row["fwd_ms"]
+            if tiles.barrier != 3:  # (without the barrier BAR 3 is the same kernel as BAR 1)
+                row["nobarrier_fwd_ms"] = nobarrier_fwd_ms(1, 768, tiles)
+            if bwd and left() > 10:
+                x, R, b = inputs(1, 768, True)
+                row["fwdbwd_ms"] = time_ms(fwd_bwd(lambda: lstm(x, R, b, tiles=tiles)[0], [x, R, b]))  # noqa: B023
+                row["fwdbwd_vs_cudnn"] = C1 / row["fwdbwd_ms"]
+        except Exception as e:  # noqa: BLE001
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        emit(**row)
 
 # 4. 12x64 default (regression check: bars fwd <= 2.0 ms, fwd+bwd <= 3.5 ms)
 if left() > 10 and "12x64" in WHICH:

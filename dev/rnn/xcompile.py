@@ -4,11 +4,10 @@ usage: python dev/rnn/xcompile.py fwd|bwd CELL(0/1/2) DTYPE(fp16/bf16/fp32) D BJ
 import re
 import sys
 
+import kernel_variants as K  # dev/rnn/: every variant (the library's kernel has barriers 0, 1 and no fwd KB)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-
-from ioaware.kernels.rnn import kernel as K
 
 which, cell, dt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 D, BJ, nw = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])

@@ -36,6 +36,7 @@ for (D, BJ, nw), cell, dt, which, save in itertools.product(TILES, (0, 1, 2), ("
         kc = DP // 4 if fuse and 4 * D <= 3 * DP else 0
         kb = nw if fuse and DP // nw >= 16 else 0
         consts.update(BAR=1, **(dict(FUSE=fuse, KC=kc) if which == "fwd" else dict(KB=kb, KC=0 if kb else kc)))
+    consts = {k: v for k, v in consts.items() if k in fn.arg_names}  # the library's kernels: no NJP, no fwd KB
     sig.update({k: "constexpr" for k in consts})
     sig = {k: sig[k] for k in fn.arg_names}
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})

@@ -1,5 +1,22 @@
-"""One benchmark registry and one runner (`ioaware bench OP`); results go to benchmarks/results/."""
+"""One benchmark registry, run by `ioaware bench OP`; results go to benchmarks/results/.
 
-BENCHMARKS = {"attention": "ioaware.bench.attention", "decode": "ioaware.bench.decode",
-              "fftconv": "ioaware.bench.fftconv",
-              "gemm": "ioaware.bench.gemm", "rnn": "ioaware.bench.rnn"}
+GPU benchmarks time a kernel beside PyTorch's on the card (`run(...)` + `TABLE_COLUMNS` / `table_rows`, driven by
+cli/bench.py's shared runner). CPU benchmarks of the offload runtime are whole programs with their own flags
+(`main(argv)`); the CLI hands them the rest of the command line. Benchmarks that need a peer the library must not
+depend on (llama.cpp) stay as scripts in benchmarks/.
+"""
+
+GPU = {"attention": "flash_attn vs SDPA's flash, cuDNN and efficient backends",
+       "attention-masks": "flash_attn's sliding window and block-sparse vs FlexAttention",
+       "decode": "flash_decode vs SDPA's flash and cuDNN backends (KV read GB/s)",
+       "gemm": "GEMV / flat GEMM / torch.matmul for decoding; calibrates the dataflow table",
+       "rnn": "fused LSTM vs cuDNN nn.LSTM, the flashrnn package and a PyTorch loop",
+       "fftconv": "fftconv vs torch.fft (rfft/irfft) with peak memory, gated causal, bf16"}
+
+CPU = {"offload": ("ioaware.bench.offload", "weights streamed from disk under a memory budget: naive vs mmap vs "
+                   "ioaware (CPU)"),
+       "offload-replay": ("ioaware.bench.offload_replay", "I/O-only replay of a neuron trace on a random 1B model's "
+                          "store (CPU)"),
+       "sparsity": ("ioaware.bench.sparsity", "SwiGLU activation sparsity: thresholds, predictors, perplexity (CPU)"),
+       "synthetic-trace": ("ioaware.bench.synthetic_trace", "write a SYNTHETIC OPT-like neuron trace for "
+                           "offload-replay")}

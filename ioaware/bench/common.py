@@ -5,6 +5,10 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import subprocess
+from pathlib import Path
+
+# results files are written where the command runs, as the README's commands run from the repository root
+RESULTS_DIR = Path("benchmarks") / "results"
 
 
 def machine_info() -> dict:

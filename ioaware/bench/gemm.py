@@ -71,7 +71,7 @@ def run(progress=None) -> dict:
     # the dispatcher with the new table, re-timed against the best path of the same shape
     path = flat_iface._DATA / f"dataflow_{card}.json"
     path.write_text(json.dumps({"card": card, "shapes": table}, indent=1) + "\n")
-    flat_iface._table.cache_clear()
+    flat_iface.tile_table.cache_clear()
     for r in rows:
         ws = [torch.randn(r["N"], r["K"], device="cuda", dtype=torch.bfloat16)
               for _ in range(max(4, min(64, (100 << 20) // (r["N"] * r["K"] * 2))))]

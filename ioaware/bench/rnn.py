@@ -195,7 +195,7 @@ def _speedups(rows):
 
 def run(progress=None, flashrnn_timeout_s: int = 240, which=("1x768", "12x64"),
         flashrnn_backends=FLASHRNN_BACKENDS) -> dict:
-    from ..plan.rnn_tiles import plan_rnn_tiles
+    from ..kernels.rnn.tiles import plan_rnn_tiles
     from .common import ceilings, machine_info
 
     rows = []
@@ -208,7 +208,7 @@ def run(progress=None, flashrnn_timeout_s: int = 240, which=("1x768", "12x64"),
     import torch
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    from ..plan.rnn_tiles import Machine
+    from ..kernels.rnn.tiles import Machine
 
     tiles = {f"NH{c['NH']}-D{c['D']}": plan_rnn_tiles("lstm", c["B"], c["NH"], c["D"], 2, Machine(num_sms=sms)).__dict__
              for c in all_cases}

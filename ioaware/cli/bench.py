@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 from pathlib import Path
 
-from ._report import emit_json, print_table, write_json_atomic
+from ..bench import CPU, GPU
+from ..files import write_json_atomic
+from ..report import emit_json, print_table
 
 
 def _op(sub, name: str, func, help_: str, description: str | None = None):
@@ -16,27 +19,26 @@ def _op(sub, name: str, func, help_: str, description: str | None = None):
 
 def add_parser(sp) -> None:
     sub = sp.add_subparsers(dest="op", metavar="OP", required=True)
-    a = _op(sub, "attention", run_attention, "flash_attn vs SDPA's flash, cuDNN and efficient backends",
+    a = _op(sub, "attention", run_attention, GPU["attention"],
             "flash_attn vs SDPA's flash, cuDNN and efficient backends (B*T=16k, H*D=2048)")
     a.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     a.add_argument("--seqlens", type=int, nargs="+", default=[1024, 4096, 16384])
     a.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     a.add_argument("--modes", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
-    _op(sub, "attention-masks", run_attention_masks, "flash_attn's sliding window and block-sparse vs FlexAttention",
+    _op(sub, "attention-masks", run_attention_masks, GPU["attention-masks"],
         "flash_attn: sliding window 1024 at T=16k vs FlexAttention (compiled, same mask); "
         "block-sparse vs FlexAttention and vs our dense kernel (bf16, D=128)")
-    _op(sub, "decode", run_decode, "flash_decode vs SDPA's flash and cuDNN backends (KV read GB/s)")
-    _op(sub, "gemm", run_gemm, "GEMV / flat GEMM / torch.matmul for decoding; calibrates the dataflow table",
+    _op(sub, "decode", run_decode, GPU["decode"])
+    _op(sub, "gemm", run_gemm, GPU["gemm"],
         "GEMV / flat GEMM / torch.matmul on Llama-8B projection shapes, M = 1..64; writes "
         "the per-GPU dataflow table the dispatcher reads")
-    r = _op(sub, "rnn", run_rnn, "fused LSTM vs cuDNN nn.LSTM, the flashrnn package and a PyTorch loop",
+    r = _op(sub, "rnn", run_rnn, GPU["rnn"],
             "fused LSTM vs cuDNN nn.LSTM, the flashrnn package (if installed) and a plain "
             "PyTorch time loop; B=16, T=1024, fp16, 1 head of 768 and 12 heads of 64")
     r.add_argument("--flashrnn-timeout", type=int, default=240, help="seconds per flashrnn backend (nvcc builds)")
     r.add_argument("--cases", nargs="+", default=["1x768", "12x64"], choices=["1x768", "12x64"], help="heads x size")
     r.add_argument("--flashrnn-backends", nargs="+", default=["triton_fused", "cuda_fused", "cuda"])
-    f = _op(sub, "fftconv", run_fftconv,
-            "fftconv vs torch.fft (rfft/irfft) with peak memory, gated causal, bf16",
+    f = _op(sub, "fftconv", run_fftconv, GPU["fftconv"],
             "ioaware.fftconv vs torch.fft rfft/irfft as users write it: B=64, H=768, bf16, "
             "gated causal long convolution; time and peak memory in the same run")
     f.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 8192, 16384, 32768])
@@ -44,10 +46,20 @@ def add_parser(sp) -> None:
     f.add_argument("--heads", type=int, default=768)
     f.add_argument("--bwd-max", type=int, default=8192, help="also time fwd+bwd up to this L (0: never)")
     f.add_argument("--sparse-keep", type=float, default=0.25, help="frequency-sparse row (0: none)")
-    for name, p in sub.choices.items():  # every verb writes a results file, and --json on request
+    for name, p in list(sub.choices.items()):  # every GPU verb writes a results file, and --json on request
         p.add_argument("--out", default=None, help="results file (default benchmarks/results/"
                        f"{name.replace('-', '_')}-<card>-<date>.json)")
         p.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
+    for name, (mod, help_) in CPU.items():  # whole programs: their own flags, parsed by their own main()
+        p = sub.add_parser(name, help=help_, description=help_, add_help=False, prefix_chars="\0")
+        p.add_argument("argv", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a, m=mod: _run_program(m, a.argv))
+
+
+def _run_program(mod: str, argv: list[str]) -> int:
+    import importlib
+
+    return int(importlib.import_module(mod).main(argv) or 0)
 
 
 def _run(op: str, args, start) -> int:

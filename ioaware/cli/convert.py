@@ -16,8 +16,9 @@ def add_parser(sp) -> None:
 def run(args) -> int:
     import time
 
-    from ..runtime.flash_store import convert, open_store
-    from ._report import emit_json, human_bytes, print_table
+    from ..report import emit_json, print_table
+    from ..runtime.offload.store import convert, open_store
+    from ..units import human_bytes
 
     t0 = time.perf_counter()
     out = convert(args.model, args.out, args.dtype, progress=args.progress)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._report import emit_json, human_bytes, parse_bytes, print_table
+from ..report import emit_json, print_table
+from ..units import human_bytes, parse_bytes
 
 
 def add_parser(sp) -> None:

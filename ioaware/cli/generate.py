@@ -56,8 +56,9 @@ def run(args) -> int:
     import torch
 
     from ..errors import DeviceError
+    from ..report import emit_json, print_table
     from ..runtime import SamplingConfig, build_model, generate, load_checkpoint
-    from ._report import emit_json, human_bytes, print_table
+    from ..units import human_bytes
 
     if not args.prompt.strip():
         raise ValueError("the prompt is empty; give some text with --prompt")
@@ -124,9 +125,11 @@ def run(args) -> int:
 def _run_streamed(args, sampling) -> int:
     """--memory-budget: weights not resident stream from the flash store; the summary says what moved."""
     from ..errors import UnsupportedError
+    from ..report import emit_json, print_table
     from ..runtime import generate
-    from ..runtime.flash_ffn import flash_summary, open_streamed
-    from ._report import emit_json, human_bytes, print_table
+    from ..runtime.offload.session import open_streamed
+    from ..runtime.offload.streamed_ffn import stream_summary
+    from ..units import human_bytes
 
     if args.device != "cpu":
         raise UnsupportedError("--memory-budget runs on CPU for now (the GPU path stages through pinned memory)")
@@ -150,7 +153,7 @@ def _run_streamed(args, sampling) -> int:
     if not args.quiet:
         sys.stdout.write("\n\n")
     s = res.summary
-    s.update(flash_summary(rt, acct, s["decode_s"]))
+    s.update(stream_summary(rt, acct, s["decode_s"]))
     s.update(model=str(args.model or "default"), store=str(store.path), weights=model.weight_format, load_s=load_s,
              text=res.text, memory_budget=args.memory_budget)
     m = acct

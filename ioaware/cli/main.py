@@ -10,7 +10,7 @@ import sys
 VERBS = {
     "generate": ("ioaware.cli.generate", "generate text from a language model (GGUF or safetensors)"),
     "cost": ("ioaware.cli.cost", "print the FLOPs, HBM traffic and roofline time of an op"),
-    "bench": ("ioaware.cli.bench", "benchmark ioaware's kernels against PyTorch on this GPU"),
+    "bench": ("ioaware.cli.bench", "benchmarks: kernels vs PyTorch on a GPU; the offload runtime on CPU"),
     "hardware": ("ioaware.cli.hardware", "show the spec table, or the device detected here"),
     "convert": ("ioaware.cli.convert", "write a model's flash store (row-column bundled FFN, for --memory-budget)"),
     "probe": ("ioaware.cli.probe", "measure this machine: disk read throughput vs chunk size and threads"),

@@ -21,7 +21,8 @@ def add_parser(sp) -> None:
 
 def run_disk(args) -> int:
     from ..hardware.probe_disk import THREADS, best_chunk, probe, save_curve
-    from ._report import emit_json, human_bytes, parse_bytes, print_table
+    from ..report import emit_json, print_table
+    from ..units import human_bytes, parse_bytes
 
     if args.cached:
         from ..hardware.probe_disk import curve_path, load_curve

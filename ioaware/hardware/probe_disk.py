@@ -17,15 +17,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..files import direct_io_supported, write_json_atomic
+
 CURVE_VERSION = 1
 CHUNKS = (4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
 THREADS = (1, 4, 8, 16)
-
-
-def _direct_ok(path) -> bool:
-    from ..runtime.flash_io import direct_io_supported
-
-    return direct_io_supported(path)
 
 
 def _write_file(path: Path, size: int) -> None:
@@ -104,7 +100,7 @@ def probe(path: str | Path | None = None, size: int = 512 << 20, chunks=CHUNKS, 
     bar = None
     try:
         _write_file(f, size)
-        direct = _direct_ok(f)
+        direct = direct_io_supported(f)
         modes = [False, True] if direct else [False]
         cases = [(d, c, t) for d in modes for c in chunks for t in threads]
         if progress:
@@ -137,8 +133,6 @@ def curve_path(folder: str | Path | None = None) -> Path:
 
 
 def save_curve(curve: dict, dest: str | Path | None = None) -> Path:
-    from ..cli._report import write_json_atomic
-
     return write_json_atomic(dest or curve_path(curve["path"]), curve)
 
 

@@ -7,10 +7,10 @@
     >>> print(generate(model, ck.tokenizer, ids, 32).text)
 """
 
-from .checkpoint import Checkpoint, build_model, choose_weights, default_model_path, load_checkpoint
-from .generate import GenerationResult, SamplingConfig, generate
-from .model import ModelArgs, Transformer
-from .tokenizer import Tokenizer
+from .llm.checkpoint import Checkpoint, build_model, choose_weights, default_model_path, load_checkpoint
+from .llm.generate import GenerationResult, SamplingConfig, generate
+from .llm.model import ModelArgs, Transformer
+from .llm.tokenizer import Tokenizer
 
 __all__ = ["Checkpoint", "GenerationResult", "ModelArgs", "SamplingConfig", "Tokenizer", "Transformer",
            "build_model", "choose_weights", "default_model_path", "generate", "load_checkpoint"]

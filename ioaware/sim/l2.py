@@ -199,11 +199,11 @@ def h100_ctas_per_sm(D: int) -> int:
 def flash_kernels_dram(B: int, H: int, T: int, D: int, *, Hkv: int | None = None, causal: bool = False,
                        backward: bool = False, sms: int = 132, model: L2Model = H100_L2) -> dict[str, L2Traffic]:
     """The L2 model run on the tiles ioaware's launch table picks: {"fwd": ...} or {"dkdv": ..., "dq": ...}."""
-    from ..kernels.attention.flash.kernel import _table
+    from ..kernels.attention.flash.kernel import tile_table
 
     out = {}
     for kernel in ("dkdv", "dq") if backward else ("fwd",):
-        t = _table(kernel, D, T, causal)
+        t = tile_table(kernel, D, T, causal)
         out[kernel] = flash_l2_traffic(kernel, B, H, T, D, t["BM"], t["BN"], Hkv=Hkv, causal=causal, rev=t["REV"],
                                        concurrent=sms * h100_ctas_per_sm(D), model=model)
     return out

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from ioaware.plan.rnn_tiles import (
+from ioaware.kernels.rnn.tiles import (
     BB_CHOICES,
     NW_CHOICES,
     Machine,

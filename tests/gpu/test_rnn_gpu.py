@@ -7,7 +7,7 @@ import torch
 from ioaware.errors import UnsupportedError
 from ioaware.kernels.rnn import rnn_ref
 from ioaware.kernels.rnn.reference import CELLS
-from ioaware.plan.rnn_tiles import RNNTiles
+from ioaware.kernels.rnn.tiles import RNNTiles
 from ioaware.rnn import LSTM, gru, lstm, slstm
 
 pytestmark = pytest.mark.gpu
@@ -123,22 +123,19 @@ def test_split_barrier_is_deterministic_and_exact():
     assert rel_rms(y4, y1) < 1e-5
 
 
-SPLIT_VARIANTS = [  # (barrier, kc, fuse, kb, fwd_kb): every split-head kernel variant of issue #9's 1x768 work
+SPLIT_VARIANTS = [  # (barrier, kc, fuse, kb, fwd_kb): every split-head kernel variant of issue #9's 1x768 work that
+    # the library runs (barriers 2, 3 and fwd_kb left it: `python dev/rnn/kernel_variants.py` checks those)
     pytest.param(0, 0, False, 0, 0, id="counter-rmw"),
     pytest.param(1, 0, False, 0, 0, id="counter-acquire-load"),
-    pytest.param(2, 0, False, 0, 0, id="flags"),
-    pytest.param(2, 32, False, 0, 0, id="flags-kc32-dataflow"),
     pytest.param(1, 32, True, 0, 0, id="acquire-kc32-fused"),
     pytest.param(1, 32, True, 4, 0, id="acquire-kc32-fused-bwd-kb4"),  # the planner's choice for split LSTM heads
-    pytest.param(1, 0, True, 4, 4, id="acquire-fused-kb4"),
-    pytest.param(2, 0, True, 4, 4, id="flags-fused-kb4"),
-    pytest.param(3, 0, True, 4, 4, id="ll-fused-kb4"),
+    pytest.param(1, 0, True, 4, 0, id="acquire-fused-bwd-kb4"),  # the planner's rule at D = 64 (no kc)
 ]
 
 
 @pytest.mark.parametrize("barrier,kc,fuse,kb,fwd_kb", SPLIT_VARIANTS)
 def test_split_head_variants_match_fp64_loop(barrier, kc, fuse, kb, fwd_kb):
-    """Heads of 64 split over 4 co-resident programs (a barrier or LL exchange every step), fp16, 300 steps, forward
+    """Heads of 64 split over 4 co-resident programs (a barrier every step), fp16, 300 steps, forward
     and backward: within twice PyTorch fp16's error of an fp64 loop (a stale h would diverge far beyond that)."""
     torch.manual_seed(0)
     x, R, b, h0, c0 = make("lstm", 16, 300, 2, 64, torch.float16)

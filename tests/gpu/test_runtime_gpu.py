@@ -6,7 +6,7 @@ import torch
 
 from ioaware.kernels import last_backend
 from ioaware.runtime import ModelArgs, Transformer
-from ioaware.runtime.generate import CUDAGraphStep
+from ioaware.runtime.llm.generate import CUDAGraphStep
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -179,16 +179,16 @@ def test_empty_block_rows_are_not_loaded():
 
 
 def test_block_lists_cached_per_mask_and_invalidated_by_in_place_writes(monkeypatch):
-    """masked.py builds a block mask's lists once: a second call with the same, unchanged mask reuses them (forward,
-    and the backward's transposed lists); an in-place write (version bump) rebuilds them, with the new mask's result."""
-    from ioaware.kernels import _dispatch
+    """block_lists.py builds a block mask's lists once: a second call with the same, unchanged mask reuses them
+    (forward, and the backward's transposed lists); an in-place write (version bump) rebuilds them, with the new
+    mask's result."""
+    from ioaware.kernels.attention.flash import block_lists as bl
 
-    masked = _dispatch.load_kernel_module("ioaware.kernels.attention.flash.masked")
     builds = []
-    orig = masked._sparse_index
-    monkeypatch.setattr(masked, "_sparse_index", lambda blk: builds.append(tuple(blk.stride())) or orig(blk))
-    prev = masked.sparse_cache(True)
-    masked._SPARSE_CACHE.clear()
+    orig = bl.sparse_index
+    monkeypatch.setattr(bl, "sparse_index", lambda blk: builds.append(tuple(blk.stride())) or orig(blk))
+    prev = bl.sparse_cache(True)
+    bl.SPARSE_CACHE.clear()
     try:
         g = torch.Generator().manual_seed(5)
         q, k, v = (torch.randn(1, 64, 2, 16, generator=g) for _ in range(3))
@@ -196,27 +196,27 @@ def test_block_lists_cached_per_mask_and_invalidated_by_in_place_writes(monkeypa
         ref = lambda m: attention_masked_ref(q.double(), k.double(), v.double(), block_mask=m, block_size=(32, 32))[0]
         a = ioaware.flash_attn(q, k, v, block_mask=bm, block_size=(32, 32))
         assert len(builds) == 1
-        cnt, idx = masked._sparse_index_cached(bm)
+        cnt, idx = bl.sparse_index_cached(bm)
         b = ioaware.flash_attn(q, k, v, block_mask=bm, block_size=(32, 32))
         assert len(builds) == 1 and torch.equal(a, b)  # reused: no rebuild
-        assert masked._sparse_index_cached(bm)[0] is cnt and masked._sparse_index_cached(bm)[1] is idx
+        assert bl.sparse_index_cached(bm)[0] is cnt and bl.sparse_index_cached(bm)[1] is idx
         assert (a.double() - ref(bm)).abs().max() < 1e-5
         bm[0, 0, 0, 1] = True  # in place: the version counter moves, the cached lists are stale
         c = ioaware.flash_attn(q, k, v, block_mask=bm, block_size=(32, 32))
         assert len(builds) == 2
         assert (c.double() - ref(bm)).abs().max() < 1e-5 and not torch.equal(a, c)
-        assert masked._sparse_index_cached(bm)[0] is not cnt
+        assert bl.sparse_index_cached(bm)[0] is not cnt
         # the backward: the forward's lists (dQ) from the cache, the transposed ones (dK/dV) built once
         qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
         for _ in range(2):
             ioaware.flash_attn(qg, kg, vg, block_mask=bm, block_size=(32, 32)).sum().backward()
         assert len(builds) == 3 and builds[-1] == tuple(bm.transpose(-1, -2).stride())
-        masked.sparse_cache(False)  # off: every call builds
+        bl.sparse_cache(False)  # off: every call builds
         ioaware.flash_attn(q, k, v, block_mask=bm, block_size=(32, 32))
-        assert len(builds) == 4 and not masked._SPARSE_CACHE
+        assert len(builds) == 4 and not bl.SPARSE_CACHE
     finally:
-        masked.sparse_cache(prev)
-        masked._SPARSE_CACHE.clear()
+        bl.sparse_cache(prev)
+        bl.SPARSE_CACHE.clear()
 
 
 def test_dropout_is_reproducible_and_drops_p():

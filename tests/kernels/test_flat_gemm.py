@@ -34,12 +34,12 @@ def test_dataflow_table(tmp_path, monkeypatch):
                                                       {"max_m": 16, "path": "flat", "params": {"split_k": 2}}]}}
     (tmp_path / "dataflow_test.json").write_text(json.dumps(table))
     monkeypatch.setattr(flat_iface, "_DATA", tmp_path)
-    flat_iface._table.cache_clear()
+    flat_iface.tile_table.cache_clear()
     assert choose(1, 4096, 4096, "test") == ("gemv", {"bn": 32})
     assert choose(16, 4096, 4096, "test") == ("flat", {"split_k": 2})
     assert choose(17, 4096, 4096, "test") == ("torch", {})
     assert choose(1, 1024, 4096, "test") == ("torch", {})  # an unmeasured shape falls back to cuBLAS
-    flat_iface._table.cache_clear()
+    flat_iface.tile_table.cache_clear()
 
 
 def test_errors():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ioaware.runtime.gguf_loader import permute_qk
+from ioaware.runtime.llm.gguf_loader import permute_qk
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "

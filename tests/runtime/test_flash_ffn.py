@@ -8,11 +8,14 @@ import json
 import pytest
 import torch
 
+from ioaware.files import direct_io_supported
 from ioaware.runtime import build_model, load_checkpoint
-from ioaware.runtime import flash_ffn as ff
-from ioaware.runtime import flash_store as fs
-from ioaware.runtime import sparsity as sp
-from ioaware.runtime.flash_io import direct_io_supported
+from ioaware.runtime.offload import store as fs
+from ioaware.runtime.offload import streamed_ffn as ff
+from ioaware.runtime.offload.evaluate import sparse_model
+from ioaware.runtime.offload.predictors import train_predictors
+from ioaware.runtime.offload.session import PREDICTOR_RANK
+from ioaware.runtime.offload.thresholds import calibrate_thresholds
 
 from .helpers import byte_vocab, tiny_hf_model, write_gguf
 
@@ -42,7 +45,7 @@ def tiny(tmp_path_factory):
     g = write_gguf(d / "tiny.gguf", tiny_hf_model(VOCAB, seed=11), context=48)
     ck = load_checkpoint(g)
     dense = build_model(ck, "cpu", torch.float32, "dense")
-    th = sp.calibrate_thresholds(dense, [torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(i))
+    th = calibrate_thresholds(dense, [torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(i))
                                          for i in range(3)], 0.5)
     store = fs.write_store(d / "f32.store", ck.args, ck.state_dict, fs.model_fingerprint(g), "float32",
                            progress=False)
@@ -63,11 +66,11 @@ def test_streamed_equals_thresholded_dense(tiny, cache_frac):
     model.setup_cache(1, 16)
     dense.setup_cache(1, 16)
     ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode(), sp.sparse_model(dense, th):
+    with torch.inference_mode(), sparse_model(dense, th):
         torch.testing.assert_close(model(ids[:, :8], 0), dense(ids[:, :8], 0), rtol=1e-5, atol=1e-5)
         for t in range(8, 12):
             torch.testing.assert_close(model(ids[:, t:t + 1], t), dense(ids[:, t:t + 1], t), rtol=1e-5, atol=1e-5)
-    s = ff.flash_summary(rt, acct, 1.0)
+    s = ff.stream_summary(rt, acct, 1.0)
     assert s["decode_tokens_counted"] == 4 and s["flash_bytes_read_per_token"] >= 0
     if cache_frac == 1.0:  # everything cached after the prefill: decode reads nothing
         assert s["window_hit_rate"] > 0.5 and rt.stats.bytes_read == 0
@@ -95,8 +98,8 @@ def test_generate_cli_memory_budget(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("IOAWARE_CACHE_DIR", str(tmp_path / "cache"))
     # predictors trained here on random tokens (the shipped text is for the real model), saved where the run looks
     fp = fs.model_fingerprint(g)
-    pr = sp.train_predictors(dense, [torch.randint(0, VOCAB, (1, 32))], th, rank=8, epochs=1, progress=False)
-    p = tmp_path / "cache" / "predictors" / f"{fp[:16]}-s0.5-r{ff.PREDICTOR_RANK}.safetensors"
+    pr = train_predictors(dense, [torch.randint(0, VOCAB, (1, 32))], th, rank=8, epochs=1, progress=False)
+    p = tmp_path / "cache" / "predictors" / f"{fp[:16]}-s0.5-r{PREDICTOR_RANK}.safetensors"
     p.parent.mkdir(parents=True)
     pr.save(p, fp)
     js = tmp_path / "s.json"

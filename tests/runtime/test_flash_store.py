@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from ioaware.errors import IOAwareError
-from ioaware.runtime import flash_store as fs
+from ioaware.files import direct_io_supported
 from ioaware.runtime import load_checkpoint
-from ioaware.runtime.flash_io import NeuronReader, coalesce, direct_io_supported
+from ioaware.runtime.offload import store as fs
+from ioaware.runtime.offload.reader import NeuronReader, coalesce
 
 from .helpers import byte_vocab, tiny_hf_model, write_gguf
 

@@ -9,20 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from ioaware.runtime import ModelArgs, Transformer
-from ioaware.runtime.neuron_cache import LayerNeuronCache, NeuronCache
-from ioaware.runtime.sparsity import (
-    Predictors,
-    calibrate_thresholds,
-    collect_ffn_inputs,
-    evaluate,
-    ffn_bundles,
-    gate_activity,
-    model_fingerprint,
-    sparse_ffn,
-    sparse_model,
-    thresholds_from_inputs,
-    train_predictors,
-)
+from ioaware.runtime.offload.activations import collect_ffn_inputs
+from ioaware.runtime.offload.cache import LayerNeuronCache, NeuronCache
+from ioaware.runtime.offload.evaluate import evaluate, sparse_model
+from ioaware.runtime.offload.predictors import Predictors, model_fingerprint, train_predictors
+from ioaware.runtime.offload.sparse_ffn import ffn_bundles, gate_activity, sparse_ffn
+from ioaware.runtime.offload.thresholds import calibrate_thresholds, thresholds_from_inputs
 
 
 def tiny_model(seed=0, layers=2, dim=48, hidden=80, vocab=97) -> Transformer:

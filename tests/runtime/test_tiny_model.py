@@ -12,9 +12,9 @@ from ioaware.env import settings
 from ioaware.kernels import last_backend
 from ioaware.kernels._dispatch import _LAST
 from ioaware.runtime import ModelArgs, SamplingConfig, Transformer, build_model, generate, load_checkpoint
-from ioaware.runtime.gguf_loader import permute_qk, unpermute_qk
-from ioaware.runtime.model import load_hf_state_dict
-from ioaware.runtime.safetensors_loader import args_from_config
+from ioaware.runtime.llm.gguf_loader import permute_qk, unpermute_qk
+from ioaware.runtime.llm.model import load_hf_state_dict
+from ioaware.runtime.llm.safetensors_loader import args_from_config
 
 from .helpers import byte_vocab, tiny_hf_model, write_gguf
 

@@ -22,6 +22,8 @@ def _cdot_r(ar, ai, br, bi, cr, ci, CONJ: tl.constexpr, PREC: tl.constexpr):
     return cr, ci
 
 
+# _cdot_l is _cdot_r's mirror (the table on the other side of the product, and the conjugate on the table rather
+# than on a's registers); one function with a SIDE flag would read worse than the two four-line bodies.
 @triton.jit
 def _cdot_l(tr, ti, xr, xi, cr, ci, CONJ: tl.constexpr, PREC: tl.constexpr):
     """(t) @ (x), or conj(t) @ (x) with CONJ, added to (cr, ci); t is the table on the left."""

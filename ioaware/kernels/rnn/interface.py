@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 
 from ...errors import ShapeError, UnsupportedError
-from ...plan.rnn_tiles import Machine, RNNTiles, plan_rnn_tiles
 from .._dispatch import backend_for, interpreting, load_kernel_module, record
 from .._validate import check_dtypes_and_device
 from .reference import CELLS, rnn_ref, zero_state
+from .tiles import Machine, RNNTiles, plan_rnn_tiles
 
 _KERNEL = "ioaware.kernels.rnn.kernel"
 _SMS: dict[int, int] = {}
@@ -142,7 +142,7 @@ def lstm(x, R, b, state0=None, num_heads: int = 1, *, tiles: RNNTiles | None = N
         b: (4, NH, D) bias (nn.LSTM: bias_ih + bias_hh).
         state0: (h0, c0), each (B, NH·D); zeros if None.
         num_heads: NH, independent recurrences of size D = hidden / NH.
-        tiles: override the constraint solver's tile choice (ioaware.plan.rnn_tiles.RNNTiles).
+        tiles: override the constraint solver's tile choice (ioaware.kernels.rnn.tiles.RNNTiles).
 
     Returns:
         y (B, T, NH·D) every step's h, and (h_T, c_T).

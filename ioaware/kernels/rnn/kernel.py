@@ -6,10 +6,10 @@ each step is `h_{t-1} (BB, DP) @ R_slice (DP, BJ)` per gate on the tensor cores,
 cell's pointwise update in fp32 registers, then one store of h_t.
 
 When a head's state is split over NJ > 1 programs (big D), every step needs the whole h_{t-1}: programs write
-their columns, meet at a barrier (an atomic counter in global memory, one per (batch block, head) group, or one
-flag per program; all programs of the grid must be co-resident, which the tile planner guarantees) and read h_{t-1}
-back from L2. Split LSTM/sLSTM heads multiply all 4 gates in one dot of N = 4·BJ (FUSE), K optionally in chunks
-(KC); a dot of M = BB = 16 is one warp's tile, so N (or a batch of K chunks, KB) is what spreads work over warps.
+their columns, meet at a barrier (an atomic counter in global memory, one per (batch block, head) group; all
+programs of the grid must be co-resident, which the tile planner guarantees) and read h_{t-1} back from L2. Split
+LSTM/sLSTM heads multiply all 4 gates in one dot of N = 4·BJ (FUSE), K optionally in chunks (KC); a dot of
+M = BB = 16 is one warp's tile, so N (or, in the backward, a batch of K chunks, KB) is what spreads work over warps.
 Without SYNC (Triton's interpreter runs programs one after another, so a spin barrier would never open) the
 launcher runs one launch per time step and the carried state goes through global memory instead.
 
@@ -17,6 +17,11 @@ Backward walks t = T-1 .. 0 with the same split, on R's rows instead of its colu
 columns J, computes the gate gradients of its columns, exchanges them (same barrier) and forms
 dh_{t-1}[:, J] = sum_g dG_g (BB, DP) @ R[g, head, J, :]^T. dR and db are reductions over (B, T) of values the
 kernel writes anyway; they run after it as one batched GEMM, off the sequential critical path.
+
+Only the variants the tile planner (tiles.py) picks are here, plus barrier 0 (RNNTiles' default `barrier`, which
+hand-built split tiles run). The other split-head variants measured in issue #9 (dev/rnn/NOTES.md, entries 7-10:
+barrier 2, one flag per program; barrier 3, the LL exchange; `fwd_kb`, the forward's K as batched chunks) live in
+dev/rnn/kernel_variants.py; the launchers refuse tiles that ask for them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..attention.flash.kernel import _up  # the interpreter's bf16 tl.dot workaround, shared by every kernel
+from ...errors import UnsupportedError
+from ..triton_utils import upcast  # the interpreter's bf16 tl.dot workaround, shared by every kernel
 
 CELL_IDS = {"lstm": 0, "gru": 1, "slstm": 2}
 
@@ -82,31 +88,19 @@ def _ld_acquire(p):
 
 
 @triton.jit
-def _arrive(CNT, FLG, grp, i_j, val, BAR: tl.constexpr, NJP: tl.constexpr):
-    """This program's stores so far are published: BAR 1 adds one to the group's counter, BAR 2 writes `val` to
-    the program's own flag (no two programs touch the same word)."""
+def _arrive(CNT, grp):
+    """BAR 1: this program's stores so far are published; adds one to the group's counter."""
     tl.debug_barrier()
-    if BAR == 1:
-        tl.atomic_add(CNT + grp, 1, sem="release", scope="gpu")
-    else:
-        tl.atomic_xchg(FLG + grp * NJP + i_j, val, sem="release", scope="gpu")
+    tl.atomic_add(CNT + grp, 1, sem="release", scope="gpu")
 
 
 @triton.jit
-def _wait(CNT, FLG, grp, i_j, target, j0, j1, BAR: tl.constexpr, NJ: tl.constexpr, NJP: tl.constexpr):
-    """Spin with acquire loads until the group's counter reaches NJ·target (BAR 1), or until the flags of programs
-    j0 <= j < j1 of the group reach target (BAR 2; every flag of the group is read by one vector load)."""
-    if BAR == 1:
-        p = CNT + grp + tl.zeros([1], dtype=tl.int32)
+def _wait(CNT, grp, target, NJ: tl.constexpr):
+    """BAR 1: spin with acquire loads until the group's counter reaches NJ·target."""
+    p = CNT + grp + tl.zeros([1], dtype=tl.int32)
+    cur = tl.min(_ld_acquire(p), 0)
+    while cur < target * NJ:
         cur = tl.min(_ld_acquire(p), 0)
-        while cur < target * NJ:
-            cur = tl.min(_ld_acquire(p), 0)
-    else:
-        o = tl.arange(0, NJP)
-        p = tl.where((o >= j0) & (o < j1), FLG + grp * NJP + o, FLG + grp * NJP + i_j)
-        cur = tl.min(_ld_acquire(p), 0)
-        while cur < target:
-            cur = tl.min(_ld_acquire(p), 0)
     tl.debug_barrier()
 
 
@@ -121,12 +115,12 @@ def _r_chunk(R, i_h, o_j, m_j, k0, FWD: tl.constexpr, D: tl.constexpr, HD: tl.co
     else:
         p_r = R + (i_h * D + o_j[None, :]) * D + o_k[:, None]
     m_r = (o_k < D)[:, None] & m_j[None, :]
-    r0 = _up(tl.load(p_r, mask=m_r, other=0.0), UPCAST)
-    r1 = _up(tl.load(p_r + HD * D, mask=m_r, other=0.0), UPCAST)
-    r2 = _up(tl.load(p_r + 2 * HD * D, mask=m_r, other=0.0), UPCAST)
+    r0 = upcast(tl.load(p_r, mask=m_r, other=0.0), UPCAST)
+    r1 = upcast(tl.load(p_r + HD * D, mask=m_r, other=0.0), UPCAST)
+    r2 = upcast(tl.load(p_r + 2 * HD * D, mask=m_r, other=0.0), UPCAST)
     r3 = r2
     if G == 4:
-        r3 = _up(tl.load(p_r + 3 * HD * D, mask=m_r, other=0.0), UPCAST)
+        r3 = upcast(tl.load(p_r + 3 * HD * D, mask=m_r, other=0.0), UPCAST)
     return r0, r1, r2, r3
 
 
@@ -139,7 +133,7 @@ def _r_chunk_fused(R, i_h, i_j, k0, D: tl.constexpr, HD: tl.constexpr, BJ: tl.co
     o_c = tl.arange(0, 4 * BJ)
     o_j = i_j * BJ + o_c // 4
     p_r = R + (o_c % 4)[None, :] * (HD * D) + (i_h * D + o_k[:, None]) * D + o_j[None, :]
-    return _up(tl.load(p_r, mask=(o_k < D)[:, None] & (o_j < D)[None, :], other=0.0), UPCAST)
+    return upcast(tl.load(p_r, mask=(o_k < D)[:, None] & (o_j < D)[None, :], other=0.0), UPCAST)
 
 
 @triton.jit
@@ -150,78 +144,12 @@ def _h_gates_fused(Y, H0, o_b, m_b, t, T, i_h, k0, r, D: tl.constexpr, HD: tl.co
     o_hk = i_h * D + o_k[None, :]
     m_bk = m_b[:, None] & (o_k < D)[None, :]
     p_hp = tl.where(t > 0, Y + o_b[:, None] * T * HD + (t - 1) * HD + o_hk, H0 + o_b[:, None] * HD + o_hk)
-    hp = _up(tl.load(p_hp, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+    hp = upcast(tl.load(p_hp, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
     acc = tl.reshape(tl.dot(hp, r, input_precision=PRECISION), (BB, BJ, 2, 2))
     even, odd = tl.split(acc)  # gates (0, 2) and (1, 3)
     d0, d2 = tl.split(even)
     d1, d3 = tl.split(odd)
     return d0, d1, d2, d3
-
-
-@triton.jit
-def _r_fused_3d(R, i_h, i_j, D: tl.constexpr, HD: tl.constexpr, BJ: tl.constexpr, NCH: tl.constexpr,
-                KC: tl.constexpr, UPCAST: tl.constexpr):
-    """The fused slice (gates side by side, column 4·j + g) cut along K into NCH chunks of KC: (NCH, KC, 4·BJ)."""
-    o_c = tl.arange(0, NCH)[:, None, None]
-    o_k = o_c * KC + tl.arange(0, KC)[None, :, None]
-    o_n = tl.arange(0, 4 * BJ)[None, None, :]
-    o_j = i_j * BJ + o_n // 4
-    p_r = R + (o_n % 4) * (HD * D) + (i_h * D + o_k) * D + o_j
-    return _up(tl.load(p_r, mask=(o_k < D) & (o_j < D), other=0.0), UPCAST)
-
-
-@triton.jit
-def _h_gates_3d(Y, H0, o_b, m_b, t, T, i_h, r, D: tl.constexpr, HD: tl.constexpr, BB: tl.constexpr,
-                BJ: tl.constexpr, NCH: tl.constexpr, KC: tl.constexpr, PRECISION: tl.constexpr,
-                UPCAST: tl.constexpr):
-    """h_{t-1} (BB, NCH·KC) cut into NCH chunks times the (NCH, KC, 4·BJ) slice as one batched dot: the warps take
-    the chunks (independent accumulator chains of KC/16 steps instead of one of NCH·KC/16), then a sum over them."""
-    o_c = tl.arange(0, NCH)[:, None, None]
-    o_k = o_c * KC + tl.arange(0, KC)[None, None, :]
-    o_hk = i_h * D + o_k
-    o_b3 = o_b[None, :, None]
-    p_hp = tl.where(t > 0, Y + o_b3 * T * HD + (t - 1) * HD + o_hk, H0 + o_b3 * HD + o_hk)
-    hp = _up(tl.load(p_hp, mask=m_b[None, :, None] & (o_k < D), other=0.0, cache_modifier=".cg"), UPCAST)
-    return _gates_3d(hp, r, BB, BJ, PRECISION)
-
-
-@triton.jit
-def _gates_3d(hp, r, BB: tl.constexpr, BJ: tl.constexpr, PRECISION: tl.constexpr):
-    acc = tl.reshape(tl.sum(tl.dot(hp, r, input_precision=PRECISION), 0), (BB, BJ, 2, 2))
-    even, odd = tl.split(acc)  # gates (0, 2) and (1, 3)
-    d0, d2 = tl.split(even)
-    d1, d3 = tl.split(odd)
-    return d0, d1, d2, d3
-
-
-@triton.jit
-def _ll_put(Z, grp, slot, m_b, i_j, h, flag, D: tl.constexpr, BB: tl.constexpr, BJ: tl.constexpr):
-    """BAR 3 (LL exchange, as NCCL's LL protocol): the program's h columns as 64-bit words, two 16-bit values and
-    the step's flag in each, so a reader that sees the flag sees the data (one aligned 64-bit store; no fence, no
-    separate barrier). Z (groups, 4 slots, BB, D / 2) int64."""
-    lo, hi = tl.split(tl.reshape(h, (BB, BJ // 2, 2)))
-    lo32 = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    hi32 = hi.to(tl.int16, bitcast=True).to(tl.int32) << 16
-    w = ((lo32 | hi32).to(tl.int64) & 0xFFFFFFFF) | ((tl.zeros([BB, BJ // 2], tl.int64) + flag) << 32)
-    o_w = i_j * (BJ // 2) + tl.arange(0, BJ // 2)
-    p = Z + ((grp * 4 + slot) * BB + tl.arange(0, BB)[:, None]) * (D // 2) + o_w[None, :]
-    tl.store(p, w, mask=m_b[:, None] & (o_w < D // 2)[None, :])
-
-
-@triton.jit
-def _ll_get_3d(Z, grp, slot, m_b, target, dtype: tl.constexpr, D: tl.constexpr, BB: tl.constexpr,
-               NCH: tl.constexpr, KC: tl.constexpr):
-    """Read the whole h_{t-1} of the group from the LL words, as (NCH, BB, KC), spinning (volatile loads) until
-    every word carries `target`."""
-    o_w = tl.arange(0, NCH)[:, None, None] * (KC // 2) + tl.arange(0, KC // 2)[None, None, :]
-    p = Z + ((grp * 4 + slot) * BB + tl.arange(0, BB)[None, :, None]) * (D // 2) + o_w
-    m = m_b[None, :, None] & (o_w < D // 2)
-    w = tl.load(p, mask=m, other=0, volatile=True)
-    while tl.min(tl.where(m, (w >> 32).to(tl.int32), target)) < target:
-        w = tl.load(p, mask=m, other=0, volatile=True)
-    lo = (w & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
-    hi = ((w >> 16) & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
-    return tl.reshape(tl.join(lo, hi), (NCH, BB, KC))
 
 
 @triton.jit
@@ -231,10 +159,10 @@ def _r_bwd_3d(R, i_h, o_j, m_j, D: tl.constexpr, HD: tl.constexpr, NCH: tl.const
     o_k = tl.arange(0, NCH)[:, None, None] * KC + tl.arange(0, KC)[None, :, None]
     p_r = R + (i_h * D + o_j[None, None, :]) * D + o_k
     m_r = (o_k < D) & m_j[None, None, :]
-    r0 = _up(tl.load(p_r, mask=m_r, other=0.0), UPCAST)
-    r1 = _up(tl.load(p_r + HD * D, mask=m_r, other=0.0), UPCAST)
-    r2 = _up(tl.load(p_r + 2 * HD * D, mask=m_r, other=0.0), UPCAST)
-    r3 = _up(tl.load(p_r + 3 * HD * D, mask=m_r, other=0.0), UPCAST)
+    r0 = upcast(tl.load(p_r, mask=m_r, other=0.0), UPCAST)
+    r1 = upcast(tl.load(p_r + HD * D, mask=m_r, other=0.0), UPCAST)
+    r2 = upcast(tl.load(p_r + 2 * HD * D, mask=m_r, other=0.0), UPCAST)
+    r3 = upcast(tl.load(p_r + 3 * HD * D, mask=m_r, other=0.0), UPCAST)
     return r0, r1, r2, r3
 
 
@@ -246,13 +174,13 @@ def _exchange_3d(DX, o_b, m_b, T, i_h, t, valid, r0, r1, r2, r3, D: tl.constexpr
     o_k = tl.arange(0, NCH)[:, None, None] * KC + tl.arange(0, KC)[None, None, :]
     p_e = DX + o_b[None, :, None] * T * (4 * HD) + t * (4 * HD) + i_h * D + o_k
     m_e = m_b[None, :, None] & (o_k < D) & (o_k * 0 + valid != 0)
-    acc = tl.dot(_up(tl.load(p_e, mask=m_e, other=0.0, cache_modifier=".cg"), UPCAST), r0,
+    acc = tl.dot(upcast(tl.load(p_e, mask=m_e, other=0.0, cache_modifier=".cg"), UPCAST), r0,
                  input_precision=PRECISION)
-    acc = tl.dot(_up(tl.load(p_e + HD, mask=m_e, other=0.0, cache_modifier=".cg"), UPCAST), r1, acc,
+    acc = tl.dot(upcast(tl.load(p_e + HD, mask=m_e, other=0.0, cache_modifier=".cg"), UPCAST), r1, acc,
                  input_precision=PRECISION)
-    acc = tl.dot(_up(tl.load(p_e + 2 * HD, mask=m_e, other=0.0, cache_modifier=".cg"), UPCAST), r2, acc,
+    acc = tl.dot(upcast(tl.load(p_e + 2 * HD, mask=m_e, other=0.0, cache_modifier=".cg"), UPCAST), r2, acc,
                  input_precision=PRECISION)
-    acc = tl.dot(_up(tl.load(p_e + 3 * HD, mask=m_e, other=0.0, cache_modifier=".cg"), UPCAST), r3, acc,
+    acc = tl.dot(upcast(tl.load(p_e + 3 * HD, mask=m_e, other=0.0, cache_modifier=".cg"), UPCAST), r3, acc,
                  input_precision=PRECISION)
     return tl.sum(acc, 0)
 
@@ -265,7 +193,7 @@ def _h_gates(Y, H0, o_b, m_b, t, T, i_h, k0, r0, r1, r2, r3, D: tl.constexpr, HD
     o_hk = i_h * D + o_k[None, :]
     m_bk = m_b[:, None] & (o_k < D)[None, :]
     p_hp = tl.where(t > 0, Y + o_b[:, None] * T * HD + (t - 1) * HD + o_hk, H0 + o_b[:, None] * HD + o_hk)
-    hp = _up(tl.load(p_hp, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+    hp = upcast(tl.load(p_hp, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
     d0 = tl.dot(hp, r0, input_precision=PRECISION)
     d1 = tl.dot(hp, r1, input_precision=PRECISION)
     d2 = tl.dot(hp, r2, input_precision=PRECISION)
@@ -317,18 +245,16 @@ def _bwd_loads(DY, GS, CS, Y, H0, o_y, o_g, o_cs, o_st, m_bj, t, s_cs, CELL: tl.
 
 @triton.jit
 def _fused_recurrent_rnn_fwd_kernel(
-        X, R, BIAS, H0, Y, CS, GS, CNT, FLG, Z, B, T, t0, n_steps,
+        X, R, BIAS, H0, Y, CS, GS, CNT, B, T, t0, n_steps,
         NH: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, G: tl.constexpr, CELL: tl.constexpr,
         BB: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr, SYNC: tl.constexpr, SAVE: tl.constexpr,
         PREFETCH: tl.constexpr, FAST: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-        BAR: tl.constexpr = 0, KC: tl.constexpr = 0, NJP: tl.constexpr = 1, FUSE: tl.constexpr = False,
-        KB: tl.constexpr = 0):
+        BAR: tl.constexpr = 0, KC: tl.constexpr = 0, FUSE: tl.constexpr = False):
     # X (B, T, G, NH, D); R (G, NH, D, D); BIAS fp32 (4, NH, D); H0 (B, NH·D); Y (B, T, NH·D);
     # CS fp32 (S-1, B, T+1, NH·D) cell states, index 0 the initial one; GS (B, T, 4, NH·D) saved gates (sLSTM: fp32)
-    # BAR: the split head's barrier, 0 arrive+spin by atomic RMW on one counter at the end of the step, 1 arrive by
-    # atomic add after h_t's store and spin with acquire loads before h_t is read, 2 the same with one flag per
-    # program (FLG, NJP words per group). KC > 0 (split heads): K (the head's D) in chunks of KC, no padding to
-    # DP, one dot per chunk; with BAR 2 each chunk waits only for the programs that write its columns.
+    # BAR: the split head's barrier on the group's counter CNT, 0 arrive+spin by atomic RMW at the end of the step,
+    # 1 arrive by atomic add after h_t's store and spin with acquire loads before h_t is read.
+    # KC > 0 (split heads): K (the head's D) in chunks of KC, no padding to DP, one dot per chunk.
     i_p = tl.program_id(0)
     i_j, i_h, i_b = i_p % NJ, (i_p // NJ) % NH, i_p // (NJ * NH)
     grp = i_p // NJ
@@ -344,11 +270,8 @@ def _fused_recurrent_rnn_fwd_kernel(
     # the program's slice of R, on chip for the whole sequence: (KCH, BJ) per gate and chunk of K
     # (FUSE, split LSTM/sLSTM heads: (KCH, 4·BJ) per chunk, the gates side by side)
     tl.static_assert(not FUSE or (G == 4 and NJ > 1), "FUSE: split LSTM / sLSTM heads only")
-    tl.static_assert(KB == 0 or (FUSE and NK == 1), "KB: the fused slice as KB batched chunks of DP / KB")
-    tl.static_assert(BAR != 3 or KB > 0, "BAR 3 (LL exchange): with KB")
-    if KB > 0:
-        k_r = _r_fused_3d(R, i_h, i_j, D, HD, BJ, KB, DP // KB, UPCAST)
-    elif FUSE:
+    tl.static_assert(BAR == 0 or BAR == 1, "barriers 2 and 3: dev/rnn/kernel_variants.py")
+    if FUSE:
         f_r0 = _r_chunk_fused(R, i_h, i_j, 0, D, HD, BJ, KCH, UPCAST)
         if NK > 1:
             f_r1 = _r_chunk_fused(R, i_h, i_j, KCH, D, HD, BJ, KCH, UPCAST)
@@ -385,9 +308,6 @@ def _fused_recurrent_rnn_fwd_kernel(
     o_x = o_b[:, None] * T * (G * HD) + i_h * D + o_j[None, :]
     o_g = o_b[:, None] * T * (4 * HD) + i_h * D + o_j[None, :]
     x0, x1, x2, x3 = _fwd_loads(X, o_x, m_bj, t0, G, HD)
-    if NJ > 1:
-        if SYNC and BAR == 3:  # h_{-1} = h0 in slot 0 with flag 1; step s reads slot s % 4 at flag s + 1
-            _ll_put(Z, grp, 0, m_b, i_j, b_h.to(Y.dtype.element_ty), 1, D, BB, BJ)
     for s in range(0, n_steps):
         t = t0 + s
         c0, c1, c2, c3 = x0, x1, x2, x3
@@ -396,7 +316,7 @@ def _fused_recurrent_rnn_fwd_kernel(
         else:
             c0, c1, c2, c3 = _fwd_loads(X, o_x, m_bj, t, G, HD)
         if NJ == 1:
-            b_hp = _up(b_h.to(Y.dtype.element_ty), UPCAST)  # (BB, DP): the program holds the whole state
+            b_hp = upcast(b_h.to(Y.dtype.element_ty), UPCAST)  # (BB, DP): the program holds the whole state
             a0 = tl.dot(b_hp, b_r0, input_precision=PRECISION)
             a1 = tl.dot(b_hp, b_r1, input_precision=PRECISION)
             a2 = tl.dot(b_hp, b_r2, input_precision=PRECISION)
@@ -404,24 +324,15 @@ def _fused_recurrent_rnn_fwd_kernel(
             if G == 4:
                 a3 = tl.dot(b_hp, b_r3, input_precision=PRECISION)
         else:
-            if SYNC and BAR > 0 and BAR < 3:  # step t-1's h of every program (BAR 2 with chunks: chunk 0's writers)
-                _wait(CNT, FLG, grp, i_j, s, 0, NJ if NK == 1 or BAR == 1 else (KCH + BJ - 1) // BJ, BAR, NJ, NJP)
-            if KB > 0 and SYNC and BAR == 3:
-                a0, a1, a2, a3 = _gates_3d(
-                    _up(_ll_get_3d(Z, grp, s % 4, m_b, s + 1, Y.dtype.element_ty, D, BB, KB, DP // KB), UPCAST),
-                    k_r, BB, BJ, PRECISION)
-            elif KB > 0:
-                a0, a1, a2, a3 = _h_gates_3d(Y, H0, o_b, m_b, t, T, i_h, k_r, D, HD, BB, BJ, KB, DP // KB, PRECISION,
-                                             UPCAST)
-            elif FUSE:
+            if SYNC and BAR == 1:  # step t-1's h of every program
+                _wait(CNT, grp, s, NJ)
+            if FUSE:
                 a0, a1, a2, a3 = _h_gates_fused(Y, H0, o_b, m_b, t, T, i_h, 0, f_r0, D, HD, BB, BJ, KCH, PRECISION,
                                                 UPCAST)
             else:
                 a0, a1, a2, a3 = _h_gates(Y, H0, o_b, m_b, t, T, i_h, 0, b_r0, b_r1, b_r2, b_r3, D, HD, G, KCH,
                                           PRECISION, UPCAST)
             if NK > 1:
-                if SYNC and BAR == 2:
-                    _wait(CNT, FLG, grp, i_j, s, KCH // BJ, tl.minimum(NJ, (2 * KCH + BJ - 1) // BJ), BAR, NJ, NJP)
                 if FUSE:
                     e0, e1, e2, e3 = _h_gates_fused(Y, H0, o_b, m_b, t, T, i_h, KCH, f_r1, D, HD, BB, BJ, KCH,
                                                     PRECISION, UPCAST)
@@ -433,8 +344,6 @@ def _fused_recurrent_rnn_fwd_kernel(
                 a2 += e2
                 a3 += e3
             if NK > 2:
-                if SYNC and BAR == 2:
-                    _wait(CNT, FLG, grp, i_j, s, 2 * KCH // BJ, NJ, BAR, NJ, NJP)
                 if FUSE:
                     e0, e1, e2, e3 = _h_gates_fused(Y, H0, o_b, m_b, t, T, i_h, 2 * KCH, f_r2, D, HD, BB, BJ, KCH,
                                                     PRECISION, UPCAST)
@@ -479,10 +388,8 @@ def _fused_recurrent_rnn_fwd_kernel(
                 b_h = g3 * b_c / b_n
         tl.store(Y + o_y + t * HD, b_h.to(Y.dtype.element_ty), mask=m_bj)
         if NJ > 1:
-            if SYNC and BAR == 3:
-                _ll_put(Z, grp, (s + 1) % 4, m_b, i_j, b_h.to(Y.dtype.element_ty), s + 2, D, BB, BJ)
-            elif SYNC and BAR > 0:  # publish h_t now: the saved states below are stored while others catch up
-                _arrive(CNT, FLG, grp, i_j, s + 1, BAR, NJP)
+            if SYNC and BAR == 1:  # publish h_t now: the saved states below are stored while others catch up
+                _arrive(CNT, grp)
         if SAVE:  # every step's cell state, for the backward (else only the last one, after the loop)
             if CELL != 1:
                 tl.store(CS + o_cs + (t + 1) * HD, b_c, mask=m_bj)
@@ -522,35 +429,33 @@ def _exchange_dot(DX, DQ, o_xk, o_qk, m_bk, t, b_r0, b_r1, b_r2, b_r3, HD: tl.co
                   CELL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """sum_g dG_g[t] (BB, K) @ R_g^T slice (K, BJ), reading every gate column of step t back from L2."""
     p_e = DX + o_xk + t * (G * HD)
-    e = _up(tl.load(p_e, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+    e = upcast(tl.load(p_e, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
     acc = tl.dot(e, b_r0, input_precision=PRECISION)
-    e = _up(tl.load(p_e + HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+    e = upcast(tl.load(p_e + HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
     acc += tl.dot(e, b_r1, input_precision=PRECISION)
     if CELL == 1:
-        e = _up(tl.load(DQ + o_qk + t * HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+        e = upcast(tl.load(DQ + o_qk + t * HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
     else:
-        e = _up(tl.load(p_e + 2 * HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+        e = upcast(tl.load(p_e + 2 * HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
     acc += tl.dot(e, b_r2, input_precision=PRECISION)
     if G == 4:
-        e = _up(tl.load(p_e + 3 * HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
+        e = upcast(tl.load(p_e + 3 * HD, mask=m_bk, other=0.0, cache_modifier=".cg"), UPCAST)
         acc += tl.dot(e, b_r3, input_precision=PRECISION)
     return acc
 
 
 @triton.jit
-def _exchange(DX, DQ, CNT, FLG, grp, i_j, target, o_b, m_b, T, i_h, t, valid, b_r0, b_r1, b_r2, b_r3, q_r0, q_r1,
+def _exchange(DX, DQ, CNT, grp, target, o_b, m_b, T, i_h, t, valid, b_r0, b_r1, b_r2, b_r3, q_r0, q_r1,
               q_r2, q_r3, u_r0, u_r1, u_r2, u_r3, D: tl.constexpr, HD: tl.constexpr, G: tl.constexpr,
-              CELL: tl.constexpr, KCH: tl.constexpr, NK: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr,
-              NJP: tl.constexpr, SYNC: tl.constexpr, BAR: tl.constexpr, KB: tl.constexpr, DP: tl.constexpr,
-              PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """Barrier (the `target`-th), then sum_g dG_g[t] @ R_g^T slice over the chunks of K; with BAR 2 and chunks,
-    each chunk waits only for the programs that wrote its columns."""
+              CELL: tl.constexpr, KCH: tl.constexpr, NK: tl.constexpr, NJ: tl.constexpr, SYNC: tl.constexpr,
+              BAR: tl.constexpr, KB: tl.constexpr, DP: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """Barrier (the `target`-th), then sum_g dG_g[t] @ R_g^T slice over the chunks of K."""
     if SYNC:
         if BAR == 0:
             _group_barrier(CNT + grp, target * NJ)
         else:
-            _arrive(CNT, FLG, grp, i_j, target, BAR, NJP)
-            _wait(CNT, FLG, grp, i_j, target, 0, NJ if NK == 1 or BAR == 1 else (KCH + BJ - 1) // BJ, BAR, NJ, NJP)
+            _arrive(CNT, grp)
+            _wait(CNT, grp, target, NJ)
     if KB > 0:
         acc = _exchange_3d(DX, o_b, m_b, T, i_h, t, valid, b_r0, b_r1, b_r2, b_r3, D, HD, KB, DP // KB, PRECISION,
                            UPCAST)
@@ -558,13 +463,9 @@ def _exchange(DX, DQ, CNT, FLG, grp, i_j, target, o_b, m_b, T, i_h, t, valid, b_
         acc = _exchange_chunk(DX, DQ, o_b, m_b, T, i_h, 0, t, valid, b_r0, b_r1, b_r2, b_r3, D, HD, G, CELL, KCH,
                               PRECISION, UPCAST)
         if NK > 1:
-            if SYNC and BAR == 2:
-                _wait(CNT, FLG, grp, i_j, target, KCH // BJ, tl.minimum(NJ, (2 * KCH + BJ - 1) // BJ), BAR, NJ, NJP)
             acc += _exchange_chunk(DX, DQ, o_b, m_b, T, i_h, KCH, t, valid, q_r0, q_r1, q_r2, q_r3, D, HD, G, CELL,
                                    KCH, PRECISION, UPCAST)
         if NK > 2:
-            if SYNC and BAR == 2:
-                _wait(CNT, FLG, grp, i_j, target, 2 * KCH // BJ, NJ, BAR, NJ, NJP)
             acc += _exchange_chunk(DX, DQ, o_b, m_b, T, i_h, 2 * KCH, t, valid, u_r0, u_r1, u_r2, u_r3, D, HD, G,
                                    CELL, KCH, PRECISION, UPCAST)
     return acc
@@ -572,17 +473,17 @@ def _exchange(DX, DQ, CNT, FLG, grp, i_j, target, o_b, m_b, T, i_h, t, valid, b_
 
 @triton.jit
 def _fused_recurrent_rnn_bwd_kernel(
-        R, GS, H0, Y, CS, DY, DX, DQ, DST, CNT, FLG, B, T, t0, n_steps, finish,
+        R, GS, H0, Y, CS, DY, DX, DQ, DST, CNT, B, T, t0, n_steps, finish,
         NH: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, G: tl.constexpr, CELL: tl.constexpr,
         BB: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr, SYNC: tl.constexpr,
         PREFETCH: tl.constexpr, FAST: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-        BAR: tl.constexpr = 0, KC: tl.constexpr = 0, NJP: tl.constexpr = 1, KB: tl.constexpr = 0):
+        BAR: tl.constexpr = 0, KC: tl.constexpr = 0, KB: tl.constexpr = 0):
     # steps t = t0, t0-1, .., t0-n_steps+1; each step first takes dG_{t+1} @ R^T (the exchange), then the cell's
     # backward at t. `finish` adds the last exchange, dG_0 @ R^T, which gives the initial state's gradient.
     # DY (B, T, NH·D); DX (B, T, G, NH·D) gradient of x (= of the recurrent pre-activations, except GRU's n
     # gate, whose recurrent part DQ (B, T, NH·D) is written apart); DST fp32 (S, B, NH·D) the carried state
     # gradients: in, what is left after step t0+1's exchange; out, the same after the last step of this launch
-    # BAR, KC, NJP: as in the forward (here the barrier publishes step t+1's dG before the exchange reads it);
+    # BAR, KC: as in the forward (here the barrier publishes step t+1's dG before the exchange reads it);
     # KB > 0 (split LSTM / sLSTM heads): the exchange as one batched dot over (gate, chunk of DP / KB)
     i_p = tl.program_id(0)
     i_j, i_h, i_b = i_p % NJ, (i_p // NJ) % NH, i_p // (NJ * NH)
@@ -642,16 +543,15 @@ def _fused_recurrent_rnn_bwd_kernel(
         g3 = g3.to(tl.float32)
         # step t+1's dG (zero at t = T-1) times R^T, unconditionally, so R's on-chip copy is set up once
         if NJ == 1:
-            b_dh += tl.dot(_up(e0, UPCAST), b_r0, input_precision=PRECISION)
-            b_dh += tl.dot(_up(e1, UPCAST), b_r1, input_precision=PRECISION)
-            b_dh += tl.dot(_up(e2, UPCAST), b_r2, input_precision=PRECISION)
+            b_dh += tl.dot(upcast(e0, UPCAST), b_r0, input_precision=PRECISION)
+            b_dh += tl.dot(upcast(e1, UPCAST), b_r1, input_precision=PRECISION)
+            b_dh += tl.dot(upcast(e2, UPCAST), b_r2, input_precision=PRECISION)
             if G == 4:
-                b_dh += tl.dot(_up(e3, UPCAST), b_r3, input_precision=PRECISION)
+                b_dh += tl.dot(upcast(e3, UPCAST), b_r3, input_precision=PRECISION)
         else:
-            b_dh += _exchange(DX, DQ, CNT, FLG, grp, i_j, s + 1, o_b, m_b, T, i_h, tl.minimum(t + 1, T - 1),
+            b_dh += _exchange(DX, DQ, CNT, grp, s + 1, o_b, m_b, T, i_h, tl.minimum(t + 1, T - 1),
                               (t + 1 < T).to(tl.int32), b_r0, b_r1, b_r2, b_r3, q_r0, q_r1, q_r2, q_r3, u_r0, u_r1,
-                              u_r2, u_r3, D, HD, G, CELL, KCH, NK, BJ, NJ, NJP, SYNC, BAR, KB, DP, PRECISION,
-                              UPCAST)
+                              u_r2, u_r3, D, HD, G, CELL, KCH, NK, NJ, SYNC, BAR, KB, DP, PRECISION, UPCAST)
         dh = b_dh + dy.to(tl.float32)
         if CELL == 0:
             c_t, c_p = l_a, l_b
@@ -701,16 +601,15 @@ def _fused_recurrent_rnn_bwd_kernel(
             e3 = d3.to(R.dtype.element_ty)
     if finish:
         if NJ == 1:
-            b_dh += tl.dot(_up(e0, UPCAST), b_r0, input_precision=PRECISION)
-            b_dh += tl.dot(_up(e1, UPCAST), b_r1, input_precision=PRECISION)
-            b_dh += tl.dot(_up(e2, UPCAST), b_r2, input_precision=PRECISION)
+            b_dh += tl.dot(upcast(e0, UPCAST), b_r0, input_precision=PRECISION)
+            b_dh += tl.dot(upcast(e1, UPCAST), b_r1, input_precision=PRECISION)
+            b_dh += tl.dot(upcast(e2, UPCAST), b_r2, input_precision=PRECISION)
             if G == 4:
-                b_dh += tl.dot(_up(e3, UPCAST), b_r3, input_precision=PRECISION)
+                b_dh += tl.dot(upcast(e3, UPCAST), b_r3, input_precision=PRECISION)
         else:
-            b_dh += _exchange(DX, DQ, CNT, FLG, grp, i_j, n_steps + 1, o_b, m_b, T, i_h, t0 - n_steps + 1,
+            b_dh += _exchange(DX, DQ, CNT, grp, n_steps + 1, o_b, m_b, T, i_h, t0 - n_steps + 1,
                               1, b_r0, b_r1, b_r2, b_r3, q_r0, q_r1, q_r2, q_r3, u_r0, u_r1,
-                              u_r2, u_r3, D, HD, G, CELL, KCH, NK, BJ, NJ, NJP, SYNC, BAR, KB, DP, PRECISION,
-                              UPCAST)
+                              u_r2, u_r3, D, HD, G, CELL, KCH, NK, NJ, SYNC, BAR, KB, DP, PRECISION, UPCAST)
     tl.store(DST + o_st, b_dh, mask=m_bj)
     if CELL != 1:
         tl.store(DST + s_st + o_st, b_dc, mask=m_bj)
@@ -730,14 +629,24 @@ def _fast(t) -> bool:
     return t.is_cuda and t.dtype != torch.float32 and os.environ.get("TRITON_INTERPRET", "") != "1"
 
 
-def _sync_buffers(groups: int, tiles, device):
-    """The split head's barrier words, zeroed: one counter per group (BAR 0, 1), NJP flags per group (BAR 2)."""
+def _sync_buffers(groups: int, device):
+    """The split head's barrier words, zeroed: one counter per group."""
     import torch
 
-    njp = 1 << max(tiles.NJ - 1, 0).bit_length()
-    cnt = torch.zeros(groups, dtype=torch.int32, device=device)
-    flg = torch.zeros(groups * njp if getattr(tiles, "barrier", 0) == 2 else 1, dtype=torch.int32, device=device)
-    return cnt, flg, njp
+    return torch.zeros(groups, dtype=torch.int32, device=device)
+
+
+def _barrier(tiles) -> int:
+    """The launch's BAR (0 for one program per head). Barriers 2 (one flag per program) and 3 (the LL exchange)
+    are in dev/rnn/kernel_variants.py; without sync no barrier runs, so there any value is accepted."""
+    if tiles.NJ == 1:
+        return 0
+    if tiles.barrier in (0, 1):
+        return tiles.barrier
+    if tiles.sync:
+        raise UnsupportedError(f"rnn tiles: barrier={tiles.barrier} is not in the library (split heads run barrier 0 "
+                               "or 1); barriers 2 and 3 are in dev/rnn/kernel_variants.py")
+    return 0
 
 
 def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, precision: str, upcast: bool,
@@ -761,19 +670,20 @@ def fused_recurrent_rnn_fwd(cell: str, x, R, bias, h0, cs0, tiles, save: bool, p
     # an O(1) error in dG that R^T spreads over a whole row of dh (issue #9). fp32 keeps both as the forward had them.
     gs_dtype = torch.float32 if cell == "slstm" else x.dtype
     gs = torch.empty(B, T, 4, HD, dtype=gs_dtype, device=x.device) if save else y
+    fuse = tiles.fuse and tiles.NJ > 1 and G == 4
+    if fuse and tiles.fwd_kb:
+        raise UnsupportedError(f"rnn tiles: fwd_kb={tiles.fwd_kb} (the forward's K as batched chunks) is not in the "
+                               "library; it is in dev/rnn/kernel_variants.py")
+    bar = _barrier(tiles)
     nb = triton.cdiv(B, tiles.BB)
-    cnt, flg, njp = _sync_buffers(nb * NH, tiles, x.device)
-    ll = tiles.NJ > 1 and tiles.sync and tiles.barrier == 3
-    z = torch.zeros(nb * NH * 4 * tiles.BB * (D // 2) if ll else 1, dtype=torch.int64, device=x.device)
+    cnt = _sync_buffers(nb * NH, x.device)
     steps = [(0, T)] if tiles.NJ == 1 or tiles.sync else [(t, 1) for t in range(T)]
     for t0, n in steps:
         _fused_recurrent_rnn_fwd_kernel[(nb * NH * tiles.NJ,)](
-            x, R, bias, h0, y, cs, gs, cnt, flg, z, B, T, t0, n, NH=NH, D=D, DP=tiles.DP, G=G, CELL=CELL_IDS[cell],
+            x, R, bias, h0, y, cs, gs, cnt, B, T, t0, n, NH=NH, D=D, DP=tiles.DP, G=G, CELL=CELL_IDS[cell],
             BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, SAVE=save, PREFETCH=prefetch, FAST=fast,
-            PRECISION=precision, UPCAST=upcast, BAR=tiles.barrier if tiles.NJ > 1 else 0,
-            KC=tiles.kc if tiles.NJ > 1 else 0, NJP=njp, FUSE=tiles.fuse and tiles.NJ > 1 and G == 4,
-            KB=tiles.fwd_kb if tiles.fuse and tiles.NJ > 1 and G == 4 else 0, num_warps=tiles.num_warps,
-            num_stages=1)
+            PRECISION=precision, UPCAST=upcast, BAR=bar, KC=tiles.kc if tiles.NJ > 1 else 0, FUSE=fuse,
+            num_warps=tiles.num_warps, num_stages=1)
     return y, cs, gs
 
 
@@ -788,8 +698,9 @@ def fused_recurrent_rnn_bwd(cell: str, R, gs, h0, y, cs, dy, dst, tiles, precisi
     fast = _fast(y) if fast is None else fast
     dx = torch.empty(B, T, G * HD, dtype=y.dtype, device=y.device)
     dq = torch.empty(B, T, HD, dtype=y.dtype, device=y.device) if cell == "gru" else dx
+    bar = _barrier(tiles)
     nb = triton.cdiv(B, tiles.BB)
-    cnt, flg, njp = _sync_buffers(nb * NH, tiles, y.device)
+    cnt = _sync_buffers(nb * NH, y.device)
     kb = tiles.kb if tiles.NJ > 1 and G == 4 else 0  # the batched exchange; it replaces the forward's K chunks
     if tiles.NJ == 1 or tiles.sync:
         steps = [(T - 1, T, 1)]
@@ -797,9 +708,8 @@ def fused_recurrent_rnn_bwd(cell: str, R, gs, h0, y, cs, dy, dst, tiles, precisi
         steps = [(t, 1, 0) for t in range(T - 1, -1, -1)] + [(-1, 0, 1)]
     for t0, n, finish in steps:
         _fused_recurrent_rnn_bwd_kernel[(nb * NH * tiles.NJ,)](
-            R, gs, h0, y, cs, dy, dx, dq, dst, cnt, flg, B, T, t0, n, finish, NH=NH, D=D, DP=tiles.DP, G=G,
+            R, gs, h0, y, cs, dy, dx, dq, dst, cnt, B, T, t0, n, finish, NH=NH, D=D, DP=tiles.DP, G=G,
             CELL=CELL_IDS[cell], BB=tiles.BB, BJ=tiles.BJ, NJ=tiles.NJ, SYNC=tiles.sync, PREFETCH=prefetch,
-            FAST=fast, PRECISION=precision, UPCAST=upcast, BAR=(1 if tiles.barrier == 3 else tiles.barrier)
-            if tiles.NJ > 1 else 0,
-            KC=tiles.kc if tiles.NJ > 1 and not kb else 0, NJP=njp, KB=kb, num_warps=tiles.num_warps, num_stages=1)
+            FAST=fast, PRECISION=precision, UPCAST=upcast, BAR=bar, KC=tiles.kc if tiles.NJ > 1 and not kb else 0,
+            KB=kb, num_warps=tiles.num_warps, num_stages=1)
     return dx, (dq if cell == "gru" else None)

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..._dispatch import interpreting
-from ..flash.kernel import LOG2E, _up
+from ...triton_utils import LOG2E, upcast
 
 
 @triton.jit
@@ -44,14 +44,14 @@ def _decode_loop(b_q, K, V, BT, i_b, i_hk, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s
         else:
             k_off = i_b * s_kb + o_k * s_kt
             v_off = i_b * s_vb + o_k * s_vt
-        b_kt = _up(tl.load(K + k_off[None, :] + i_hk * s_kh + o_d[:, None], mask=m_k[None, :] & m_d[:, None],
+        b_kt = upcast(tl.load(K + k_off[None, :] + i_hk * s_kh + o_d[:, None], mask=m_k[None, :] & m_d[:, None],
                            other=0.0), UPCAST)
         b_s = tl.dot(b_q, b_kt, input_precision=PRECISION) * scale_log2  # (BM, BN)
         m_s = m_k[None, :]
         if IS_CAUSAL:
             m_s = m_s & (o_k[None, :] <= (L - TQ + o_t)[:, None])
         b_s = tl.where(m_s, b_s, float("-inf"))
-        b_v = _up(tl.load(V + v_off[:, None] + i_hk * s_vh + o_d[None, :], mask=m_k[:, None] & m_d[None, :],
+        b_v = upcast(tl.load(V + v_off[:, None] + i_hk * s_vh + o_d[None, :], mask=m_k[:, None] & m_d[None, :],
                           other=0.0), UPCAST)
         if UNIFIED:
             b_m = tl.maximum(b_m, tl.max(b_s, 1))
@@ -88,7 +88,7 @@ def _flash_decode_split_kernel(Q, K, V, BT, SEQLENS, O_PART, LSE_PART, FALLBACK,
     o_h = i_hk * GROUP + o_r // TQ
     m_r = o_r < GROUP * TQ
     o_d = tl.arange(0, BD)
-    b_q = _up(tl.load(Q + i_b * s_qb + o_t[:, None] * s_qt + o_h[:, None] * s_qh + o_d[None, :],
+    b_q = upcast(tl.load(Q + i_b * s_qb + o_t[:, None] * s_qt + o_h[:, None] * s_qh + o_d[None, :],
                       mask=m_r[:, None] & (o_d < D)[None, :], other=0.0), UPCAST)
     start = i_s * split_len
     end = tl.minimum(start + split_len, L)

@@ -424,8 +424,8 @@ def hopper_flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cau
     window_left >= 0 (with causal): a sliding window, row r sees keys r - window_left .. r (flash-attn's
     window_size=(window_left, 0)); only the band of key blocks is visited.
     sparse (not causal, no window): block-sparse attention from masked.py's per-row lists of the block mask, a tuple
-    (count, indices, count strides (b, h, row), index strides (b, h, row), (block_q, block_k)) as masked.py's
-    `_sparse_args` returns them; only the non-empty key blocks are visited, an empty row gives 0 and LSE -inf."""
+    (count, indices, count strides (b, h, row), index strides (b, h, row), (block_q, block_k)) as block_lists.py's
+    `sparse_args` returns them; only the non-empty key blocks are visited, an empty row gives 0 and LSE -inf."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     B, T, Hq, D = q.shape
@@ -475,8 +475,8 @@ def hopper_flash_attn_bwd_dkdv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                sparse: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """dK, dV on sm_90 by TMA. q, do: (B, T, Hq, D), k, v: (B, T, Hkv, D), contiguous; lse, delta (B, Hq, T) fp32.
     Returns dk, dv like k, v. `config` overrides the tile table (for the dev sweeps). sparse (not causal): the
-    TRANSPOSED block mask's lists from masked.py's `_sparse_args` (per key block, the query blocks that see it), with
-    the block size (block_q, block_k); only those query blocks are visited."""
+    TRANSPOSED block mask's lists from block_lists.py's `sparse_args` (per key block, the query blocks that see it),
+    with the block size (block_q, block_k); only those query blocks are visited."""
     B, T, Hq, D = q.shape
     Hkv = k.shape[2]
     assert sparse is None or not causal, "block-sparse runs with no other mask"

@@ -23,19 +23,7 @@ import triton.language as tl
 
 from ....env import settings
 from ..._dispatch import interpreting
-
-LOG2E = 1.4426950408889634
-
-
-# Triton 3.9's interpreter returns garbage for tl.dot on bfloat16 tiles (seen on 2026-11-26: errors of 1e10
-# on a 16x16 product), so under the interpreter bf16 tiles are upcast to fp32 as they are loaded. Compiled
-# kernels never take this branch (UPCAST is False), so the GPU path is exactly the bf16 kernel.
-@triton.jit
-def _up(x, UPCAST: tl.constexpr):
-    if UPCAST:
-        return x.to(tl.float32)
-    else:
-        return x
+from ...triton_utils import LOG2E, upcast
 
 
 # ----------------------------------------------------------------------------------------------- forward
@@ -49,12 +37,12 @@ def _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m,
         o_k = start_n + o_n
         if MASK:
             m_k = o_k < Tk
-            b_kt = _up(tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None],
+            b_kt = upcast(tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None],
                 mask=m_k[None, :] & m_d[:, None], other=0.0), UPCAST)
         elif D == BD:
-            b_kt = _up(tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None]), UPCAST)
+            b_kt = upcast(tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None]), UPCAST)
         else:
-            b_kt = _up(tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
+            b_kt = upcast(tl.load(k_base + o_k[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
         b_s = tl.dot(b_q, b_kt, input_precision=PRECISION) * scale_log2  # (BM, BN), log2 units
         if MASK:
             m_s = m_k[None, :]
@@ -71,15 +59,29 @@ def _flash_attn_fwd_inner(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m,
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
         b_acc = b_acc * b_alpha[:, None]
         if MASK:
-            b_v = _up(tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :],
+            b_v = upcast(tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :],
                 mask=m_k[:, None] & m_d[None, :], other=0.0), UPCAST)
         elif D == BD:
-            b_v = _up(tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :]), UPCAST)
+            b_v = upcast(tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :]), UPCAST)
         else:
-            b_v = _up(tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
+            b_v = upcast(tl.load(v_base + o_k[:, None] * s_vt + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
         b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc, input_precision=PRECISION)
         b_m = b_m_new
     return b_acc, b_m, b_l
+
+
+@triton.jit
+def _query_program(HQ: tl.constexpr, GROUP: tl.constexpr, REV: tl.constexpr):
+    """(query block, batch x head, batch, head, KV head) of a program over the grid (query blocks, batch x heads):
+    neighbouring programs share one head's K and V, which then come from L2 (swapping the axes cost 25-45% at
+    T <= 4k, see dev/attention/NOTES.md). With a causal mask the last query blocks carry the most work; REV
+    dispatches them first (a tuning choice: it shortens the tail)."""
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0) if REV else tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = (i_bh // HQ).to(tl.int64)
+    i_h = i_bh % HQ
+    i_hk = i_h // GROUP
+    return i_m, i_bh, i_b, i_h, i_hk
 
 
 @triton.jit
@@ -89,21 +91,14 @@ def _flash_attn_fwd_kernel(Q, K, V, O, LSE,
                            HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                            BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
                            UPCAST: tl.constexpr, REV: tl.constexpr):
-    # grid (query blocks, batch x heads): neighbouring programs share one head's K and V, which then come from
-    # L2 (swapping the axes cost 25-45% at T <= 4k, see dev/attention/NOTES.md). With a causal mask the last
-    # query blocks carry the most work; REV dispatches them first (a tuning choice: it shortens the tail).
-    i_m = tl.num_programs(0) - 1 - tl.program_id(0) if REV else tl.program_id(0)
-    i_bh = tl.program_id(1)
-    i_b = (i_bh // HQ).to(tl.int64)
-    i_h = i_bh % HQ
-    i_hk = i_h // GROUP
+    i_m, i_bh, i_b, i_h, i_hk = _query_program(HQ, GROUP, REV)
     o_m = i_m * BM + tl.arange(0, BM)
     o_n = tl.arange(0, BN)
     o_d = tl.arange(0, BD)
     m_m = o_m < Tq
     m_d = o_d < D
     p_q = Q + i_b * s_qb + i_h * s_qh + o_m[:, None] * s_qt + o_d[None, :]
-    b_q = _up(tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0), UPCAST)
+    b_q = upcast(tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0), UPCAST)
     k_base = K + i_b * s_kb + i_hk * s_kh
     v_base = V + i_b * s_vb + i_hk * s_vh
     b_m = tl.full([BM], float("-inf"), tl.float32)
@@ -156,15 +151,15 @@ def _load_query_rows(q_base, do_base, lse_base, delta_base, s_qt, s_dot, o_m, o_
     m_d = o_d < D
     if MASK:
         m_m = o_m < Tq
-        b_qt = _up(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_m[None, :] & m_d[:, None], other=0.0),
+        b_qt = upcast(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_m[None, :] & m_d[:, None], other=0.0),
                    UPCAST)
-        b_do = _up(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_m[:, None] & m_d[None, :],
+        b_do = upcast(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_m[:, None] & m_d[None, :],
                            other=0.0), UPCAST)
         b_lse = tl.load(lse_base + o_m, mask=m_m, other=0.0)
         b_delta = tl.load(delta_base + o_m, mask=m_m, other=0.0)
     else:
-        b_qt = _up(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
-        b_do = _up(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
+        b_qt = upcast(tl.load(q_base + o_m[None, :] * s_qt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
+        b_do = upcast(tl.load(do_base + o_m[:, None] * s_dot + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
         b_lse = tl.load(lse_base + o_m)
         b_delta = tl.load(delta_base + o_m)
     return b_qt, b_do, b_lse, b_delta
@@ -211,8 +206,10 @@ def _flash_attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA,
     o_m0 = tl.arange(0, BM)
     o_d = tl.arange(0, BD)
     m_kd = (o_n < Tk)[:, None] & (o_d < D)[None, :]
-    b_k = _up(tl.load(K + i_b * s_kb + i_hk * s_kh + o_n[:, None] * s_kt + o_d[None, :], mask=m_kd, other=0.0), UPCAST)
-    b_v = _up(tl.load(V + i_b * s_vb + i_hk * s_vh + o_n[:, None] * s_vt + o_d[None, :], mask=m_kd, other=0.0), UPCAST)
+    b_k = upcast(tl.load(K + i_b * s_kb + i_hk * s_kh + o_n[:, None] * s_kt + o_d[None, :], mask=m_kd, other=0.0),
+                 UPCAST)
+    b_v = upcast(tl.load(V + i_b * s_vb + i_hk * s_vh + o_n[:, None] * s_vt + o_d[None, :], mask=m_kd, other=0.0),
+                 UPCAST)
     b_dk = tl.zeros([BN, BD], tl.float32)
     b_dv = tl.zeros([BN, BD], tl.float32)
     offset = Tk - Tq
@@ -258,13 +255,13 @@ def _flash_attn_bwd_dq_inner(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s
         o_n = start_n + o_n0
         if MASK:
             m_n = o_n < Tk
-            b_kt = _up(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None],
+            b_kt = upcast(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None],
                 mask=m_n[None, :] & m_d[:, None], other=0.0), UPCAST)
-            b_vt = _up(tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None],
+            b_vt = upcast(tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None],
                 mask=m_n[None, :] & m_d[:, None], other=0.0), UPCAST)
         else:
-            b_kt = _up(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
-            b_vt = _up(tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
+            b_kt = upcast(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
+            b_vt = upcast(tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
         b_s = tl.dot(b_q, b_kt, input_precision=PRECISION) * scale_log2  # (BM, BN)
         b_p = tl.math.exp2(b_s - b_lse2[:, None])
         if MASK:
@@ -285,21 +282,16 @@ def _flash_attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA,
                               HQ: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
                            UPCAST: tl.constexpr, REV: tl.constexpr):
-    # grid (query blocks, batch x heads): neighbouring programs share one head's K and V, which then come from
-    # L2 (swapping the axes cost 25-45% at T <= 4k, see dev/attention/NOTES.md). With a causal mask the last
-    # query blocks carry the most work; REV dispatches them first (a tuning choice: it shortens the tail).
-    i_m = tl.num_programs(0) - 1 - tl.program_id(0) if REV else tl.program_id(0)
-    i_bh = tl.program_id(1)
-    i_b = (i_bh // HQ).to(tl.int64)
-    i_h = i_bh % HQ
-    i_hk = i_h // GROUP
+    i_m, i_bh, i_b, i_h, i_hk = _query_program(HQ, GROUP, REV)
     o_m = i_m * BM + tl.arange(0, BM)
     o_n0 = tl.arange(0, BN)
     o_d = tl.arange(0, BD)
     m_m = o_m < Tq
     m_qd = m_m[:, None] & (o_d < D)[None, :]
-    b_q = _up(tl.load(Q + i_b * s_qb + i_h * s_qh + o_m[:, None] * s_qt + o_d[None, :], mask=m_qd, other=0.0), UPCAST)
-    b_do = _up(tl.load(DO + i_b * s_db + i_h * s_dh + o_m[:, None] * s_dt + o_d[None, :], mask=m_qd, other=0.0), UPCAST)
+    b_q = upcast(tl.load(Q + i_b * s_qb + i_h * s_qh + o_m[:, None] * s_qt + o_d[None, :], mask=m_qd, other=0.0),
+                 UPCAST)
+    b_do = upcast(tl.load(DO + i_b * s_db + i_h * s_dh + o_m[:, None] * s_dt + o_d[None, :], mask=m_qd, other=0.0),
+                  UPCAST)
     b_lse2 = tl.load(LSE + i_bh.to(tl.int64) * Tq + o_m, mask=m_m, other=0.0) * 1.4426950408889634
     b_delta = tl.load(DELTA + i_bh.to(tl.int64) * Tq + o_m, mask=m_m, other=0.0)
     b_dq = tl.zeros([BM, BD], tl.float32)
@@ -367,7 +359,7 @@ def _tuned(kernel, tiles, D: int):
 # some tiles are bimodal between runs (the same config at 140 or 298 TFLOP/s), so the table prefers tiles that
 # were good in every run. REV (heaviest query blocks first) helps dQ with a causal mask; only dQ uses it.
 # Used unless IOAWARE_AUTOTUNE=1: a first call then compiles three kernels instead of benchmarking dozens.
-def _table(op: str, D: int, T: int, causal: bool) -> dict:
+def tile_table(op: str, D: int, T: int, causal: bool) -> dict:
     short = T < 2048
     rev = False
     if op == "fwd":
@@ -405,7 +397,7 @@ def _launch(kernel, tiles, grid_fn, head_dim: int, seqlen: int, *args, **kw):
         _tuned(kernel, tiles, head_dim)[grid_fn](*args, **kw)
     else:
         op = "fwd" if kernel is _flash_attn_fwd_kernel else "dkdv" if kernel is _flash_attn_bwd_dkdv_kernel else "dq"
-        cfg = _table(op, head_dim, seqlen, kw["IS_CAUSAL"])
+        cfg = tile_table(op, head_dim, seqlen, kw["IS_CAUSAL"])
         if not has_rev:
             cfg.pop("REV")
         kernel[grid_fn(cfg)](*args, **kw, **cfg)
@@ -444,12 +436,29 @@ def _sm_major(device: torch.device) -> int:
     return _sm_major_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
+TRITON_HOPPER_MIN = (3, 4)  # tl.make_tensor_descriptor and tl.range(warp_specialize=...): hopper.py's needs
+
+
+@functools.cache
+def triton_has_hopper_api() -> bool:
+    """Whether this Triton can build hopper.py's kernels; older ones fall back to this file's portable kernels
+    (with a warning once, so a slower run is never silent)."""
+    ver = tuple(int(x) for x in triton.__version__.split("+")[0].split(".")[:2] if x.isdigit())
+    ok = ver >= TRITON_HOPPER_MIN and hasattr(tl, "make_tensor_descriptor")
+    if not ok:
+        import warnings
+
+        warnings.warn(f"triton {triton.__version__} lacks what the Hopper attention kernels need (>= "
+                      f"{'.'.join(map(str, TRITON_HOPPER_MIN))}); using the portable kernels", stacklevel=3)
+    return ok
+
+
 def hopper_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, min_t: int) -> bool:
     """The tensor side of every Hopper dispatch (here and in masked.py): D = 128 on an sm_90 device, T >= min_t,
     not interpreting, and what hopper.py's TMA descriptors need (`hopper_supported`)."""
     if interpreting() or q.device.type != "cuda" or q.shape[-1] != 128 or q.shape[1] < min_t:
         return False
-    if _sm_major(q.device) != 9:
+    if _sm_major(q.device) != 9 or not triton_has_hopper_api():
         return False
     from .hopper import hopper_supported
 

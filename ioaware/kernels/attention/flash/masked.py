@@ -13,6 +13,7 @@ never loaded (skipped, not zeroed), tiles inside it for every row run without ma
 edges are masked. The backward's dK/dV kernel walks the same band transposed (rows that see a key tile).
 Score modifiers: softcap s = cap * tanh(x / cap) (x = q.k * scale), ALiBi s -= slope * |r + off - c|; dropout
 keeps an element when Philox(seed, row id * max_seqlen_k + c) >= p, and the backward regenerates the same mask.
+Block-sparse: the per-row lists of non-empty blocks are built (and cached per mask) on the host by block_lists.py.
 Varlen (IS_VARLEN): q, k, v are packed [1, total, H, D]; the batch index of a program selects the sequence's
 rows from cu_seqlens, and programs past a sequence's end return at once.
 The backward is deterministic: dK/dV and dQ are each written by exactly one program, with no atomics.
@@ -20,24 +21,21 @@ The backward is deterministic: dK/dV and dQ are each written by exactly one prog
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 import triton
 import triton.language as tl
 
-from ....env import settings
 from ..._dispatch import interpreting
+from ...triton_utils import LOG2E, upcast
+from .block_lists import sparse_args
 from .kernel import (
-    LOG2E,
     _flash_attn_bwd_preprocess_kernel,
     _head_dim_block,
     _load_query_rows,
     _precision,
-    _table,
-    _up,
     _upcast,
     hopper_eligible,
+    tile_table,
 )
 
 BIG = 1 << 30  # "no bound": a window side of -1 (row and key indices stay far below it)
@@ -120,16 +118,16 @@ def _fwd_tile(b_acc, b_m, b_l, b_q, k_base, v_base, s_kt, s_vt, o_m, start_n, o_
     m_d = o_d < D
     if MASK:
         m_k = o_n < Tk
-        b_kt = _up(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_k[None, :] & m_d[:, None], other=0.0),
+        b_kt = upcast(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_k[None, :] & m_d[:, None], other=0.0),
                    UPCAST)
-        b_v = _up(tl.load(v_base + o_n[:, None] * s_vt + o_d[None, :], mask=m_k[:, None] & m_d[None, :], other=0.0),
+        b_v = upcast(tl.load(v_base + o_n[:, None] * s_vt + o_d[None, :], mask=m_k[:, None] & m_d[None, :], other=0.0),
                   UPCAST)
     elif D == BD:
-        b_kt = _up(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None]), UPCAST)
-        b_v = _up(tl.load(v_base + o_n[:, None] * s_vt + o_d[None, :]), UPCAST)
+        b_kt = upcast(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None]), UPCAST)
+        b_v = upcast(tl.load(v_base + o_n[:, None] * s_vt + o_d[None, :]), UPCAST)
     else:
-        b_kt = _up(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
-        b_v = _up(tl.load(v_base + o_n[:, None] * s_vt + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
+        b_kt = upcast(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
+        b_v = upcast(tl.load(v_base + o_n[:, None] * s_vt + o_d[None, :], mask=m_d[None, :], other=0.0), UPCAST)
     b_s, b_t = _scores(tl.dot(b_q, b_kt, input_precision=PRECISION), o_m[:, None], o_n[None, :], off, qk_scale,
                        cap_log2, slope_log2, HAS_ALIBI, SOFTCAP)
     if MASK:
@@ -198,7 +196,7 @@ def _flash_attn_masked_fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, PREFIX, ALIBI, BL
     m_m = o_m < Tq
     m_d = o_d < D
     p_q = Q + i_b.to(tl.int64) * s_qb + bos_q * s_qt + i_h * s_qh + o_m[:, None] * s_qt + o_d[None, :]
-    b_q = _up(tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0), UPCAST)
+    b_q = upcast(tl.load(p_q, mask=m_m[:, None] & m_d[None, :], other=0.0), UPCAST)
     k_base = K + i_b.to(tl.int64) * s_kb + bos_k * s_kt + i_hk * s_kh
     v_base = V + i_b.to(tl.int64) * s_vb + bos_k * s_vt + i_hk * s_vh
     lse_row0 = i_b.to(tl.int64) * s_lb + i_h * s_lh + bos_q  # also the dropout stream's row id
@@ -311,8 +309,8 @@ def _flash_attn_masked_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU
     m_kd = (o_n < Tk)[:, None] & (o_d < D)[None, :]
     p_k = K + i_b.to(tl.int64) * s_kb + bos_k * s_kt + i_hk * s_kh + o_n[:, None] * s_kt + o_d[None, :]
     p_v = V + i_b.to(tl.int64) * s_vb + bos_k * s_vt + i_hk * s_vh + o_n[:, None] * s_vt + o_d[None, :]
-    b_k = _up(tl.load(p_k, mask=m_kd, other=0.0), UPCAST)
-    b_v = _up(tl.load(p_v, mask=m_kd, other=0.0), UPCAST)
+    b_k = upcast(tl.load(p_k, mask=m_kd, other=0.0), UPCAST)
+    b_v = upcast(tl.load(p_v, mask=m_kd, other=0.0), UPCAST)
     b_dk = tl.zeros([BN, BD], tl.float32)
     b_dv = tl.zeros([BN, BD], tl.float32)
     off = Tk - Tq
@@ -384,13 +382,13 @@ def _dq_tile(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s_kt, s_vt, o_m, 
     m_d = o_d < D
     if MASK:
         m_n = o_n < Tk
-        b_kt = _up(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0),
+        b_kt = upcast(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0),
                    UPCAST)
-        b_vt = _up(tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0),
+        b_vt = upcast(tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0),
                    UPCAST)
     else:
-        b_kt = _up(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
-        b_vt = _up(tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
+        b_kt = upcast(tl.load(k_base + o_n[None, :] * s_kt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
+        b_vt = upcast(tl.load(v_base + o_n[None, :] * s_vt + o_d[:, None], mask=m_d[:, None], other=0.0), UPCAST)
     b_s, b_t = _scores(tl.dot(b_q, b_kt, input_precision=PRECISION), o_m[:, None], o_n[None, :], off, qk_scale,
                        cap_log2, slope_log2, HAS_ALIBI, SOFTCAP)
     b_p = tl.math.exp2(b_s - b_lse2[:, None])
@@ -406,6 +404,8 @@ def _dq_tile(b_dq, b_q, b_do, b_lse2, b_delta, k_base, v_base, s_kt, s_vt, o_m, 
     return tl.dot(b_ds.to(b_kt.dtype), tl.trans(b_kt), b_dq, input_precision=PRECISION)
 
 
+# Its argument list and first lines repeat the forward's (plus DO, DQ, DELTA): a Triton kernel's signature cannot be
+# shared, and the common prologue is already one helper (_q_program); the rest is a handful of offset lines.
 @triton.jit
 def _flash_attn_masked_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, PREFIX, ALIBI, BLK_CNT, BLK_IDX,
                                      s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh,
@@ -427,8 +427,8 @@ def _flash_attn_masked_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K, PR
     m_m = o_m < Tq
     m_qd = m_m[:, None] & (o_d < D)[None, :]
     row = i_b.to(tl.int64) * s_qb + bos_q * s_qt + i_h * s_qh + o_m[:, None] * s_qt + o_d[None, :]
-    b_q = _up(tl.load(Q + row, mask=m_qd, other=0.0), UPCAST)
-    b_do = _up(tl.load(DO + i_b.to(tl.int64) * s_db + bos_q * s_dt + i_h * s_dh + o_m[:, None] * s_dt + o_d[None, :],
+    b_q = upcast(tl.load(Q + row, mask=m_qd, other=0.0), UPCAST)
+    b_do = upcast(tl.load(DO + i_b.to(tl.int64) * s_db + bos_q * s_dt + i_h * s_dh + o_m[:, None] * s_dt + o_d[None, :],
                        mask=m_qd, other=0.0), UPCAST)
     lse_row0 = i_b.to(tl.int64) * s_lb + i_h * s_lh + bos_q
     b_lse = tl.load(LSE + lse_row0 + o_m, mask=m_m, other=0.0)
@@ -496,7 +496,7 @@ def _tiles(op: str, D: int, T: int, banded: bool, block: tuple[int, int] | None,
     divide the mask's blocks. A sliding window (left bound) at D <= 128 has short key loops: 64 x 64 forward tiles
     and 128 x 64 dQ tiles measured best there (dev/attention/sweep_masks-h100-2026-11-26.json: window 1024 at
     T = 16k, fwd 0.376 vs 0.441 ms, backward 1.28 vs 1.43 ms with the dQ tile)."""
-    cfg = {"BM": 32, "BN": 32} if interpreting() else _table(op, D, T, banded)
+    cfg = {"BM": 32, "BN": 32} if interpreting() else tile_table(op, D, T, banded)
     cfg.pop("REV", None)
     if window and not interpreting() and 64 < D <= 128 and T >= 2048 and op in ("fwd", "dq"):
         bm, bn, w, st = (64, 64, 4, 3) if op == "fwd" else (128, 64, 8, 3)
@@ -504,75 +504,6 @@ def _tiles(op: str, D: int, T: int, banded: bool, block: tuple[int, int] | None,
     if block is not None:
         cfg["BM"], cfg["BN"] = min(cfg["BM"], block[0]), min(cfg["BN"], block[1])
     return cfg
-
-
-def _sparse_index(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of the block mask (..., n_rows, n_cols): the number of non-empty blocks and their column indices,
-    non-empty first (int32), as FlexAttention's BlockMask stores them."""
-    bm = block_mask.to(torch.bool)
-    cnt = bm.sum(-1, dtype=torch.int32).contiguous()
-    idx = torch.argsort((~bm).to(torch.int8), dim=-1, stable=True).to(torch.int32).contiguous()
-    return cnt, idx
-
-
-# Block lists built from a block mask, reused while the mask is unchanged (every training step, every benchmark round
-# passes the same mask): keyed on the mask's memory, version counter (bumped by every in-place write), shape, strides,
-# dtype, device and the current stream. An entry holds the mask itself, so its memory cannot be freed and reused by
-# another tensor while the key is live. Not used while a CUDA graph is being captured (the lists are then built inside
-# the graph, whose memory pool must not leak into the cache) nor for tensors without a version counter (inference
-# mode). IOAWARE_SPARSE_CACHE=0 (read at import, through ioaware.env) or `sparse_cache(False)` turns it off.
-SPARSE_CACHE_SIZE = 8
-_SPARSE_CACHE: OrderedDict = OrderedDict()
-_SPARSE_CACHE_ON = [settings().sparse_cache]
-
-
-def sparse_cache(on: bool | None = None) -> bool:
-    """Turn the block-list cache on/off (None: leave it); returns the previous setting. Turning it off clears it."""
-    prev = _SPARSE_CACHE_ON[0]
-    if on is not None:
-        _SPARSE_CACHE_ON[0] = bool(on)
-        if not on:
-            _SPARSE_CACHE.clear()
-    return prev
-
-
-def _mask_key(blk: torch.Tensor):
-    """The cache key of a block mask, or None where it cannot be cached."""
-    try:
-        version = blk._version
-    except RuntimeError:  # inference tensors track no version
-        return None
-    stream = 0
-    if blk.is_cuda:
-        if torch.cuda.is_current_stream_capturing():
-            return None
-        stream = torch.cuda.current_stream(blk.device).stream_id
-    return blk.data_ptr(), version, tuple(blk.shape), blk.stride(), blk.dtype, blk.device, stream
-
-
-def _sparse_index_cached(blk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_sparse_index(blk)`, from the cache when the same mask was seen unchanged."""
-    key = _mask_key(blk) if _SPARSE_CACHE_ON[0] else None
-    if key is None:
-        return _sparse_index(blk)
-    hit = _SPARSE_CACHE.get(key)
-    if hit is not None:
-        _SPARSE_CACHE.move_to_end(key)
-        return hit[1], hit[2]
-    cnt, idx = _sparse_index(blk)
-    _SPARSE_CACHE[key] = (blk, cnt, idx)
-    while len(_SPARSE_CACHE) > SPARSE_CACHE_SIZE:
-        _SPARSE_CACHE.popitem(last=False)
-    return cnt, idx
-
-
-def _sparse_args(blk: torch.Tensor | None, dummy: torch.Tensor) -> tuple:
-    """(count, indices, their (batch, head, row) strides) for the kernels; 0 strides on broadcast dimensions."""
-    if blk is None:
-        return dummy, dummy, (0, 0, 0), (0, 0, 0)
-    cnt, idx = _sparse_index_cached(blk)
-    st = lambda t: (t.stride(0) if blk.shape[0] > 1 else 0, t.stride(1) if blk.shape[1] > 1 else 0, t.stride(2))
-    return cnt, idx, st(cnt), st(idx)
 
 
 def _common(q, k, spec):
@@ -643,8 +574,8 @@ def _use_hopper_sparse(q, k, v, spec: dict) -> bool:
 
 
 def _hopper_sparse_lists(blk: torch.Tensor, dummy: torch.Tensor, block: tuple[int, int]) -> tuple:
-    """masked.py's block lists (`_sparse_args`) and the block size, as hopper.py takes them."""
-    return (*_sparse_args(blk, dummy), tuple(block))
+    """The block lists the kernels here walk (`block_lists.sparse_args`) and the block size, as hopper.py takes them."""
+    return (*sparse_args(blk, dummy), tuple(block))
 
 
 def flash_attn_masked_fwd(q, k, v, spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -669,7 +600,7 @@ def flash_attn_masked_fwd(q, k, v, spec: dict) -> tuple[torch.Tensor, torch.Tens
     lse = torch.empty((q.shape[0], Hq, Tq_all), device=q.device, dtype=torch.float32)
     s_lb = 0 if flags["IS_VARLEN"] else lse.stride(0)
     blk = spec["block_mask"]
-    cnt, idx, c_str, i_str = _sparse_args(blk, q)
+    cnt, idx, c_str, i_str = sparse_args(blk, q)
     block = spec["block_size"] if blk is not None else None
     cfg = _tiles("fwd", D, max(MQ, MK), flags["HAS_LEFT"] or flags["HAS_RIGHT"], block, flags["HAS_LEFT"])
     SQ, SK = block if block is not None else (cfg["BM"], cfg["BN"])
@@ -705,8 +636,8 @@ def flash_attn_masked_bwd(do, q, k, v, o, lse, spec: dict) -> tuple[torch.Tensor
     banded = flags["HAS_LEFT"] or flags["HAS_RIGHT"]
     blk = spec["block_mask"]
     block = spec["block_size"] if blk is not None else None
-    cnt, idx, c_str, i_str = _sparse_args(blk, q)
-    cnt_t, idx_t, ct_str, it_str = _sparse_args(blk.transpose(-1, -2) if blk is not None else None, q)
+    cnt, idx, c_str, i_str = sparse_args(blk, q)
+    cnt_t, idx_t, ct_str, it_str = sparse_args(blk.transpose(-1, -2) if blk is not None else None, q)
     if _use_hopper_sparse(q, k, v, spec) and do.is_contiguous() and do.data_ptr() % 16 == 0:
         from . import hopper
 

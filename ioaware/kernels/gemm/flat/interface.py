@@ -23,7 +23,7 @@ _DATA = Path(__file__).parent
 
 
 @functools.cache
-def _table(card: str) -> dict:
+def tile_table(card: str) -> dict:
     """{"N,K": [{"max_m": int, "path": str, "params": {...}}, ...]} for a card, or {} if not measured."""
     f = _DATA / f"dataflow_{card}.json"
     return json.loads(f.read_text())["shapes"] if f.exists() else {}
@@ -36,7 +36,7 @@ def _card(index: int) -> str:
 
 
 def choose(M: int, N: int, K: int, card: str) -> tuple[str, dict]:
-    for rule in _table(card).get(f"{N},{K}", []):
+    for rule in tile_table(card).get(f"{N},{K}", []):
         if M <= rule["max_m"]:
             return rule["path"], rule.get("params", {})
     return "torch", {}

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..._dispatch import interpreting
-from ...attention.flash.kernel import _up
+from ...triton_utils import upcast
 
 
 @triton.jit
@@ -34,9 +34,9 @@ def _flat_gemm_kernel(X, W, Y, OUT, CNT, M, N, K, s_xm, s_wn, s_ys, s_ym, s_om, 
     b_acc = tl.zeros([BM, BN], tl.float32)
     for k in range(k0, k1, BK):
         m_k = (k + o_k) < k1
-        b_x = _up(tl.load(X + o_m[:, None] * s_xm + (k + o_k)[None, :], mask=m_m[:, None] & m_k[None, :],
+        b_x = upcast(tl.load(X + o_m[:, None] * s_xm + (k + o_k)[None, :], mask=m_m[:, None] & m_k[None, :],
                           other=0.0), UPCAST)
-        b_w = _up(tl.load(W + o_n[:, None] * s_wn + (k + o_k)[None, :], mask=m_n[:, None] & m_k[None, :],
+        b_w = upcast(tl.load(W + o_n[:, None] * s_wn + (k + o_k)[None, :], mask=m_n[:, None] & m_k[None, :],
                           other=0.0), UPCAST)
         if DOT:
             b_acc = tl.dot(b_x, tl.trans(b_w), b_acc, input_precision=PRECISION)

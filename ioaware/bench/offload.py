@@ -1,0 +1,309 @@
+"""Models larger than memory, one machine, one budget, three ways to get the FFN weights per token:
+
+  (a) naive   every layer's FFN read whole from the store for every token (O_DIRECT, the probed best chunk)
+  (b) mmap    a dense fp16 FFN file mapped with numpy.memmap, as llama.cpp does; the OS pages in what the matmul
+              touches. Held to the budget by pinning as many whole layers as fit (they stay in the page cache)
+              and dropping every other layer after use (madvise DONTNEED on the mapping + posix_fadvise DONTNEED
+              on the file range: MADV alone leaves the pages in the page cache, so the next touch would be free).
+              No cgroup: this VM has none we may create. Its I/O time is the layer's FFN time with cold pages minus
+              the same FFN again with the pages resident.
+  (c) ioaware predictor -> window cache -> bundle reads (O_DIRECT, preadv pool) -> sparse_ffn
+
+The page cache is dropped (posix_fadvise DONTNEED) on the store and the dense file before each case. All three run
+the same resident part (embeddings, attention, norms in fp16) under the same budget and generate the same number
+of tokens greedily from the same prompt; (a) and (b) compute the dense FFN, (c) the thresholded sparse one.
+
+    ioaware bench offload [--budget 50%] [--tokens 24] [--sparsity 0.5]
+        -> benchmarks/results/flash-cpu-<date>.json and .png
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..env import settings
+from ..files import write_json_atomic
+from ..hardware.probe_disk import throughput_at
+from ..iomodel.io import predict_read_seconds
+from ..report import print_table
+from ..runtime import generate
+from ..runtime.offload.reader import NeuronReader, drop_page_cache
+from ..runtime.offload.session import open_streamed
+from ..runtime.offload.streamed_ffn import stream_summary
+from ..units import human_bytes
+from .common import RESULTS_DIR
+
+PROMPT = "Explain how a lighthouse works and why ships need them, in a few paragraphs."
+
+
+class Clock:
+    """Per-token accumulators of a baseline FFN."""
+
+    def __init__(self):
+        self.io_s = self.pred_s = 0.0
+        self.bytes = 0
+        self.forwards = 0
+        self.decode = False
+
+    def start_layer0(self):
+        self.decode = self.forwards > 0
+        self.forwards += 1
+        if self.forwards == 2:  # the first decode step: reset what the prefill accumulated
+            self.io_s = self.pred_s = 0.0
+            self.bytes = 0
+
+
+def dense_ffn(x, gate, up, down):
+    xf = x.reshape(-1, x.shape[-1])
+    y = (F.silu(xf @ gate.T) * (xf @ up.T)) @ down.T
+    return y.reshape(x.shape)
+
+
+class NaiveFFN(nn.Module):
+    def __init__(self, reader: NeuronReader, layer: int, clock: Clock, curve):
+        super().__init__()
+        self.r, self.layer, self.clock, self.curve = [reader], layer, clock, curve
+
+    def forward(self, x):
+        r = self.r[0]
+        if self.layer == 0:
+            self.clock.start_layer0()
+        res = r.read(self.layer, np.arange(r.hidden))
+        self.clock.io_s += res.stats.seconds
+        self.clock.bytes += res.stats.bytes
+        self.clock.pred_s += predict_read_seconds(res.stats.chunk_sizes, self.curve, r.threads, r.direct)
+        b = res.bundles
+        return dense_ffn(x, b[:, 0], b[:, 1], b[:, 2].T)
+
+
+class MmapFFN(nn.Module):
+    """The FFN from a numpy.memmap of the dense file; layers >= pinned are dropped after use."""
+
+    def __init__(self, mm: np.memmap, raw: mmap.mmap, fd: int, layer: int, a, pinned: int, clock: Clock):
+        super().__init__()
+        H, d = a.hidden_dim, a.dim
+        self.n = 3 * H * d
+        self.off = layer * self.n * 2
+        self.mm, self.raw, self.fd = mm, raw, fd
+        self.layer, self.H, self.d, self.pinned, self.clock = layer, H, d, pinned, clock
+
+    def weights(self):
+        w = torch.from_numpy(self.mm[self.off // 2: self.off // 2 + self.n])
+        H, d = self.H, self.d
+        return w[:H * d].view(H, d), w[H * d:2 * H * d].view(H, d), w[2 * H * d:].view(d, H)
+
+    def forward(self, x):
+        if self.layer == 0:
+            self.clock.start_layer0()
+        t0 = time.perf_counter()
+        y = dense_ffn(x, *self.weights())  # page faults happen inside the matmul
+        t1 = time.perf_counter()
+        dense_ffn(x, *self.weights())  # the same FFN with the pages now resident: the compute-only time
+        t2 = time.perf_counter()
+        self.clock.io_s += max(0.0, (t1 - t0) - (t2 - t1))
+        self.clock.hot_s = getattr(self.clock, "hot_s", 0.0) + (t2 - t1)
+        if self.layer >= self.pinned:
+            nbytes = self.n * 2
+            self.raw.madvise(mmap.MADV_DONTNEED, self.off, nbytes)
+            os.posix_fadvise(self.fd, self.off, nbytes, os.POSIX_FADV_DONTNEED)
+            self.clock.bytes += nbytes  # read again next token
+        return y
+
+
+def write_dense_file(store, path: Path) -> None:
+    """The FFN in the ordinary dense layout (gate (H,d), up (H,d), down (d,H) per layer), fp16, as a GGUF/llama.cpp
+    file would hold it: what mmap maps."""
+    if path.exists() and path.stat().st_size == store.ffn_bytes:
+        return
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        for i in range(store.args.n_layers):
+            g, u, d = store.read_layer_dense(i)
+            for t in (g, u, d):
+                f.write(t.contiguous().numpy().tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def reset_runtime(rt) -> None:
+    """A streamed runtime as built: empty window cache, zero counters (the model's KV cache is reset by generate)."""
+    from ..runtime.offload.cache import NeuronCache
+    from ..runtime.offload.streamed_ffn import StreamStats
+
+    c = rt.cache
+    rt.cache = NeuronCache(len(c), c[0].n_neurons, c[0].capacity, c[0].hidden, c[0].window, dtype=c[0].buf.dtype)
+    rt.stats, rt.prefill, rt._forwards = StreamStats(), StreamStats(), 0
+
+
+def run_case(name, model, tok, ids, n_tokens, files):
+    for f in files:
+        drop_page_cache(f)
+    t0 = time.perf_counter()
+    res = generate(model, tok, ids, n_tokens, stop_at_eos=False)
+    return res, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ioaware bench offload", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--budget", default="50%")
+    ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--window", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--prefetch", action="store_true", help="ioaware reads each block's FFN ahead during attention")
+    ap.add_argument("--torch-threads", type=int, default=2)
+    ap.add_argument("--calibration", default=None, help="text file to fit thresholds/predictors on (default: the "
+                    "text shipped in ioaware/runtime/offload/data)")
+    ap.add_argument("--trace", default=None, help="save the predicted neuron ids per decode step (npz) for "
+                    "`ioaware bench offload-replay`")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # the read-only memmap
+
+    text = Path(args.calibration).read_text() if args.calibration else None
+    model, rt, acct, tok, store = open_streamed(args.model, args.budget, None, args.window, args.threads,
+                                                args.sparsity, calibration_text=text, prefetch=args.prefetch)
+    curve = rt.curve
+    if curve is None:
+        raise SystemExit("no disk curve for this disk: run `ioaware probe disk` first")
+    model.set_attention("sdpa")
+    ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}]))
+    a = store.args
+    dense_path = settings().cache_dir / "stores" / (store.path.stem + ".dense-ffn.f16")
+    write_dense_file(store, dense_path)
+    files = [store.path, dense_path]
+    rows, cases = [], {}
+
+    # (c) ioaware, then (c') the same with the speculative read-ahead (a fresh cache and counters)
+    for name, pf in (("ioaware", False), ("ioaware_prefetch", True)):
+        if pf:
+            reset_runtime(rt)
+        rt.prefetch = pf
+        rt.trace = [] if args.trace and not pf else None
+        res, wall = run_case(name, model, tok, ids, args.tokens, files)
+        if rt.trace is not None:
+            np.savez_compressed(args.trace, layers=np.array([t[0] for t in rt.trace]), hidden=a.hidden_dim,
+                                **{f"ids{i}": t[1] for i, t in enumerate(rt.trace)})
+        fs_ = stream_summary(rt, acct, res.summary["decode_s"])
+        cases[name] = {"io_s_per_token": fs_["flash_io_s_per_token"], "bytes_per_token": fs_[
+            "flash_bytes_read_per_token"], "predicted_io_s_per_token": fs_["flash_predicted_io_s_per_token"],
+            "tok_s": res.summary["decode_tok_s"], "GBps": fs_["flash_GBps"], "window_hit_rate": fs_["window_hit_rate"],
+            "ffn_frac_loaded_per_token": fs_["ffn_frac_loaded_per_token"],
+            "ffn_frac_predicted_per_token": fs_["ffn_frac_predicted_per_token"],
+            "stall_s_per_token": fs_["flash_stall_s_per_token"], "prefetch_used_frac": fs_["prefetch_used_frac"],
+            "overflow_neurons": fs_["overflow_neurons"], "resident_bytes": acct["resident_total"], "text": res.text,
+            "detail": fs_}
+    ffns = [layer.feed_forward for layer in model.layers]
+
+    # (a) naive: same resident model, FFN read whole per layer per token
+    clock = Clock()
+    reader = NeuronReader(store, args.threads, rt.reader.chunk, rt.reader.direct, slots=1)
+    for i, layer in enumerate(model.layers):
+        layer.feed_forward = NaiveFFN(reader, i, clock, curve)
+    res, wall = run_case("naive", model, tok, ids, args.tokens, files)
+    n = res.summary["decode_tokens"]
+    cases["naive"] = {"io_s_per_token": clock.io_s / n, "bytes_per_token": clock.bytes / n,
+                      "predicted_io_s_per_token": clock.pred_s / n, "tok_s": res.summary["decode_tok_s"],
+                      "GBps": clock.bytes / clock.io_s / 1e9, "resident_bytes": acct["resident_measured"] +
+                      reader.buffer_bytes, "text": res.text}
+    reader.close()
+
+    # (b) mmap under the same budget
+    clock = Clock()
+    layer_bytes = 3 * a.hidden_dim * a.dim * 2
+    pinned = max(0, min(a.n_layers, (acct["budget"] - acct["resident_measured"]) // layer_bytes))
+    fd = os.open(dense_path, os.O_RDONLY)
+    raw = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    mm = np.frombuffer(raw, dtype=np.float16)
+    for i, layer in enumerate(model.layers):
+        layer.feed_forward = MmapFFN(mm, raw, fd, i, a, pinned, clock)
+    res, wall = run_case("mmap", model, tok, ids, args.tokens, files)
+    n = res.summary["decode_tokens"]
+    hot = getattr(clock, "hot_s", 0.0) * (n / max(clock.forwards, 1))  # the extra measuring pass, per decode
+    dec_s = res.summary["decode_s"] - hot
+    readahead = 128 << 10  # the kernel's default readahead window: the size mmap's faults read in
+    cases["mmap"] = {"io_s_per_token": clock.io_s / n, "bytes_per_token": clock.bytes / n,
+                     "predicted_io_s_per_token": clock.bytes / n / throughput_at(curve, readahead, 1, False),
+                     "tok_s": n / dec_s if dec_s > 0 else 0.0, "GBps": clock.bytes / max(clock.io_s, 1e-9) / 1e9,
+                     "pinned_layers": int(pinned), "resident_bytes": acct["resident_measured"] + pinned * layer_bytes,
+                     "text": res.text}
+    del mm
+    for i, layer in enumerate(model.layers):
+        layer.feed_forward = ffns[i]
+    os.close(fd)
+    rt.close()
+
+    naive, mm_, io = cases["naive"], cases["mmap"], cases["ioaware"]
+    for k, c in cases.items():
+        p = c["predicted_io_s_per_token"]
+        c["measured_vs_predicted"] = c["io_s_per_token"] / p if p else None
+        rows.append([k, c["io_s_per_token"] * 1e3, p * 1e3, c["measured_vs_predicted"], human_bytes(
+            c["bytes_per_token"]), c["GBps"], c["tok_s"], human_bytes(c["resident_bytes"])])
+    print_table(f"bench_flash: {store.header['source']} at budget {args.budget} ({human_bytes(acct['budget'])} of "
+                f"{human_bytes(acct['weight_bytes'])})", ["case", "I/O ms/token", "predicted ms", "meas/pred",
+                                                          "read/token", "GB/s", "tok/s", "resident"], rows)
+    bar = {"io_vs_naive": naive["io_s_per_token"] / io["io_s_per_token"] if io["io_s_per_token"] else None,
+           "io_vs_mmap": mm_["io_s_per_token"] / io["io_s_per_token"] if io["io_s_per_token"] else None,
+           "ioaware_measured_vs_predicted": io["measured_vs_predicted"],
+           "budget_frac": acct["budget"] / acct["weight_bytes"],
+           "bytes_vs_naive": naive["bytes_per_token"] / io["bytes_per_token"] if io["bytes_per_token"] else None,
+           "ffn_frac_predicted_per_token": io["ffn_frac_predicted_per_token"]}
+    if "ioaware_prefetch" in cases:  # the decode step's wait on the disk, with the read-ahead hiding some of it
+        w = cases["ioaware_prefetch"]["stall_s_per_token"]
+        bar["prefetch_wait_vs_naive"] = naive["io_s_per_token"] / w if w else None
+    bar["pass"] = bool(bar["io_vs_naive"] and bar["io_vs_naive"] >= 4 and bar["io_vs_mmap"] >= 2 and
+                       io["measured_vs_predicted"] and abs(io["measured_vs_predicted"] - 1) <= 0.2
+                       and bar["budget_frac"] <= 0.5)
+    print(f"bar: I/O {bar['io_vs_naive']:.2f}x below naive (need 4), {bar['io_vs_mmap']:.2f}x below mmap (need 2), "
+          f"measured/predicted {io['measured_vs_predicted']:.2f} (need 0.8-1.2): {'PASS' if bar['pass'] else 'FAIL'}")
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.node(), "cpu": platform.processor(),
+           "cores": os.cpu_count(), "torch": torch.__version__, "model": store.header["source"],
+           "store": str(store.path), "weights": "real (SmolLM2 GGUF dequantised to fp16)" if args.model is None else
+           "real", "budget": args.budget, "memory": acct, "tokens": args.tokens, "sparsity": args.sparsity,
+           "window": args.window, "read_threads": args.threads, "direct_io": rt.reader.direct,
+           "chunk": rt.reader.chunk, "disk_peak_GBps": curve["peak_GBps"], "curve_date": curve["date"],
+           "loadavg_after": os.getloadavg(), "calibration": args.calibration or "shipped",
+           "cases": cases, "bar": bar}
+    dest = Path(args.out) if args.out else RESULTS_DIR / f"flash-cpu-{time.strftime('%Y-%m-%d')}.json"
+    write_json_atomic(dest, out)
+    plot(out, dest.with_suffix(".png"))
+    print(f"wrote {dest}")
+    return 0
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k in ("naive", "mmap", "ioaware", "ioaware_prefetch") if k in out["cases"]]
+    c = out["cases"]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    x = np.arange(len(names))
+    ax[0].bar(x - 0.2, [c[k]["io_s_per_token"] * 1e3 for k in names], 0.4, label="measured")
+    ax[0].bar(x + 0.2, [c[k]["predicted_io_s_per_token"] * 1e3 for k in names], 0.4, label="iomodel")
+    ax[0].set_xticks(x, names)
+    ax[0].set_ylabel("I/O ms per token")
+    ax[0].legend()
+    ax[1].bar(x, [c[k]["bytes_per_token"] / 1e6 for k in names], color="tab:gray")
+    ax[1].set_xticks(x, names)
+    ax[1].set_ylabel("MB read per token")
+    fig.suptitle(f"{Path(out['model']).name}: budget {out['budget']} of weights, {out['cores']}-core CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+

@@ -1,0 +1,51 @@
+"""File helpers every layer may use: atomic JSON writes and whether O_DIRECT works on a filesystem.
+
+At the bottom of the layers (beside `env` and `errors`): it imports nothing from ioaware.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import tempfile
+from pathlib import Path
+
+DIRECT_ALIGN = 4096  # O_DIRECT wants buffers, offsets and lengths aligned to the logical block; 4 KiB covers 512 B too
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    """Write JSON so that a crash never leaves a half-written file: temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def direct_io_supported(path) -> bool:
+    """Whether O_DIRECT opens *and* reads on this file's filesystem: tmpfs refuses the open, some overlay and
+    network filesystems accept it and fail the read with EINVAL."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False
+    buf = mmap.mmap(-1, DIRECT_ALIGN)
+    try:
+        os.preadv(fd, [buf], 0)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        buf.close()

@@ -1,0 +1,283 @@
+"""Parallel reads of FFN neuron bundles from a flash store.
+
+`NeuronReader.read(layer, ids)` sorts the ids, coalesces neighbours into runs (bundling makes a run of neurons one
+contiguous byte range), splits long runs into chunks of the probed best size and issues them with `os.preadv` on a
+thread pool (preadv releases the GIL, so the threads give the disk real queue depth). With O_DIRECT the runs are
+widened to 4096-byte pages and land in a page-aligned staging buffer, from which the bundles are gathered; without
+it (tmpfs, some overlay filesystems refuse O_DIRECT) each run is read straight into its place in the output.
+Buffers are anonymous mmaps: page-aligned, as O_DIRECT needs, and allocated once.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ...files import direct_io_supported
+from .store import ALIGN, WeightStore
+
+DEFAULT_CHUNK = 256 << 10  # used when no probe curve is given: the knee of the measured curves (offload.md §5)
+
+
+@dataclass
+class ReadStats:
+    bytes: int = 0  # bytes requested from the disk (with O_DIRECT, widened to pages)
+    useful_bytes: int = 0  # bundle bytes the caller asked for
+    chunks: int = 0
+    seconds: float = 0.0
+    chunk_sizes: list[int] = field(default_factory=list)
+
+    def add(self, o: ReadStats) -> None:
+        self.bytes += o.bytes
+        self.useful_bytes += o.useful_bytes
+        self.chunks += o.chunks
+        self.seconds += o.seconds
+        self.chunk_sizes.extend(o.chunk_sizes)
+
+
+@dataclass
+class ReadResult:
+    layer: int
+    ids: np.ndarray  # (n,) sorted unique neuron ids
+    bundles: torch.Tensor  # (n, 3, dim): row j is neuron ids[j]; a view valid until this slot is reused
+    stats: ReadStats
+
+
+def coalesce(ids: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique ids -> [(first, count)] runs of consecutive ids."""
+    if len(ids) == 0:
+        return []
+    brk = np.flatnonzero(np.diff(ids) != 1) + 1
+    starts = np.concatenate([[0], brk])
+    ends = np.concatenate([brk, [len(ids)]])
+    return [(int(ids[s]), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+
+def split_chunks(ranges: list[tuple[int, int]], chunk: int) -> list[tuple[int, int]]:
+    """[(offset, nbytes)] -> the same bytes in pieces of at most `chunk` bytes."""
+    out = []
+    for off, n in ranges:
+        while n > 0:
+            k = min(n, chunk)
+            out.append((off, k))
+            off, n = off + k, n - k
+    return out
+
+
+class _Slot:
+    """One read's buffers: the output (n, 3, dim) and, for O_DIRECT, a staging area of whole pages; anonymous mmaps
+    allocated once, so no read allocates. A scattered neuron spans at most its own pages plus one."""
+
+    def __init__(self, max_neurons: int, bundle: int, layer_bytes: int, direct: bool):
+        out, stage = slot_sizes(max_neurons, bundle, layer_bytes, direct)
+        self.out = mmap.mmap(-1, out)
+        self.stage = mmap.mmap(-1, stage) if direct else None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.out) + (len(self.stage) if self.stage is not None else 0)
+
+
+def slot_sizes(max_neurons: int, bundle: int, layer_bytes: int, direct: bool) -> tuple[int, int]:
+    """(output bytes, staging bytes) of one read slot; memory budgets count these."""
+    out = max(max_neurons * bundle, ALIGN)
+    stage = min(max_neurons * (_round_up(bundle, ALIGN) + ALIGN), _round_up(layer_bytes, ALIGN) + 2 * ALIGN)
+    return out, (stage if direct else 0)
+
+
+def _round_up(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+class NeuronReader:
+    """Reads bundles of chosen neurons of one layer. threads: the pool's size; chunk: the largest single read
+    (from `probe_disk.best_chunk`); direct: True / False / None (= use O_DIRECT when the filesystem allows).
+    `slots` results may be alive at once (read + prefetch double buffering); the next read reuses the oldest.
+    max_neurons: the most neurons one read may ask for (sizes the buffers; default a whole layer).
+    max_gap (O_DIRECT only): neighbouring runs closer than this many bytes are read as one range, gap included,
+    because one more small request costs more than streaming the gap (`iomodel.io.merge_gap_bytes` prices it)."""
+
+    def __init__(self, store: WeightStore, threads: int = 8, chunk: int | None = None, direct: bool | None = None,
+                 slots: int = 2, max_neurons: int | None = None, max_gap: int = 0):
+        self.store = store
+        self.threads = threads
+        self.chunk = max(ALIGN, (chunk or DEFAULT_CHUNK) // ALIGN * ALIGN)
+        can = direct_io_supported(store.path)
+        if direct and not can:
+            from ...errors import UnsupportedError
+
+            raise UnsupportedError(f"O_DIRECT is not supported on the filesystem of {store.path}; use direct=None")
+        self.direct = can if direct is None else bool(direct)
+        self.fd = os.open(store.path, os.O_RDONLY | (os.O_DIRECT if self.direct else 0))
+        a = store.args
+        self.dim, self.hidden = a.dim, a.hidden_dim
+        self.bundle = store.bundle_bytes
+        self.np_dtype = store.np_dtype
+        self.max_neurons = min(max_neurons or self.hidden, self.hidden)
+        self.max_gap = max_gap if self.direct else 0
+        layer_bytes = self.hidden * self.bundle
+        self.slots = [_Slot(self.max_neurons, self.bundle, layer_bytes, self.direct) for _ in range(slots)]
+        self._next_slot = 0
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="ioaware-read")
+        self._coord = ThreadPoolExecutor(1, thread_name_prefix="ioaware-prefetch")  # runs prefetch() bodies
+        self._lock = threading.Lock()
+        self.total = ReadStats()
+
+    @property
+    def buffer_bytes(self) -> int:
+        """DRAM held by the read buffers (counted in a memory budget)."""
+        return sum(s.nbytes for s in self.slots)
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def plan(self, layer: int, ids) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]:
+        """ids -> (sorted unique ids, runs [(first id, count)], chunks [(file offset, nbytes)]): what a read
+        will issue. The iomodel prices exactly these chunks."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if len(ids) and (ids[0] < 0 or ids[-1] >= self.hidden):
+            raise IndexError(f"neuron ids must be in [0, {self.hidden}), got {ids[0]}..{ids[-1]}")
+        runs = coalesce(ids)
+        base = self.store.layers[layer]["offset"]
+        ranges = [(base + s * self.bundle, n * self.bundle) for s, n in runs]
+        if self.direct:
+            merged = _page_ranges(ranges, self.max_gap)
+            if self.max_gap and sum(n for _, n in merged) > len(self.slots[0].stage):
+                merged = _page_ranges(ranges, 0)  # the gaps would overflow the staging buffer
+            ranges = merged
+        return ids, runs, split_chunks(ranges, self.chunk)
+
+    def read(self, layer: int, ids) -> ReadResult:
+        t0 = time.perf_counter()
+        ids, _, chunks = self.plan(layer, ids)
+        if len(ids) > self.max_neurons:
+            raise ValueError(f"{len(ids)} neurons in one read; this reader's buffers hold {self.max_neurons}")
+        with self._lock:
+            slot = self.slots[self._next_slot]
+            self._next_slot = (self._next_slot + 1) % len(self.slots)
+        n = len(ids)
+        out = np.frombuffer(slot.out, dtype=self.np_dtype, count=n * 3 * self.dim).reshape(n, 3, self.dim)
+        if self.direct:
+            # chunks are page ranges; lay them out back to back in the staging buffer
+            stage_pos, pos = [], 0
+            for _off, k in chunks:
+                stage_pos.append(pos)
+                pos += k
+            views = [memoryview(slot.stage)[p:p + k] for p, (_, k) in zip(stage_pos, chunks, strict=True)]
+            self._issue(chunks, views)
+            self._gather(ids, chunks, stage_pos, slot, out, layer)
+        else:
+            views, dst = [], 0
+            outb = memoryview(slot.out)
+            for _off, k in chunks:
+                views.append(outb[dst:dst + k])
+                dst += k
+            self._issue(chunks, views)
+        st = ReadStats(sum(k for _, k in chunks), n * self.bundle, len(chunks), time.perf_counter() - t0,
+                       [k for _, k in chunks])
+        with self._lock:
+            self.total.add(st)
+        return ReadResult(layer, ids, torch.from_numpy(out), st)
+
+    def prefetch(self, layer: int, ids) -> Future:
+        """Start `read(layer, ids)` in the background; `.result()` gives the ReadResult."""
+        return self._coord.submit(self.read, layer, ids)
+
+    def _issue(self, chunks, views) -> None:
+        if len(chunks) == 1:
+            _pread_full(self.fd, views[0], chunks[0][0])
+            return
+        # one task per pool thread, each reading every threads-th chunk: a pool future costs ~10 us of Python, as
+        # much as a small read itself, so hundreds of scattered chunks must not each be a task
+        k = min(self.threads, len(chunks))
+        futs = [self.pool.submit(_pread_many, self.fd, views[i::k], [o for o, _ in chunks[i::k]]) for i in range(k)]
+        for f in futs:
+            f.result()
+
+    def _gather(self, ids: np.ndarray, chunks, stage_pos, slot, out: np.ndarray, layer: int) -> None:
+        """Copy each neuron's bundle from the page-aligned staging buffer to its row of `out` (ids sorted).
+
+        Chunks lie back to back in the stage, so chunks that are adjacent in the file form one contiguous range
+        there too; inside a range the bundles sit at a fixed stride, so each range is one strided view and one
+        row gather (a few numpy calls per range instead of Python work per run of neurons)."""
+        if not len(ids):
+            return
+        B = self.bundle
+        stage = np.frombuffer(slot.stage, dtype=np.uint8)
+        outb = out.reshape(len(ids), -1).view(np.uint8)  # (n, B)
+        c_off = np.array([o for o, _ in chunks], dtype=np.int64)
+        c_len = np.array([k for _, k in chunks], dtype=np.int64)
+        first = np.ones(len(chunks), dtype=bool)
+        first[1:] = c_off[1:] != c_off[:-1] + c_len[:-1]
+        r_off = c_off[first]
+        r_pos = np.asarray(stage_pos, dtype=np.int64)[first]
+        f = self.store.layers[layer]["offset"] + ids.astype(np.int64) * B  # each bundle's file offset
+        j = np.searchsorted(r_off, f, side="right") - 1
+        src = r_pos[j] + (f - r_off[j])  # its position in the stage
+        bounds = np.flatnonzero(np.diff(j)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ids)], strict=True):
+            s0 = int(src[lo])
+            rows = (src[lo:hi] - s0) // B
+            view = np.lib.stride_tricks.as_strided(stage[s0:], shape=(int(rows[-1]) + 1, B), strides=(B, 1),
+                                                   writeable=False)
+            outb[lo:hi] = view[rows]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self._coord.shutdown(wait=True)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        # the mmaps are not closed here: results handed out may still view them; they go with the last view
+        self.slots = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _page_ranges(ranges: list[tuple[int, int]], max_gap: int = 0) -> list[tuple[int, int]]:
+    """Widen byte ranges to whole pages and merge those that then touch or lie within `max_gap` bytes (O_DIRECT
+    reads whole pages anyway)."""
+    out: list[list[int]] = []
+    for off, n in ranges:
+        a = off // ALIGN * ALIGN
+        b = _round_up(off + n, ALIGN)
+        if out and a <= out[-1][1] + max_gap:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b - a) for a, b in out]
+
+
+def _pread_many(fd: int, views, offsets) -> None:
+    for v, off in zip(views, offsets, strict=True):
+        _pread_full(fd, v, off)
+
+
+def _pread_full(fd: int, view: memoryview, off: int) -> int:
+    """preadv until `view` is full (a read may return short)."""
+    got, n = 0, len(view)
+    while got < n:
+        k = os.preadv(fd, [view[got:]], off + got)
+        if k == 0:
+            raise EOFError(f"unexpected end of store at byte {off + got}")
+        got += k
+    return got
+
+
+def drop_page_cache(path) -> None:
+    """Evict a file's pages from the page cache (no root needed): each benchmark case starts cold."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages are not dropped; flush them first
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

@@ -1,0 +1,287 @@
+"""The flash store: one file laid out for large contiguous reads of FFN neurons (LLM in a flash's row-column
+bundling), written atomically, checked on open.
+
+File layout (every section starts on a 4096-byte boundary, so O_DIRECT reads of a layer need no shifting):
+
+    [0, 4096)           preamble: magic, format version, header offset/length, blake2b of the header JSON.
+                        Written last, after everything else is on disk: until then the page is zeros, so a file
+                        cut short by a crash never opens as a store.
+    resident section    every tensor that is not FFN (embeddings, norms, attention q/k/v/o), dense, fp16.
+    layer l section     (hidden_dim, 3, dim) bundles: neuron i = [gate row i, up row i, down column i], so one
+                        neuron is one contiguous read of 3 * dim values.
+    header JSON         format version, model fingerprint, ModelArgs, dtype, offsets, blake2b per section.
+
+Tensors keep the Hugging Face names and layout of `Checkpoint.state_dict` (q/k already un-permuted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import IOAwareError
+from ..llm.model import ModelArgs
+
+FORMAT_VERSION = 1
+MAGIC = b"IOAFLSH\x00"
+ALIGN = 4096
+_PREAMBLE = struct.Struct("<8sIQQ32s")  # magic, version, header offset, header length, blake2b-256 of header
+_FFN = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
+_DTYPES = {"float16": (np.float16, torch.float16), "bfloat16": (None, torch.bfloat16), "float32": (np.float32,
+                                                                                                       torch.float32)}
+
+
+class StoreError(IOAwareError, ValueError):
+    """A flash store that is missing, incomplete, corrupt, of another format version or of another model."""
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _digest(data) -> str:
+    return hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """sha256 of the model's bytes: the GGUF file, or a folder's config.json and *.safetensors files. A store made
+    from other weights (even the same architecture) then refuses to open as this model's store."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted([*path.glob("config.json"), *path.glob("*.safetensors")])
+    if not files:
+        raise FileNotFoundError(f"no model files to fingerprint at {path}")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(8 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def is_ffn(name: str) -> bool:
+    return name.endswith(_FFN)
+
+
+def bundle_layer(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """gate, up: (hidden, dim); down: (dim, hidden) -> (hidden, 3, dim) bundles, neuron i = [gate[i], up[i],
+    down[:, i]]."""
+    return torch.stack([gate, up, down.t()], dim=1)
+
+
+def write_store(out: str | Path, args: ModelArgs, state_dict: Mapping[str, torch.Tensor], fingerprint: str,
+                dtype: str = "float16", source: str = "", progress: bool = True) -> Path:
+    """Write a store atomically: everything goes to `OUT.tmp-<pid>`, is fsynced, then renamed onto OUT. An
+    exception (or a kill) at any point leaves no file that opens as a store. `state_dict` may be a lazy mapping
+    (a random model too big to hold): each tensor is asked for once, in file order."""
+    if dtype not in _DTYPES or dtype == "bfloat16":
+        raise StoreError(f"store dtype {dtype!r} is not supported (supported: float16, float32)")
+    np_dtype, t_dtype = _DTYPES[dtype]
+    elem = np.dtype(np_dtype).itemsize
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    L, d, h = args.n_layers, args.dim, args.hidden_dim
+    resident_names = [n for n in state_dict.keys() if not is_ffn(n)]
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    bar = _Progress(progress, f"convert → {out.name}", len(resident_names) + L)
+    try:
+        os.pwrite(fd, b"\0" * ALIGN, 0)  # the preamble stays zero until the very end
+        pos = ALIGN
+        tensors, h_res = {}, hashlib.blake2b(digest_size=32)
+        for name in resident_names:
+            arr = _as_numpy(state_dict[name], t_dtype)
+            buf = arr.tobytes()
+            tensors[name] = {"offset": pos - ALIGN, "shape": list(arr.shape), "nbytes": len(buf)}
+            os.pwrite(fd, buf, pos)
+            h_res.update(buf)
+            pos += len(buf)
+            bar.advance()
+        resident = {"offset": ALIGN, "nbytes": pos - ALIGN, "blake2b": h_res.hexdigest(), "tensors": tensors}
+        pos = _align(pos)
+        layers = []
+        bundle_bytes = 3 * d * elem
+        for i in range(L):
+            p = f"model.layers.{i}."
+            g, u, dn = (state_dict[p + n] for n in _FFN)
+            if tuple(g.shape) != (h, d) or tuple(u.shape) != (h, d) or tuple(dn.shape) != (d, h):
+                raise StoreError(f"layer {i} FFN shapes {tuple(g.shape)}, {tuple(u.shape)}, {tuple(dn.shape)} do "
+                                 f"not match ModelArgs (hidden {h}, dim {d})")
+            buf = _as_numpy(bundle_layer(g, u, dn), t_dtype).tobytes()  # (h, 3, d)
+            os.pwrite(fd, buf, pos)
+            layers.append({"offset": pos, "nbytes": len(buf), "blake2b": _digest(buf)})
+            pos = _align(pos + len(buf))  # the next section starts on a page: O_DIRECT reads stay aligned
+            bar.advance()
+        header = {
+            "format": "ioaware-flash-store", "version": FORMAT_VERSION, "fingerprint": fingerprint, "source": source,
+            "args": dataclasses.asdict(args), "dtype": dtype, "alignment": ALIGN,
+            "bundle": {"parts": ["gate_row", "up_row", "down_col"], "n_neurons": h, "dim": d,
+                       "bytes": bundle_bytes},
+            "resident": resident, "layers": layers,
+        }
+        hbytes = json.dumps(header, sort_keys=True).encode()
+        os.pwrite(fd, hbytes, pos)
+        os.ftruncate(fd, _align(pos + len(hbytes)))
+        os.fsync(fd)  # data and header durable before the preamble says "complete"
+        os.pwrite(fd, _PREAMBLE.pack(MAGIC, FORMAT_VERSION, pos, len(hbytes), hashlib.blake2b(
+            hbytes, digest_size=32).digest()), 0)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, out)
+        dfd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # the rename itself is durable
+        finally:
+            os.close(dfd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    return out
+
+
+def _as_numpy(t, t_dtype) -> np.ndarray:
+    return np.ascontiguousarray(torch.as_tensor(t).detach().to(t_dtype).cpu().numpy())
+
+
+class _Progress:
+    """A rich progress bar (or nothing): conversion of a big model takes minutes."""
+
+    def __init__(self, on: bool, desc: str, total: int):
+        self.p = None
+        if on:
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+            self.p = Progress("[progress.description]{task.description}", BarColumn(), TaskProgressColumn(),
+                              TimeRemainingColumn(), transient=False)
+            self.p.start()
+            self.task = self.p.add_task(desc, total=total)
+
+    def advance(self):
+        if self.p:
+            self.p.advance(self.task)
+
+    def close(self):
+        if self.p:
+            self.p.stop()
+            self.p = None
+
+
+def convert(model: str | Path, out: str | Path, dtype: str = "float16", progress: bool = True) -> Path:
+    """`ioaware convert`: a GGUF file or HF folder -> flash store at `out`."""
+    from ..llm.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(model)
+    return write_store(out, ckpt.args, ckpt.state_dict, model_fingerprint(ckpt.path), dtype, source=str(ckpt.path),
+                      progress=progress)
+
+
+class WeightStore:
+    """An open store: the header, and dense reads of the resident tensors and of whole layers (the naive path).
+    Sparse neuron reads go through `flash_io.NeuronReader`."""
+
+    def __init__(self, path: str | Path, expect_fingerprint: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"no flash store at {self.path}; make one with `ioaware convert MODEL {self.path}`")
+        with open(self.path, "rb") as f:
+            pre = f.read(_PREAMBLE.size)
+            if len(pre) < _PREAMBLE.size:
+                raise StoreError(f"{self.path} is not an ioaware flash store (too short)")
+            magic, version, hoff, hlen, hdig = _PREAMBLE.unpack(pre)
+            if magic != MAGIC:
+                raise StoreError(f"{self.path} is not a complete ioaware flash store (no completion marker: an "
+                                 "interrupted convert, or another kind of file); run `ioaware convert` again")
+            if version != FORMAT_VERSION:
+                raise StoreError(f"{self.path} is flash store format version {version}; this ioaware reads version "
+                                 f"{FORMAT_VERSION}; convert the model again")
+            f.seek(hoff)
+            hbytes = f.read(hlen)
+        if len(hbytes) != hlen or hashlib.blake2b(hbytes, digest_size=32).digest() != hdig:
+            raise StoreError(f"{self.path}: the header checksum does not match (corrupt or truncated file)")
+        self.header = json.loads(hbytes)
+        if self.header.get("version") != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: header says format version {self.header.get('version')}, expected "
+                             f"{FORMAT_VERSION}")
+        self.fingerprint = self.header["fingerprint"]
+        if expect_fingerprint is not None and expect_fingerprint != self.fingerprint:
+            raise StoreError(f"{self.path} was made from another model (fingerprint {self.fingerprint[:12]}…, "
+                             f"expected {expect_fingerprint[:12]}…); convert this model into a new store")
+        self.args = ModelArgs(**self.header["args"])
+        self.dtype = self.header["dtype"]
+        self.np_dtype, self.torch_dtype = _DTYPES[self.dtype]
+        self.bundle_bytes = self.header["bundle"]["bytes"]
+        self.layers = self.header["layers"]
+        self.resident_bytes = self.header["resident"]["nbytes"]
+        self.ffn_bytes = sum(s["nbytes"] for s in self.layers)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.resident_bytes + self.ffn_bytes
+
+    def _read(self, off: int, n: int) -> bytearray:
+        buf = bytearray(n)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            got = 0
+            while got < n:
+                k = os.preadv(fd, [memoryview(buf)[got:]], off + got)
+                if k == 0:
+                    raise StoreError(f"{self.path} is truncated at byte {off + got}")
+                got += k
+        finally:
+            os.close(fd)
+        return buf
+
+    def _check(self, what: str, buf, want: str) -> None:
+        if _digest(buf) != want:
+            raise StoreError(f"{self.path}: checksum mismatch in section {what} (the file is corrupt); convert again")
+
+    def read_resident(self, verify: bool = True) -> dict[str, torch.Tensor]:
+        """Every non-FFN tensor, HF names, in the store's dtype."""
+        r = self.header["resident"]
+        buf = self._read(r["offset"], r["nbytes"])
+        if verify:
+            self._check("resident", buf, r["blake2b"])
+        out = {}
+        for name, t in r["tensors"].items():
+            arr = np.frombuffer(buf, dtype=self.np_dtype, count=t["nbytes"] // np.dtype(self.np_dtype).itemsize,
+                                offset=t["offset"])
+            out[name] = torch.from_numpy(arr.reshape(t["shape"]))
+        return out
+
+    def read_layer_bundles(self, layer: int, verify: bool = True) -> torch.Tensor:
+        """(hidden, 3, dim): layer `layer`'s whole FFN as bundles."""
+        s = self.layers[layer]
+        buf = self._read(s["offset"], s["nbytes"])
+        if verify:
+            self._check(f"layer {layer}", buf, s["blake2b"])
+        a = self.args
+        return torch.from_numpy(np.frombuffer(buf, dtype=self.np_dtype).reshape(a.hidden_dim, 3, a.dim))
+
+    def read_layer_dense(self, layer: int, verify: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """gate (hidden, dim), up (hidden, dim), down (dim, hidden): the naive path reads these whole."""
+        b = self.read_layer_bundles(layer, verify)
+        return b[:, 0], b[:, 1], b[:, 2].t()
+
+    def verify(self) -> None:
+        """Check every section's checksum (reads the whole file)."""
+        self.read_resident(verify=True)
+        for i in range(len(self.layers)):
+            self.read_layer_bundles(i, verify=True)
+
+
+def open_store(path: str | Path, expect_fingerprint: str | None = None) -> WeightStore:
+    return WeightStore(path, expect_fingerprint)
