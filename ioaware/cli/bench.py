@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 from pathlib import Path
 
 from ..bench import CPU, GPU
 from ..files import write_json_atomic
 from ..report import emit_json, print_table
+from ._programs import add_programs
 
 
 def _op(sub, name: str, func, help_: str, description: str | None = None):
@@ -50,16 +50,7 @@ def add_parser(sp) -> None:
         p.add_argument("--out", default=None, help="results file (default benchmarks/results/"
                        f"{name.replace('-', '_')}-<card>-<date>.json)")
         p.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
-    for name, (mod, help_) in CPU.items():  # whole programs: their own flags, parsed by their own main()
-        p = sub.add_parser(name, help=help_, description=help_, add_help=False, prefix_chars="\0")
-        p.add_argument("argv", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda a, m=mod: _run_program(m, a.argv))
-
-
-def _run_program(mod: str, argv: list[str]) -> int:
-    import importlib
-
-    return int(importlib.import_module(mod).main(argv) or 0)
+    add_programs(sub, CPU)  # whole programs: their own flags, parsed by their own main()
 
 
 def _run(op: str, args, start) -> int:

@@ -14,6 +14,8 @@ VERBS = {
     "hardware": ("ioaware.cli.hardware", "show the spec table, or the device detected here"),
     "convert": ("ioaware.cli.convert", "write a model's flash store (row-column bundled FFN, for --memory-budget)"),
     "probe": ("ioaware.cli.probe", "measure this machine: disk read throughput vs chunk size and threads"),
+    "sim": ("ioaware.cli.sim", "simulate machines that are not here (Cambricon-LLM, InstInfer, PIM-GPT, SN40L)"),
+    "plan": ("ioaware.cli.plan", "plan on-chip memory (COSMA) and co-explore network x accelerator (NASAIC)"),
 }
 
 
