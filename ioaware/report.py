@@ -4,16 +4,28 @@ layers, so benchmarks and commands alike use it."""
 from __future__ import annotations
 
 import json
+import sys
 
 from .files import write_json_atomic
 
+# Where `--json -` writes. The CLI sends everything else a command prints (tables, progress, notes) to stderr while
+# a command runs with `--json -`, and points this at the real stdout, so stdout holds the JSON alone.
+_json_stream = None
+
+
+def set_json_stream(stream) -> None:
+    global _json_stream
+    _json_stream = stream
+
 
 def emit_json(obj, dest: str | None) -> None:
-    """--json FILE writes the file; --json - prints to stdout."""
+    """--json FILE writes the file; --json - prints to stdout (the real one, see set_json_stream)."""
     if dest in (None, ""):
         return
     if dest == "-":
-        print(json.dumps(obj, indent=1, default=str))
+        out = _json_stream or sys.stdout
+        out.write(json.dumps(obj, indent=1, default=str) + "\n")
+        out.flush()
     else:
         write_json_atomic(dest, obj)
 

@@ -43,12 +43,34 @@ def _version() -> str:
     return __version__
 
 
+def _json_on_stdout(argv: list[str]) -> bool:
+    """`--json -` anywhere on the command line (program verbs parse their own flags, so look at the words)."""
+    return any(a == "--json=-" or (a == "--json" and i + 1 < len(argv) and argv[i + 1] == "-")
+               for i, a in enumerate(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()
         return 0
+    if _json_on_stdout(argv):  # stdout is for the JSON alone: whatever else the command prints goes to stderr
+        import contextlib
+
+        from ..report import set_json_stream
+
+        set_json_stream(sys.stdout)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return _run(args)
+        finally:
+            set_json_stream(None)
+    return _run(args)
+
+
+def _run(args) -> int:
     from ..errors import IOAwareError
 
     try:
