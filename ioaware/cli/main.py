@@ -16,6 +16,12 @@ VERBS = {
     "probe": ("ioaware.cli.probe", "measure this machine: disk read throughput vs chunk size and threads"),
     "sim": ("ioaware.cli.sim", "simulate machines that are not here (Cambricon-LLM, InstInfer, PIM-GPT, SN40L)"),
     "plan": ("ioaware.cli.plan", "plan on-chip memory (COSMA) and co-explore network x accelerator (NASAIC)"),
+    "compress": ("ioaware.cli.compress", "compress a model's weights (svd: truncated SVD factors, FlashSVD)"),
+}
+# verbs that are whole programs (cli/_programs.py): the module parses its own flags
+PROGRAMS = {
+    "prune": ("ioaware.runtime.prune.cli", "prune a model to unstructured sparsity (magnitude, Wanda) for Flash-LLM"),
+    "pulsedl": ("ioaware.sim.pulsedl.cli", "PulseDL-II: detector pulse timing/energy with an integer CNN engine"),
 }
 
 
@@ -34,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.set_defaults(func=lambda _a, m=mod: print(f"{m} is not installed in this build") or 1)
             continue
         module.add_parser(sp)
+    from ._programs import add_programs
+
+    add_programs(sub, PROGRAMS)
     return p
 
 
