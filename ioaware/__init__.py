@@ -10,20 +10,29 @@ import os as _os
 if _os.environ.get("IOAWARE_INTERPRET", "").strip().lower() in {"1", "true", "yes", "on"}:
     _os.environ["TRITON_INTERPRET"] = "1"
 
-from . import hardware, iomodel, rnn  # noqa: E402
 from .errors import DeviceError, DTypeError, IOAwareError, ShapeError, UnsupportedError  # noqa: E402
-from .kernels import (  # noqa: E402
-    attention_ref,
-    fftconv,
-    flash_attn,
-    flash_attn_varlen,
-    flash_decode,
-    flat_linear,
-    last_backend,
-)
 
 __version__ = "0.1.0"
 
+# Public names are imported on first use (PEP 562), so `import ioaware` (and `ioaware --help`) does not pay for
+# torch and Triton until a kernel or the runtime is touched.
+_KERNELS = ("attention_ref", "fftconv", "flash_attn", "flash_attn_varlen", "flash_decode", "flat_linear",
+            "last_backend")
+_SUBMODULES = ("hardware", "iomodel", "kernels", "nn", "rnn", "runtime", "sim", "plan")
+
 __all__ = ["DTypeError", "DeviceError", "IOAwareError", "ShapeError", "UnsupportedError", "__version__",
-           "attention_ref", "fftconv", "flash_attn", "flash_attn_varlen", "flash_decode", "flat_linear", "hardware",
-           "iomodel", "last_backend", "rnn"]
+           *_KERNELS, *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _KERNELS:
+        return getattr(importlib.import_module(".kernels", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'ioaware' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -49,3 +49,38 @@ def direct_io_supported(path) -> bool:
     finally:
         os.close(fd)
         buf.close()
+
+
+def tmp_name(path: str | Path) -> Path:
+    """`path`'s temporary sibling while it is being written: `<name>.tmp-<pid>`. The pid lets a later run tell an
+    orphan (its writer was killed) from a file another live process is still writing (`remove_orphans`)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_orphans(folder: str | Path, pattern: str = "*.tmp-*") -> list[Path]:
+    """Delete temporaries in `folder` left by writers that no longer run (`kill -9` mid-write): names ending in
+    `-<pid>` (`tmp_name`, the disk probe's file) whose pid is not alive. Returns what was removed."""
+    folder = Path(folder)
+    gone = []
+    if not folder.is_dir():
+        return gone
+    for f in folder.glob(pattern):
+        pid = f.name.rsplit("-", 1)[-1].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                f.unlink()
+                gone.append(f)
+            except OSError:
+                pass
+    return gone

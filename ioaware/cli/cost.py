@@ -18,7 +18,7 @@ def add_parser(sp) -> None:
     a.add_argument("--kv-heads", type=int, default=None, help="key/value heads (GQA); default = --heads")
     a.add_argument("--causal", action="store_true")
     a.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16", "float32"])
-    a.add_argument("--sram", default=None, help="on-chip memory per SM, e.g. 228KB (default: the hardware's)")
+    a.add_argument("--sram", default=None, help="on-chip memory per SM, e.g. 228KiB (default: the hardware's)")
     a.add_argument("--block", type=int, nargs=2, metavar=("BQ", "BK"), default=None,
                    help="FlashAttention tile sizes instead of deriving them from --sram")
     a.add_argument("--hardware", default="h100", help="spec for the roofline: h100, h200, a100, v100")

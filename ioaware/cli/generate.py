@@ -7,15 +7,17 @@ import sys
 import time
 from pathlib import Path
 
+from ._args import budget, fraction, nonneg_float, nonneg_int, positive_int, unit_fraction
+
 
 def add_parser(sp) -> None:
     sp.add_argument("--prompt", required=True, help="the text to continue (or the user message with --chat)")
     sp.add_argument("--model", default=None, help="a .gguf file or a folder with config.json, *.safetensors and "
                     "tokenizer.json (default: IOAWARE_MODEL, else the embedded SmolLM2-135M-Instruct GGUF)")
-    sp.add_argument("--max-new-tokens", type=int, default=128)
-    sp.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    sp.add_argument("--top-p", type=float, default=1.0)
-    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--max-new-tokens", type=positive_int, default=128)
+    sp.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default)")
+    sp.add_argument("--top-p", type=fraction, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    sp.add_argument("--seed", type=nonneg_int, default=None)
     sp.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     sp.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     sp.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
@@ -34,21 +36,25 @@ def add_parser(sp) -> None:
     sp.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
     sp.add_argument("--compile", action="store_true",
                     help="torch.compile the CUDA-graph decode step (fuses norms, RoPE and SiLU; ~1 min to compile)")
-    sp.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    sp.add_argument("--memory-budget", default=None, metavar="PCT|BYTES",
-                    help="cap on weight bytes resident in DRAM, e.g. 40%% (of the model's fp16 weights) or 120MB: "
-                    "FFN neurons stream from a flash store (converted into the cache dir if needed), predicted per "
+    sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
+    sp.add_argument("--memory-budget", default=None, metavar="PCT|SIZE", type=budget,
+                    help="cap on the process's memory above its baseline (the resident set once torch and ioaware "
+                    "are loaded, printed): e.g. 50%% (of the model's fp16 weight bytes) or 120MiB / 120MB. FFN "
+                    "neurons stream from a flash store (converted into the cache dir if needed), predicted per "
                     "token, kept in a window cache")
-    sp.add_argument("--store", default=None, help="the flash store to stream from (default: the cache dir's)")
-    sp.add_argument("--window", type=int, default=5, help="tokens whose neurons stay cached (--memory-budget)")
-    sp.add_argument("--read-threads", type=int, default=8, help="parallel reads (--memory-budget)")
+    sp.add_argument("--store", default=None, help="the flash store to stream from (must exist unless --convert; "
+                    "default: the cache dir's, converted on first use)")
+    sp.add_argument("--convert", action="store_true", help="with --store PATH: write the store there if it is missing")
+    sp.add_argument("--window", type=nonneg_int, default=5, help="tokens whose neurons stay cached (--memory-budget)")
+    sp.add_argument("--read-threads", type=positive_int, default=8, help="parallel reads (--memory-budget)")
     sp.add_argument("--prefetch", action="store_true",
                     help="read each block's likely FFN neurons ahead, while its attention runs (--memory-budget)")
-    sp.add_argument("--ffn-sparsity", type=float, default=0.2,
+    sp.add_argument("--ffn-sparsity", type=unit_fraction, default=0.2,
                     help="fraction of FFN neurons the gate threshold zeroes (--memory-budget; default 0.2, the largest "
                          "within 5%% of dense perplexity on SmolLM2, benchmarks/results/sparsity-smollm2-*.json)")
     sp.add_argument("--json", default=None, metavar="FILE", help="also write the summary as JSON (- for stdout)")
-    sp.add_argument("--quiet", action="store_true", help="do not stream the text (the summary still prints)")
+    sp.add_argument("--quiet", action="store_true", help="print nothing but errors: no text, no table, no progress "
+                    "(the --json summary is still written)")
     sp.set_defaults(func=run)
 
 
@@ -62,6 +68,15 @@ def run(args) -> int:
 
     if not args.prompt.strip():
         raise ValueError("the prompt is empty; give some text with --prompt")
+    if args.model and not Path(args.model).exists():
+        raise FileNotFoundError(f"--model {args.model}: no such file or folder")
+    if not args.memory_budget:
+        extra = [f for f, on in (("--store", args.store), ("--convert", args.convert), ("--prefetch", args.prefetch))
+                 if on]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} only apply with --memory-budget")
+    if args.convert and not args.store:
+        raise ValueError("--convert writes the store named by --store; give --store PATH too")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if args.threads:
@@ -75,9 +90,7 @@ def run(args) -> int:
     tok = ckpt.tokenizer
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
     ids = tok.encode(text)
-    if len(ids) >= ckpt.args.max_seq_len:  # checked before building the model: a clear error, fast
-        raise ValueError(f"the prompt has {len(ids)} tokens but the model's context is {ckpt.args.max_seq_len}; "
-                         "shorten it")
+    _check_context(len(ids), args.max_new_tokens, ckpt.args.max_seq_len, args.quiet)  # before building the model
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: None}[args.dtype]
     model = build_model(ckpt, args.device, dtype, weights=args.weights)
     weights = model.weight_format
@@ -99,6 +112,7 @@ def run(args) -> int:
                    cuda_graphs=graphs, compile=args.compile)
     if not args.quiet:
         sys.stdout.write("\n\n")
+        _say_context_stop(res.summary)
     s = res.summary
     s.update(model=str(ckpt.path), format=ckpt.format, tensor_types=ckpt.tensor_types, weights=weights,
              load_s=load_s, chat=bool(args.chat), temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -117,9 +131,146 @@ def run(args) -> int:
         ["achieved weight bandwidth", f"{s['achieved_weight_GBps']:.1f} GB/s"],
         ["load time", f"{load_s:.1f} s"],
     ]
-    print_table("ioaware generate", ["", "value"], rows)
+    if not args.quiet:
+        print_table("ioaware generate", ["", "value"], rows)
     emit_json(s, args.json)
     return 0
+
+
+def _check_context(n_prompt: int, max_new: int, ctx: int, quiet: bool) -> None:
+    if n_prompt >= ctx:
+        raise ValueError(f"the prompt has {n_prompt} tokens but the model's context is {ctx}; shorten it")
+    if n_prompt + max_new > ctx and not quiet:
+        print(f"note: the prompt has {n_prompt} tokens and the context is {ctx}: at most {ctx - n_prompt} of the "
+              f"{max_new} new tokens fit", file=sys.stderr)
+
+
+def _say_context_stop(s: dict) -> None:
+    if s.get("stopped_at_context_limit"):
+        print(f"stopped at the model's context limit after {s['generated_tokens']} new tokens", file=sys.stderr)
+
+
+def _run_streamed(args, sampling) -> int:
+    """--memory-budget: weights not resident stream from the flash store; the summary says what moved and how the
+    process's memory compares with the cap."""
+    from ..errors import UnsupportedError
+    from ..report import emit_json, print_table
+    from ..runtime import generate
+    from ..runtime.llm.generate import peak_memory_bytes
+    from ..runtime.offload.session import open_streamed
+    from ..runtime.offload.streamed_ffn import stream_summary
+    from ..units import human_bytes
+
+    if args.device != "cpu":
+        raise UnsupportedError("--memory-budget runs on CPU for now (the GPU path stages through pinned memory)")
+    baseline = current_rss()  # torch and ioaware loaded, nothing of the model yet: what the budget sits above
+    t0 = time.perf_counter()
+    model, rt, acct, tok, store = open_streamed(
+        args.model, args.memory_budget, args.store, args.window, args.read_threads, args.ffn_sparsity,
+        progress=not args.quiet, probe_if_missing=True, prefetch=args.prefetch, convert_missing=args.convert,
+        other_bytes=WORKING_MEMORY, say=lambda m: print(m, file=sys.stderr))
+    model.set_attention("sdpa" if args.attention == "auto" else args.attention)
+    text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
+    ids = tok.encode(text)
+    _check_context(len(ids), args.max_new_tokens, model.args.max_seq_len, args.quiet)
+    load_s = time.perf_counter() - t0
+
+    def emit(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    try:
+        res = generate(model, tok, ids, args.max_new_tokens, sampling, on_text=None if args.quiet else emit)
+    finally:
+        rt.close()
+    if not args.quiet:
+        sys.stdout.write("\n\n")
+        _say_context_stop(res.summary)
+    s = res.summary
+    s.update(stream_summary(rt, acct, s["decode_s"]))
+    peak, _ = peak_memory_bytes(model.norm.weight.device)
+    m = acct
+    s.update(model=str(args.model or "default"), store=str(store.path), weights=model.weight_format, load_s=load_s,
+             text=res.text, memory_budget=args.memory_budget, rss_baseline_bytes=baseline, rss_peak_bytes=peak,
+             rss_above_baseline_bytes=peak - baseline, budget_bytes=m["budget"],
+             within_budget=peak - baseline <= m["budget"], disk_curve=_curve_note(rt.curve))
+    pred = s["flash_predicted_io_s_per_token"]
+    rows = [
+        ["model", f"{Path(store.header['source']).name} → {store.path.name} ({model.weight_format})"],
+        ["decode", f"{s['decode_tok_s']:.1f} tok/s ({s['decode_tokens']} tokens)"],
+        ["process memory above baseline vs cap", f"{human_bytes(peak - baseline)} peak vs {human_bytes(m['budget'])} "
+         f"({m['budget'] / m['weight_bytes']:.0%} of {human_bytes(m['weight_bytes'])} of weights)"
+         + ("" if s["within_budget"] else "  OVER")],
+        ["  baseline (torch + ioaware loaded, before the model)", human_bytes(baseline)],
+        ["  planned: resident / predictors / cache / I/O buffers / working", f"{human_bytes(m['resident_measured'])} / "
+         f"{human_bytes(m['predictors'])} / {human_bytes(m['neuron_cache'])} "
+         f"({m['cache_neurons_per_layer']} neurons/layer) / {human_bytes(m['io_buffers'])} / "
+         f"{human_bytes(m['other'])}"],
+        ["flash read / token", human_bytes(s["flash_bytes_read_per_token"])],
+        ["I/O time / token: measured vs iomodel", f"{s['flash_io_s_per_token'] * 1e3:.2f} ms vs "
+         + (f"{pred * 1e3:.2f} ms" if pred == pred else "n/a (run `ioaware probe disk`)")],
+        ["  of it, checking bundle checksums", f"{s['flash_verify_s_per_token'] * 1e3:.2f} ms"],
+        ["I/O wait / token (reads not hidden behind compute)", f"{s['flash_stall_s_per_token'] * 1e3:.2f} ms"
+         + (f" (prefetch: {s['prefetch_used_frac']:.0%} of read-ahead neurons used)"
+            if s["prefetch_used_frac"] is not None else "")],
+        ["flash GB/s vs probed peak", f"{s['flash_GBps']:.2f} vs {s['flash_peak_GBps']:.2f}"],
+        ["disk curve", s["disk_curve"]],
+        ["window hit rate", f"{s['window_hit_rate']:.1%} (k={s['window']})"],
+        ["FFN neurons loaded / token", f"{s['ffn_frac_loaded_per_token']:.1%} (predicted "
+         f"{s['ffn_frac_predicted_per_token']:.1%})"],
+        ["load time", f"{load_s:.1f} s"],
+    ]
+    if not args.quiet:
+        print_table("ioaware generate --memory-budget", ["", "value"], rows)
+    emit_json(s, args.json)
+    return 0
+
+
+# Memory the streamed run holds above its baseline besides the weights it plans for: the tokenizer and the GGUF
+# metadata it is read from, the KV cache of a short chat, prefill activations and allocator slack. Measured on
+# SmolLM2-135M (dev/offload/NOTES.md, "Process memory"); the plan reserves it so that the peak RSS above the baseline
+# stays under the cap.
+WORKING_MEMORY = 48 << 20
+
+
+def current_rss() -> int:
+    """This process's resident set now (Linux /proc; else the peak so far, an upper bound)."""
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _curve_note(curve: dict | None) -> str:
+    if not curve:
+        return "none"
+    import datetime as dt
+
+    try:
+        age = dt.datetime.now() - dt.datetime.strptime(curve["date"], "%Y-%m-%d %H:%M:%S")
+        when = f"{age.days} days old" if age.days else f"{age.seconds // 3600} h old"
+    except (KeyError, ValueError):
+        when = "age unknown"
+    return (f"{curve['date']} ({when}), {curve['file_bytes'] >> 20} MiB file, {curve['seconds_per_case']} s/case, "
+            f"{len(curve['points'])} points")
+
+
+def _check_context(n_prompt: int, max_new: int, ctx: int, quiet: bool) -> None:
+    if n_prompt >= ctx:
+        raise ValueError(f"the prompt has {n_prompt} tokens but the model's context is {ctx}; shorten it")
+    if n_prompt + max_new > ctx and not quiet:
+        print(f"note: the prompt has {n_prompt} tokens and the context is {ctx}: at most {ctx - n_prompt} of the "
+              f"{max_new} new tokens fit", file=sys.stderr)
+
+
+def _say_context_stop(s: dict) -> None:
+    if s.get("stopped_at_context_limit"):
+        print(f"stopped at the model's context limit after {s['generated_tokens']} new tokens", file=sys.stderr)
 
 
 def _run_streamed(args, sampling) -> int:

@@ -13,6 +13,7 @@ VERBS = {
     "bench": ("ioaware.cli.bench", "benchmarks: kernels vs PyTorch on a GPU; the offload runtime on CPU"),
     "hardware": ("ioaware.cli.hardware", "show the spec table, or the device detected here"),
     "convert": ("ioaware.cli.convert", "write a model's flash store (row-column bundled FFN, for --memory-budget)"),
+    "verify": ("ioaware.cli.verify", "check every checksum of an offload store (header, sections, each bundle)"),
     "probe": ("ioaware.cli.probe", "measure this machine: disk read throughput vs chunk size and threads"),
     "sim": ("ioaware.cli.sim", "simulate machines that are not here (Cambricon-LLM, InstInfer, PIM-GPT, SN40L)"),
     "plan": ("ioaware.cli.plan", "plan on-chip memory (COSMA) and co-explore network x accelerator (NASAIC)"),
@@ -25,11 +26,18 @@ PROGRAMS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """One line for a bad command line (what is wrong, and where to look), not a usage dump; exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ioaware", description="IO-aware deep learning: kernels, an out-of-core LLM "
+    p = Parser(prog="ioaware", description="IO-aware deep learning: kernels, an out-of-core LLM "
                                 "runtime and cost models of the memory hierarchy.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     for verb, (mod, help_) in VERBS.items():
         sp = sub.add_parser(verb, help=help_, description=help_)
         try:
@@ -58,8 +66,21 @@ def _json_on_stdout(argv: list[str]) -> bool:
                for i, a in enumerate(argv))
 
 
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """`--memory-budget -5%` -> `--memory-budget=-5%`, so the value reaches its type check (which names what is
+    wrong) instead of argparse taking it for an option and saying only 'expected one argument'."""
+    out: list[str] = []
+    for a in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and len(a) > 1 and a[0] == "-" and \
+                (a[1].isdigit() or a[1] == "."):
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _attach_negative_values(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verb:
@@ -93,5 +114,19 @@ def _run(args) -> int:
         return 130
 
 
+def entry() -> int:
+    """The console script: main() with a closed pipe (`ioaware hardware --json - | head -3`) ending quietly, as
+    a shell tool should, instead of a BrokenPipeError traceback."""
+    import os
+
+    try:
+        rc = main()
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own recipe: no error at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from ._args import int_list, positive_float, size
+
+
+def _cached_or_none(path):
+    from ..hardware.probe_disk import load_curve
+
+    try:
+        return load_curve(path)
+    except ValueError:  # an old or damaged cached curve: the new probe replaces it
+        return None
+
 
 def add_parser(sp) -> None:
     sub = sp.add_subparsers(dest="what", metavar="WHAT", required=True)
     d = sub.add_parser("disk", help="read throughput vs chunk size, threads, O_DIRECT (cold page cache)")
     d.add_argument("--path", default=None, help="a folder on the disk to probe (default: the cache dir, where "
                    "converted stores live)")
-    d.add_argument("--size", default="512MiB", help="temp file size (default 512MiB; more is steadier)")
-    d.add_argument("--seconds", type=float, default=0.25, help="time per case (default 0.25)")
-    d.add_argument("--threads", default=None, help="comma-separated thread counts (default 1,4,8,16)")
+    d.add_argument("--size", default="512MiB", type=size, help="temp file size (default 512MiB; more is steadier)")
+    d.add_argument("--seconds", type=positive_float, default=0.25, help="time per case (default 0.25)")
+    d.add_argument("--threads", default=None, type=int_list, help="comma-separated thread counts (default 1,4,8,16)")
+    d.add_argument("--replace", action="store_true", help="cache this probe's curve even if the cached one was "
+                   "more thorough (by default a quicker probe never replaces a better curve)")
     d.add_argument("--json", default=None, metavar="FILE", help="also write the curve here ('-' for stdout)")
     d.add_argument("--plot", default=None, metavar="FILE.png", help="also plot GB/s against chunk size, a line per "
                    "thread count, O_DIRECT and buffered side by side (needs matplotlib: the [plot] extra)")
@@ -20,21 +33,29 @@ def add_parser(sp) -> None:
 
 
 def run_disk(args) -> int:
-    from ..hardware.probe_disk import THREADS, best_chunk, probe, save_curve
+    from ..hardware.probe_disk import THREADS, at_least_as_thorough, best_chunk, curve_path, probe, save_curve
     from ..report import emit_json, print_table
     from ..units import human_bytes, parse_bytes
 
     if args.cached:
-        from ..hardware.probe_disk import curve_path, load_curve
+        from ..hardware.probe_disk import load_curve
 
         curve, cached = load_curve(args.path), curve_path(args.path)
         if curve is None:
             raise FileNotFoundError(f"no cached curve for this disk ({cached}): run `ioaware probe disk` without "
                                     "--cached first")
     else:
-        threads = tuple(int(t) for t in args.threads.split(",")) if args.threads else THREADS
+        threads = args.threads or THREADS
         curve = probe(args.path, int(parse_bytes(args.size)), threads=threads, seconds_per_case=args.seconds)
-        cached = save_curve(curve)
+        cached = curve_path(args.path)
+        old = _cached_or_none(args.path)
+        if old is None or args.replace or at_least_as_thorough(curve, old):
+            save_curve(curve)
+        else:
+            print(f"kept the cached curve of {old['date']} ({old['file_bytes'] >> 20} MiB, {old['seconds_per_case']}"
+                  f" s/case, {len(old['points'])} points): it is more thorough than this probe; --replace to cache "
+                  "this one instead")
+            cached = f"{cached} (not replaced)"
     rows = []
     for p in curve["points"]:
         rows.append(["O_DIRECT" if p["direct"] else "buffered", human_bytes(p["chunk"]), p["threads"],

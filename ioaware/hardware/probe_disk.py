@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..files import direct_io_supported, write_json_atomic
+from ..files import direct_io_supported, remove_orphans, write_json_atomic
 
 CURVE_VERSION = 1
 CHUNKS = (4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
@@ -90,8 +90,14 @@ def probe(path: str | Path | None = None, size: int = 512 << 20, chunks=CHUNKS, 
     then about len(chunks) * len(threads) * 2 * seconds_per_case."""
     from ..env import settings
 
-    folder = Path(path) if path else settings().cache_dir
-    folder.mkdir(parents=True, exist_ok=True)
+    if path is None:
+        folder = settings().cache_dir
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--path {folder}: no such folder (give a folder on the disk to probe)")
+    remove_orphans(folder, ".ioaware-probe-*.bin")  # a probe that was killed leaves its 512 MiB file
     f = folder / f".ioaware-probe-{os.getpid()}.bin"
     chunks = [c for c in chunks if c <= size]
     if not chunks:
@@ -130,6 +136,13 @@ def curve_path(folder: str | Path | None = None) -> Path:
     folder = Path(folder) if folder else settings().cache_dir
     dev = os.stat(folder if folder.exists() else folder.parent).st_dev
     return settings().cache_dir / "probe" / f"disk-{dev}.json"
+
+
+def at_least_as_thorough(new: dict, old: dict) -> bool:
+    """Whether `new` measured as much as `old` did: a file as large, as long per case, as many points. Only such a
+    probe replaces a cached curve, so a `--quick` look never overwrites the curve `generate` plans its reads with."""
+    return (new["file_bytes"] >= old["file_bytes"] and new["seconds_per_case"] >= old["seconds_per_case"]
+            and len(new["points"]) >= len(old["points"]))
 
 
 def save_curve(curve: dict, dest: str | Path | None = None) -> Path:

@@ -48,7 +48,7 @@ def test_help_for_each_verb(verb, capsys):
 
 def test_cost_attention_json(tmp_path, capsys):
     out = tmp_path / "cost.json"
-    assert main(["cost", "attention", "--n", "4096", "--d", "128", "--sram", "228KB", "--causal", "--json",
+    assert main(["cost", "attention", "--n", "4096", "--d", "128", "--sram", "228KiB", "--causal", "--json",
                  str(out)]) == 0
     d = json.loads(out.read_text())
     algos = {(r["algorithm"], r["pass"]) for r in d["rows"]}

@@ -84,9 +84,9 @@ def test_streamed_equals_thresholded_dense(tiny, cache_frac):
 def test_budget_too_small_names_the_minimum(tiny):
     g, ck, dense, th, st = tiny
     a = ck.args
-    with pytest.raises(ff.BudgetError, match=r"below the minimum of [0-9.]+ MB"):
+    with pytest.raises(ff.BudgetError, match=r"below the minimum of [0-9.]+ MiB"):
         ff.build_streamed_model(st, PredictAll(a.n_layers, a.dim, a.hidden_dim, th), th, st.resident_bytes)
-    assert ff.parse_budget("40%", 1000) == 400 and ff.parse_budget("1KB", 1) == 1024
+    assert ff.parse_budget("40%", 1000) == 400 and ff.parse_budget("1KiB", 1) == 1024 and ff.parse_budget("1KB", 1) == 1000
     with pytest.raises(ValueError):
         ff.parse_budget("140%", 1000)
 
@@ -104,7 +104,7 @@ def test_generate_cli_memory_budget(tiny, tmp_path, monkeypatch, capsys):
     pr.save(p, fp)
     js = tmp_path / "s.json"
     rc = main(["generate", "--model", str(g), "--prompt", "the cat sat", "--max-new-tokens", "5",
-               "--memory-budget", "400KB", "--quiet", "--json", str(js)])
+               "--memory-budget", "400KiB", "--quiet", "--json", str(js)])
     out, err = capsys.readouterr()
     assert rc == 0, err
     s = json.loads(js.read_text())

@@ -117,7 +117,7 @@ def test_wrong_model_or_version_fails_clearly(tiny, tmp_path):
     raw = bytearray(out.read_bytes())
     raw[8:12] = (fs.FORMAT_VERSION + 1).to_bytes(4, "little")
     (tmp_path / "v.store").write_bytes(bytes(raw))
-    with pytest.raises(IOAwareError, match="format version 2"):
+    with pytest.raises(IOAwareError, match=f"format version {fs.FORMAT_VERSION + 1}"):
         fs.open_store(tmp_path / "v.store")
     with pytest.raises(IOAwareError, match="ioaware convert"):
         fs.open_store(tmp_path / "missing.store")
@@ -223,3 +223,24 @@ def test_gap_merging_reads_fewer_chunks_same_rows(tiny):
     curve = {"version": 1, "points": [{"chunk": 4096, "threads": 8, "direct": True, "GBps": 0.25},
                                       {"chunk": 262144, "threads": 8, "direct": True, "GBps": 1.5}]}
     assert merge_gap_bytes(curve, 8) == 24576  # 1.5/0.25 pages
+
+
+def test_flipped_byte_in_a_streamed_bundle_is_corruption_not_text(tiny, tmp_path):
+    """Every bundle the reader streams is checked against the store's xxh3-64: one flipped byte in a neuron that
+    a read asks for raises StoreError naming the layer and neuron; neurons not read are not touched."""
+    _, out, _ = tiny
+    st = fs.open_store(out)
+    bad = tmp_path / "bad.store"
+    raw = bytearray(out.read_bytes())
+    layer, neuron = 1, 5
+    raw[st.layers[layer]["offset"] + neuron * st.bundle_bytes + 7] ^= 0x40
+    bad.write_bytes(bytes(raw))
+    sb = fs.open_store(bad)
+    for direct in (False, None):
+        with NeuronReader(sb, threads=2, direct=direct) as r:
+            r.read(layer, [0, 1, 2, 3])  # the corrupt neuron is not asked for: fine
+            with pytest.raises(fs.StoreError, match=f"layer {layer}, neuron {neuron}"):
+                r.read(layer, [2, neuron, 9])
+    with pytest.raises(fs.StoreError, match="checksum mismatch|corrupt"):
+        sb.verify()
+    assert st.verify()["bundles"] == st.args.n_layers * st.args.hidden_dim

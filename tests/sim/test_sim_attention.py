@@ -217,7 +217,7 @@ def test_cost_attention_cli_plot_and_rows(tmp_path, capsys):
     from ioaware.cli.main import main
 
     png, js = tmp_path / "io.png", tmp_path / "io.json"
-    assert main(["cost", "attention", "--n", "4096", "--d", "128", "--sram", "228KB", "--hardware", "h100",
+    assert main(["cost", "attention", "--n", "4096", "--d", "128", "--sram", "228KiB", "--hardware", "h100",
                  "--plot", str(png), "--json", str(js)]) == 0
     assert png.exists() and png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     rows = {(r["algorithm"], r["pass"]): r for r in json.loads(js.read_text())["rows"]}

@@ -138,6 +138,7 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_
                          "shorten it")
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    asked = max_new_tokens
     max_new_tokens = min(max_new_tokens, a.max_seq_len - len(prompt_ids))
     device = model.norm.weight.device
     model.setup_cache(1, len(prompt_ids) + max_new_tokens)
@@ -184,6 +185,7 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_
         "prefill_s": t1 - t0, "prefill_tok_s": len(prompt_ids) / (t1 - t0),
         "decode_s": dec_s, "decode_tokens": n_dec, "decode_tok_s": tok_s,
         "stopped_at_eos": nxt in stops,
+        "stopped_at_context_limit": max_new_tokens < asked and len(out) >= max_new_tokens and nxt not in stops,
         "peak_memory_bytes": peak, "peak_memory_kind": peak_how,
         "weight_bytes_per_token": wbytes, "kv_bytes_per_token_mean": kv_bytes,
         "achieved_weight_GBps": wbytes * tok_s / 1e9, "achieved_total_GBps": (wbytes + kv_bytes) * tok_s / 1e9,

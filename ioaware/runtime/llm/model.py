@@ -296,24 +296,26 @@ def load_hf_state_dict(model: Transformer, sd: dict[str, torch.Tensor], ffn: boo
         return t
 
     H, Hkv, D, d, h = a.n_heads, a.n_kv_heads, a.head_dim, a.dim, a.hidden_dim
-    new = {"tok_embeddings.weight": get("model.embed_tokens.weight", (a.vocab_size, d)),
-           "norm.weight": get("model.norm.weight", (d,))}
+    params = dict(model.named_parameters())
+
+    def put(name: str, t: torch.Tensor) -> None:  # copied as soon as read: one source tensor alive at a time
+        with torch.no_grad():
+            params[name].copy_(t)
+
+    put("tok_embeddings.weight", get("model.embed_tokens.weight", (a.vocab_size, d)))
+    put("norm.weight", get("model.norm.weight", (d,)))
     if not a.tie_embeddings:
-        new["output.weight"] = get("lm_head.weight", (a.vocab_size, d))
+        put("output.weight", get("lm_head.weight", (a.vocab_size, d)))
     for i in range(a.n_layers):
         p = f"model.layers.{i}."
-        new[f"layers.{i}.attention_norm.weight"] = get(p + "input_layernorm.weight", (d,))
-        new[f"layers.{i}.ffn_norm.weight"] = get(p + "post_attention_layernorm.weight", (d,))
-        new[f"layers.{i}.attention.wqkv.weight"] = torch.cat([
+        put(f"layers.{i}.attention_norm.weight", get(p + "input_layernorm.weight", (d,)))
+        put(f"layers.{i}.ffn_norm.weight", get(p + "post_attention_layernorm.weight", (d,)))
+        put(f"layers.{i}.attention.wqkv.weight", torch.cat([
             get(p + "self_attn.q_proj.weight", (H * D, d)), get(p + "self_attn.k_proj.weight", (Hkv * D, d)),
-            get(p + "self_attn.v_proj.weight", (Hkv * D, d))])
-        new[f"layers.{i}.attention.wo.weight"] = get(p + "self_attn.o_proj.weight", (d, H * D))
+            get(p + "self_attn.v_proj.weight", (Hkv * D, d))]))
+        put(f"layers.{i}.attention.wo.weight", get(p + "self_attn.o_proj.weight", (d, H * D)))
         if not ffn:
             continue
-        new[f"layers.{i}.feed_forward.w13.weight"] = torch.cat([
-            get(p + "mlp.gate_proj.weight", (h, d)), get(p + "mlp.up_proj.weight", (h, d))])
-        new[f"layers.{i}.feed_forward.w2.weight"] = get(p + "mlp.down_proj.weight", (d, h))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, t in new.items():
-            params[name].copy_(t)
+        put(f"layers.{i}.feed_forward.w13.weight", torch.cat([
+            get(p + "mlp.gate_proj.weight", (h, d)), get(p + "mlp.up_proj.weight", (h, d))]))
+        put(f"layers.{i}.feed_forward.w2.weight", get(p + "mlp.down_proj.weight", (d, h)))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...files import tmp_name
 from ..llm.model import FeedForward, Transformer
 from .activations import collect_ffn_inputs, progress_bar
 from .sparse_ffn import ffn_bundles, gate_weight
@@ -98,9 +99,13 @@ class Predictors:
         meta = {"format": "ioaware-predictors", "version": str(FORMAT_VERSION), "fingerprint": fingerprint,
                 "activation": self.activation, "n_layers": str(self.n_layers), "rank": str(self.rank),
                 "report": json.dumps(self.meta or {})}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_name(path)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path, expect_fingerprint: str | None, device="cpu") -> Predictors:

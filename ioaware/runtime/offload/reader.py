@@ -33,6 +33,7 @@ class ReadStats:
     chunks: int = 0
     seconds: float = 0.0
     chunk_sizes: list[int] = field(default_factory=list)
+    verify_s: float = 0.0  # of `seconds`, the time spent checking bundles against their checksums
 
     def add(self, o: ReadStats) -> None:
         self.bytes += o.bytes
@@ -40,6 +41,7 @@ class ReadStats:
         self.chunks += o.chunks
         self.seconds += o.seconds
         self.chunk_sizes.extend(o.chunk_sizes)
+        self.verify_s += o.verify_s
 
 
 @dataclass
@@ -105,8 +107,9 @@ class NeuronReader:
     because one more small request costs more than streaming the gap (`iomodel.io.merge_gap_bytes` prices it)."""
 
     def __init__(self, store: WeightStore, threads: int = 8, chunk: int | None = None, direct: bool | None = None,
-                 slots: int = 2, max_neurons: int | None = None, max_gap: int = 0):
+                 slots: int = 2, max_neurons: int | None = None, max_gap: int = 0, verify: bool = True):
         self.store = store
+        self.verify = verify  # check every bundle read against the store's xxh3 (costs a hash per bundle)
         self.threads = threads
         self.chunk = max(ALIGN, (chunk or DEFAULT_CHUNK) // ALIGN * ALIGN)
         can = direct_io_supported(store.path)
@@ -178,8 +181,12 @@ class NeuronReader:
                 views.append(outb[dst:dst + k])
                 dst += k
             self._issue(chunks, views)
+        t1 = time.perf_counter()
+        if n and self.verify:
+            self.store.check_bundles(layer, ids, out.reshape(n, -1).view(np.uint8))
+        verify_s = time.perf_counter() - t1
         st = ReadStats(sum(k for _, k in chunks), n * self.bundle, len(chunks), time.perf_counter() - t0,
-                       [k for _, k in chunks])
+                       [k for _, k in chunks], verify_s)
         with self._lock:
             self.total.add(st)
         return ReadResult(layer, ids, torch.from_numpy(out), st)

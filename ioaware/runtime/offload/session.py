@@ -28,7 +28,8 @@ def predictor_bytes_estimate(a, rank: int, elem: int) -> int:
 def train_for_store(model_path, sparsity: float, rank: int = PREDICTOR_RANK, max_tokens: int = 8000,
                     progress: bool = True, text: str | None = None):
     """Thresholds and predictors fitted on the shipped calibration text. Needs the dense model once, in fp32 (a
-    one-off preparation step before any budgeted run; its memory is not the run's)."""
+    one-off preparation step before any budgeted run: `open_streamed` runs it in a child process, so its memory is
+    never the generating process's)."""
     ckpt = load_checkpoint(model_path)
     dense = build_model(ckpt, "cpu", torch.float32, "dense")
     text = load_text("calibration") if text is None else text
@@ -38,42 +39,90 @@ def train_for_store(model_path, sparsity: float, rank: int = PREDICTOR_RANK, max
     return pr, th
 
 
+def _train_and_save(model_path, sparsity: float, dest: Path, fingerprint: str, progress: bool,
+                    text: str | None) -> None:
+    pr, _ = train_for_store(model_path, sparsity, progress=progress, text=text)
+    pr.save(dest, fingerprint)
+
+
+def in_child(fn, *args) -> None:
+    """Run fn(*args) in a fresh process and wait: one-off preparation (conversion, training) whose peak memory (a
+    dense fp32 model, its activations) must not become the generating process's resident set. Exceptions come
+    back as they were raised; Ctrl-C reaches the child too (same process group)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        ex.submit(fn, *args).result()
+
+
+def store_path_for(model_path: Path, fingerprint: str) -> Path:
+    """The cache dir's store for a model: named by the model's fingerprint and the store format, so a store of an
+    older format is never opened for a newer ioaware (it converts anew)."""
+    from .store import FORMAT_VERSION
+
+    return settings().cache_dir / "stores" / f"{model_path.stem}-{fingerprint[:12]}.v{FORMAT_VERSION}.store"
+
+
 def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, window: int = 5, threads: int = 8,
                   sparsity: float = 0.5, progress: bool = True, calibration_text: str | None = None,
-                  probe_if_missing: bool = False, prefetch: bool = False):
+                  probe_if_missing: bool = False, prefetch: bool = False, convert_missing: bool | None = None,
+                  other_bytes: int = 0, say=print):
     """Everything `ioaware generate --memory-budget` needs: converts the model into the cache dir if it has no
-    store, checks the budget against the minimum at once, loads (or trains once, then caches) the predictors,
-    and with `probe_if_missing` measures the store's disk once (`ioaware probe disk`, cached) so the run can
+    store (an explicit `store_path` must exist unless `convert_missing`), says up front which one-off steps a first
+    run takes, checks the budget against the minimum before any training, loads (or trains once in a child process,
+    then caches) the predictors, and with `probe_if_missing` measures the store's disk once (cached) so the run can
     print the iomodel's predicted I/O time. Returns (model, runtime, accounting, tokenizer, store)."""
+    from ...units import size_unit
+
     path = Path(model_path) if model_path else default_model_path()
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
+    if store_path is not None:
+        store_path = Path(store_path)
+        if store_path.is_dir():
+            raise ValueError(f"--store {store_path} is a folder; give the store file")
+        if not store_path.exists() and not convert_missing:
+            raise FileNotFoundError(f"--store {store_path}: no such store; give an existing store, or add --convert "
+                                    "to write one there")
     fp = model_fingerprint(path)
+    store_path = store_path or store_path_for(path, fp)
     cache = settings().cache_dir
-    store_path = Path(store_path) if store_path else cache / "stores" / f"{path.stem}-{fp[:12]}.store"
+    pred_path = cache / "predictors" / f"{fp[:16]}-s{sparsity:g}-r{PREDICTOR_RANK}.safetensors"
+    probe_dir = store_path.parent if store_path.parent.exists() else cache
+    curve = load_curve(probe_dir)
+    todo = []
     if not store_path.exists():
-        convert(path, store_path, progress=progress)
+        est = max(5, _size(path) // 20_000_000)  # ~20 MB/s of source weights dequantised and bundled on 2 cores
+        todo.append(f"convert {path.name} into a store of row-column bundles (~{est} s)")
+    if not pred_path.exists():
+        todo.append("fit the sparsity thresholds and train the neuron predictors (1-4 min on 2 cores)")
+    if curve is None and probe_if_missing:
+        todo.append(f"probe the disk under {probe_dir} (~20 s)")
+    if todo and progress:
+        say("first run for this model and disk: will " + "; ".join(todo) + ". Each result is cached; later runs "
+            "start at once.")
+    if not store_path.exists():
+        in_child(convert, path, store_path, "float16", progress)
     store = open_store(store_path, fp)
+    unit = "MiB" if budget_text.strip().endswith("%") else size_unit(budget_text)
     budget = parse_budget(budget_text, store.weight_bytes)
     plan_cache(store, budget, predictor_bytes_estimate(store.args, PREDICTOR_RANK, 2),
-               direct_io_supported(store.path))  # fail before any training
-    pred_path = cache / "predictors" / f"{fp[:16]}-s{sparsity:g}-r{PREDICTOR_RANK}.safetensors"
-    if pred_path.exists():
-        pr = Predictors.load(pred_path, fp)
-    else:
-        pr, _ = train_for_store(path, sparsity, progress=progress, text=calibration_text)
-        pred_path.parent.mkdir(parents=True, exist_ok=True)
-        pr.save(pred_path, fp)
-    curve = load_curve(store_path.parent)
+               direct_io_supported(store.path), unit, other_bytes)  # fail before any training
+    if not pred_path.exists():
+        in_child(_train_and_save, path, sparsity, pred_path, fp, progress, calibration_text)
+    pr = Predictors.load(pred_path, fp)
     if curve is None and probe_if_missing:
-        if progress:
-            print(f"probing the disk under {store_path.parent} once (about 20 s; cached for later runs)")
-        curve = probe(store_path.parent, progress=progress)
+        curve = probe(probe_dir, progress=progress)
         save_curve(curve)
     model, rt, acct = build_streamed_model(store, pr, pr.thresholds, budget, window, threads, curve=curve,
-                                           prefetch=prefetch)
+                                           prefetch=prefetch, unit=unit, other_bytes=other_bytes)
     acct["predictors_file"] = str(pred_path)
     return model, rt, acct, _tokenizer(path), store
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
 def _tokenizer(path):

@@ -9,6 +9,10 @@ File layout (every section starts on a 4096-byte boundary, so O_DIRECT reads of 
     resident section    every tensor that is not FFN (embeddings, norms, attention q/k/v/o), dense, fp16.
     layer l section     (hidden_dim, 3, dim) bundles: neuron i = [gate row i, up row i, down column i], so one
                         neuron is one contiguous read of 3 * dim values.
+    bundle checksums    (n_layers, hidden_dim) uint64, little-endian: xxh3-64 of every bundle's bytes. The reader
+                        checks each bundle it streams against it, so a flipped byte is reported as corruption,
+                        never turned into text. xxh3 rather than CRC32C: the check runs on every streamed byte,
+                        and xxh3 hashes at memory speed in one call where CRC32C without hardware support does not.
     header JSON         format version, model fingerprint, ModelArgs, dtype, offsets, blake2b per section.
 
 Tensors keep the Hugging Face names and layout of `Checkpoint.state_dict` (q/k already un-permuted).
@@ -26,11 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xxhash
 
 from ...errors import IOAwareError
+from ...files import remove_orphans, tmp_name
 from ..llm.model import ModelArgs
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-bundle xxh3-64 checksums
 MAGIC = b"IOAFLSH\x00"
 ALIGN = 4096
 _PREAMBLE = struct.Struct("<8sIQQ32s")  # magic, version, header offset, header length, blake2b-256 of header
@@ -67,6 +73,14 @@ def model_fingerprint(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def bundle_checksums(buf, bundle_bytes: int) -> np.ndarray:
+    """xxh3-64 of each `bundle_bytes`-long bundle in `buf` -> (n,) uint64."""
+    mv = memoryview(buf).cast("B")
+    n = len(mv) // bundle_bytes
+    return np.fromiter((xxhash.xxh3_64_intdigest(mv[i * bundle_bytes:(i + 1) * bundle_bytes]) for i in range(n)),
+                       dtype=np.uint64, count=n)
+
+
 def is_ffn(name: str) -> bool:
     return name.endswith(_FFN)
 
@@ -87,8 +101,11 @@ def write_store(out: str | Path, args: ModelArgs, state_dict: Mapping[str, torch
     np_dtype, t_dtype = _DTYPES[dtype]
     elem = np.dtype(np_dtype).itemsize
     out = Path(out)
+    if out.is_dir():
+        raise StoreError(f"{out} is a folder; give the store's file name, e.g. {out / 'model.store'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    remove_orphans(out.parent, f"{out.name}.tmp-*")  # left by a convert that was killed
+    tmp = tmp_name(out)
     L, d, h = args.n_layers, args.dim, args.hidden_dim
     resident_names = [n for n in state_dict.keys() if not is_ffn(n)]
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -107,7 +124,7 @@ def write_store(out: str | Path, args: ModelArgs, state_dict: Mapping[str, torch
             bar.advance()
         resident = {"offset": ALIGN, "nbytes": pos - ALIGN, "blake2b": h_res.hexdigest(), "tensors": tensors}
         pos = _align(pos)
-        layers = []
+        layers, sums = [], []
         bundle_bytes = 3 * d * elem
         for i in range(L):
             p = f"model.layers.{i}."
@@ -118,14 +135,19 @@ def write_store(out: str | Path, args: ModelArgs, state_dict: Mapping[str, torch
             buf = _as_numpy(bundle_layer(g, u, dn), t_dtype).tobytes()  # (h, 3, d)
             os.pwrite(fd, buf, pos)
             layers.append({"offset": pos, "nbytes": len(buf), "blake2b": _digest(buf)})
+            sums.append(bundle_checksums(buf, bundle_bytes))
             pos = _align(pos + len(buf))  # the next section starts on a page: O_DIRECT reads stay aligned
             bar.advance()
+        cbuf = np.stack(sums).astype("<u8").tobytes()  # (L, h)
+        os.pwrite(fd, cbuf, pos)
+        checks = {"offset": pos, "nbytes": len(cbuf), "algorithm": "xxh3_64", "blake2b": _digest(cbuf)}
+        pos = _align(pos + len(cbuf))
         header = {
             "format": "ioaware-flash-store", "version": FORMAT_VERSION, "fingerprint": fingerprint, "source": source,
             "args": dataclasses.asdict(args), "dtype": dtype, "alignment": ALIGN,
             "bundle": {"parts": ["gate_row", "up_row", "down_col"], "n_neurons": h, "dim": d,
                        "bytes": bundle_bytes},
-            "resident": resident, "layers": layers,
+            "resident": resident, "layers": layers, "bundle_checksums": checks,
         }
         hbytes = json.dumps(header, sort_keys=True).encode()
         os.pwrite(fd, hbytes, pos)
@@ -226,6 +248,11 @@ class WeightStore:
         self.layers = self.header["layers"]
         self.resident_bytes = self.header["resident"]["nbytes"]
         self.ffn_bytes = sum(s["nbytes"] for s in self.layers)
+        c = self.header["bundle_checksums"]
+        cbuf = self._read(c["offset"], c["nbytes"])
+        self._check("bundle checksums", cbuf, c["blake2b"])
+        # (L, hidden): what every streamed bundle must hash to
+        self.checksums = np.frombuffer(cbuf, dtype="<u8").reshape(self.args.n_layers, self.args.hidden_dim)
 
     @property
     def weight_bytes(self) -> int:
@@ -248,6 +275,20 @@ class WeightStore:
     def _check(self, what: str, buf, want: str) -> None:
         if _digest(buf) != want:
             raise StoreError(f"{self.path}: checksum mismatch in section {what} (the file is corrupt); convert again")
+
+    def resident_tensors(self, verify: bool = True) -> Mapping[str, torch.Tensor]:
+        """The resident tensors as a mapping that reads each one from disk when asked, so loading them into a model
+        never holds the whole section twice. With `verify`, the section's blake2b is checked first by streaming it
+        through the hash in 8 MiB pieces."""
+        r = self.header["resident"]
+        if verify:
+            h = hashlib.blake2b(digest_size=32)
+            for off in range(0, r["nbytes"], 8 << 20):
+                h.update(self._read(r["offset"] + off, min(8 << 20, r["nbytes"] - off)))
+            if h.hexdigest() != r["blake2b"]:
+                raise StoreError(f"{self.path}: checksum mismatch in section resident (the file is corrupt); "
+                                 "convert again")
+        return _LazyTensors(self, r)
 
     def read_resident(self, verify: bool = True) -> dict[str, torch.Tensor]:
         """Every non-FFN tensor, HF names, in the store's dtype."""
@@ -276,11 +317,47 @@ class WeightStore:
         b = self.read_layer_bundles(layer, verify)
         return b[:, 0], b[:, 1], b[:, 2].t()
 
-    def verify(self) -> None:
-        """Check every section's checksum (reads the whole file)."""
-        self.read_resident(verify=True)
-        for i in range(len(self.layers)):
-            self.read_layer_bundles(i, verify=True)
+    def check_bundles(self, layer: int, ids: np.ndarray, rows) -> None:
+        """rows: (n, bundle_bytes) bytes of neurons `ids` of `layer` as read. Raises StoreError naming the first
+        bundle whose xxh3-64 differs from the store's (a flipped byte on disk, a torn read)."""
+        got = bundle_checksums(rows, self.bundle_bytes)
+        bad = np.flatnonzero(got != self.checksums[layer, ids])
+        if len(bad):
+            i = int(ids[bad[0]])
+            raise StoreError(f"{self.path}: corrupt data in layer {layer}, neuron {i} ({len(bad)} of {len(ids)} "
+                             f"bundles read fail their checksum); run `ioaware verify {self.path}`, then convert "
+                             "the model again")
+
+    def verify(self, progress: bool = False) -> dict:
+        """Check every section's blake2b and every bundle's xxh3 (reads the whole file). Raises StoreError at the
+        first mismatch; returns what was checked."""
+        bar = _Progress(progress, f"verify {self.path.name}", len(self.layers) + 1)
+        try:
+            self.read_resident(verify=True)
+            bar.advance()
+            for i in range(len(self.layers)):
+                b = self.read_layer_bundles(i, verify=True)
+                self.check_bundles(i, np.arange(self.args.hidden_dim), b.numpy().reshape(self.args.hidden_dim, -1))
+                bar.advance()
+        finally:
+            bar.close()
+        return {"sections": len(self.layers) + 2, "bundles": len(self.layers) * self.args.hidden_dim}
+
+
+class _LazyTensors(Mapping):
+    def __init__(self, store: WeightStore, section: dict):
+        self.store, self.section = store, section
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        t = self.section["tensors"][name]
+        buf = self.store._read(self.section["offset"] + t["offset"], t["nbytes"])
+        return torch.from_numpy(np.frombuffer(buf, dtype=self.store.np_dtype).reshape(t["shape"]))
+
+    def __iter__(self):
+        return iter(self.section["tensors"])
+
+    def __len__(self) -> int:
+        return len(self.section["tensors"])
 
 
 def open_store(path: str | Path, expect_fingerprint: str | None = None) -> WeightStore:

@@ -62,6 +62,7 @@ class StreamStats:
     useful_bytes: int = 0
     chunks: int = 0
     io_s: float = 0.0  # busy time of the reads (each read's wall time; prefetches overlap attention)
+    verify_s: float = 0.0  # of io_s, checking streamed bundles against the store's checksums
     stall_s: float = 0.0  # time the decode step waited on reads (= io_s without prefetch)
     prefetched: int = 0  # neurons read ahead by speculation
     prefetch_used: int = 0  # of those, the ones the exact prediction then asked for
@@ -81,7 +82,7 @@ class StreamingRuntime:
 
     def __init__(self, store: WeightStore, predictors, thresholds: torch.Tensor, cache_neurons: int, window: int,
                  threads: int = 8, chunk: int | None = None, direct: bool | None = None, curve: dict | None = None,
-                 prefetch: bool = False):
+                 prefetch: bool = False, verify: bool = True):
         from .cache import NeuronCache
 
         a = store.args
@@ -94,7 +95,7 @@ class StreamingRuntime:
 
             gap = merge_gap_bytes(curve, threads, True)
         self.reader = NeuronReader(store, threads, chunk, direct, slots=1,
-                                   max_neurons=min(MAX_READ_NEURONS, a.hidden_dim), max_gap=gap)
+                                   max_neurons=min(MAX_READ_NEURONS, a.hidden_dim), max_gap=gap, verify=verify)
         self.cache = NeuronCache(a.n_layers, a.hidden_dim, cache_neurons, a.dim, window, dtype=store.torch_dtype)
         self.curve = curve
         self.stats = StreamStats()
@@ -179,6 +180,7 @@ class StreamingRuntime:
         st.useful_bytes += rs.useful_bytes
         st.chunks += rs.chunks
         st.io_s += rs.seconds
+        st.verify_s += rs.verify_s
         st.predicted_io_s += self._price(rs.chunk_sizes)
 
     @staticmethod
@@ -218,24 +220,28 @@ class StreamedFFN(nn.Module):
         return self._rt[0].ffn(self.layer, x)
 
 
-def plan_cache(store: WeightStore, budget: int, pred_bytes: int, direct: bool) -> tuple[int, dict]:
-    """Neurons per layer the window cache can hold under `budget` bytes, and the accounting. Raises BudgetError
-    naming the minimum when the budget cannot hold what must stay resident plus the smallest cache."""
+def plan_cache(store: WeightStore, budget: int, pred_bytes: int, direct: bool, unit: str = "MiB",
+               other_bytes: int = 0) -> tuple[int, dict]:
+    """Neurons per layer the window cache can hold under `budget` bytes, and the accounting. `other_bytes`: what
+    else the run holds above its baseline (KV cache, activations, tokenizer). Raises BudgetError naming the minimum,
+    in the user's `unit`, when the budget cannot hold what must stay resident plus the smallest cache."""
+    from ...units import in_unit
+
     a = store.args
     B = store.bundle_bytes
     io_n = min(MAX_READ_NEURONS, a.hidden_dim)
     io = sum(slot_sizes(io_n, B, a.hidden_dim * B, direct))  # NeuronReader's one slot
-    fixed = store.resident_bytes + pred_bytes + io
+    fixed = store.resident_bytes + pred_bytes + io + other_bytes
     min_cache = max(1, math.ceil(MIN_CACHE_FRAC * a.hidden_dim))
     minimum = fixed + min_cache * B * a.n_layers
     acct = {"budget": budget, "resident": store.resident_bytes, "predictors": pred_bytes, "io_buffers": io,
-            "minimum": minimum, "weight_bytes": store.weight_bytes}
+            "other": other_bytes, "minimum": minimum, "weight_bytes": store.weight_bytes}
     if budget < minimum:
         raise BudgetError(
-            f"--memory-budget of {budget / 1e6:.1f} MB is below the minimum of {minimum / 1e6:.1f} MB "
-            f"({minimum / store.weight_bytes:.0%} of the weights: resident {store.resident_bytes / 1e6:.1f} MB + "
-            f"predictors {pred_bytes / 1e6:.1f} MB + I/O buffers {io / 1e6:.1f} MB + a cache of {min_cache} "
-            "neurons/layer)")
+            f"--memory-budget of {in_unit(budget, unit)} is below the minimum of {in_unit(minimum, unit)} "
+            f"({minimum / store.weight_bytes:.0%} of the weights: resident {in_unit(store.resident_bytes, unit)} + "
+            f"predictors {in_unit(pred_bytes, unit)} + I/O buffers {in_unit(io, unit)} + KV cache and working "
+            f"memory {in_unit(other_bytes, unit)} + a cache of {min_cache} neurons/layer)")
     cap = min(a.hidden_dim, (budget - fixed) // (B * a.n_layers))
     acct["cache_neurons_per_layer"] = int(cap)
     return int(cap), acct
@@ -243,7 +249,8 @@ def plan_cache(store: WeightStore, budget: int, pred_bytes: int, direct: bool) -
 
 def build_streamed_model(store: WeightStore, predictors, thresholds, budget: int, window: int = 5, threads: int = 8,
                          chunk: int | None = None, direct: bool | None = None, curve: dict | None = None,
-                         prefetch: bool = False) -> tuple[Transformer, StreamingRuntime, dict]:
+                         prefetch: bool = False, unit: str = "MiB", other_bytes: int = 0,
+                         verify: bool = True) -> tuple[Transformer, StreamingRuntime, dict]:
     """A Transformer with the store's resident tensors (in the store's dtype) and StreamedFFN layers; no dense FFN
     weight is ever allocated. Returns (model, runtime, accounting) where accounting['resident_total'] is the
     measured bytes of every weight-holding buffer and is checked against `budget`."""
@@ -252,22 +259,22 @@ def build_streamed_model(store: WeightStore, predictors, thresholds, budget: int
     if direct is None:
         direct = direct_io_supported(store.path)
     predictors = predictors.to(dtype=store.torch_dtype)
-    cap, acct = plan_cache(store, budget, predictor_bytes(predictors), direct)
+    cap, acct = plan_cache(store, budget, predictor_bytes(predictors), direct, unit, other_bytes)
     if chunk is None and curve is not None:
         from ...hardware.probe_disk import best_chunk
 
         chunk = best_chunk(curve, threads, direct)
-    rt = StreamingRuntime(store, predictors, thresholds, cap, window, threads, chunk, direct, curve, prefetch)
+    rt = StreamingRuntime(store, predictors, thresholds, cap, window, threads, chunk, direct, curve, prefetch, verify)
     a = store.args
     with torch.device("meta"):
         model = Transformer(a)
     for i, layer in enumerate(model.layers):
         layer.feed_forward = StreamedFFN(rt, i)  # before materialising: the dense FFN is never allocated
-    model = model.to_empty(device="cpu").to(store.torch_dtype)
+    # the dtype is set while the model is still on meta: materialising in fp32 first would hold 2x the resident bytes
+    model = model.to(store.torch_dtype).to_empty(device="cpu")
     if a.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    sd = store.read_resident()
-    load_hf_state_dict(model, sd, ffn=False)
+    load_hf_state_dict(model, store.resident_tensors(), ffn=False)
     model.weight_format = f"flash-streamed ({store.dtype})"
     for i, layer in enumerate(model.layers):  # the speculative read of block i starts when block i does
         layer.register_forward_pre_hook(lambda mod, args, i=i: rt.speculate(i, mod.ffn_norm, args[0]))
@@ -279,8 +286,9 @@ def build_streamed_model(store: WeightStore, predictors, thresholds, budget: int
     acct.update(rt.buffer_bytes())
     acct["resident_measured"] = res
     acct["resident_total"] = res + sum(rt.buffer_bytes().values())
-    if acct["resident_total"] > budget:  # the plan above is exact; this guards it
-        raise BudgetError(f"resident weights {acct['resident_total']} B exceed the budget {budget} B")
+    if acct["resident_total"] + other_bytes > budget:  # the plan above is exact; this guards it
+        raise BudgetError(f"resident weights {acct['resident_total']} B + {other_bytes} B of other memory exceed "
+                          f"the budget {budget} B")
     return model.eval().requires_grad_(False), rt, acct
 
 
@@ -294,7 +302,9 @@ def stream_summary(rt: StreamingRuntime, acct: dict, decode_s: float) -> dict:
     gbps = s.bytes_read / s.io_s / 1e9 if s.io_s > 0 else 0.0
     return {
         "flash_bytes_read_per_token": s.bytes_read / n, "flash_useful_bytes_per_token": s.useful_bytes / n,
-        "flash_io_s_per_token": s.io_s / n, "flash_predicted_io_s_per_token": s.predicted_io_s / n,
+        "flash_io_s_per_token": s.io_s / n, "flash_verify_s_per_token": s.verify_s / n,
+        "verify_share_of_io": s.verify_s / s.io_s if s.io_s > 0 else None,
+        "flash_predicted_io_s_per_token": s.predicted_io_s / n,
         "flash_io_vs_predicted": (s.io_s / s.predicted_io_s) if s.predicted_io_s else None,
         "flash_GBps": gbps, "flash_peak_GBps": peak, "flash_chunks_per_token": s.chunks / n,
         "window_hit_rate": cs["hit_rate"], "window": rt.cache[0].window,
