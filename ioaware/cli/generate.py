@@ -156,19 +156,20 @@ def _run_streamed(args, sampling) -> int:
     from ..errors import UnsupportedError
     from ..report import emit_json, print_table
     from ..runtime import generate
-    from ..runtime.llm.generate import peak_memory_bytes
     from ..runtime.offload.session import open_streamed
     from ..runtime.offload.streamed_ffn import stream_summary
     from ..units import human_bytes
 
     if args.device != "cpu":
         raise UnsupportedError("--memory-budget runs on CPU for now (the GPU path stages through pinned memory)")
+    _warm_up_torch()
     baseline = current_rss()  # torch and ioaware loaded, nothing of the model yet: what the budget sits above
+    reset_peak_rss()  # the peak is measured from here (start-up transients before the baseline are not the model's)
     t0 = time.perf_counter()
     model, rt, acct, tok, store = open_streamed(
         args.model, args.memory_budget, args.store, args.window, args.read_threads, args.ffn_sparsity,
         progress=not args.quiet, probe_if_missing=True, prefetch=args.prefetch, convert_missing=args.convert,
-        other_bytes=WORKING_MEMORY, say=lambda m: print(m, file=sys.stderr))
+        max_new_tokens=args.max_new_tokens, say=lambda m: print(m, file=sys.stderr))
     model.set_attention("sdpa" if args.attention == "auto" else args.attention)
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
     ids = tok.encode(text)
@@ -188,7 +189,7 @@ def _run_streamed(args, sampling) -> int:
         _say_context_stop(res.summary)
     s = res.summary
     s.update(stream_summary(rt, acct, s["decode_s"]))
-    peak, _ = peak_memory_bytes(model.norm.weight.device)
+    peak = peak_rss()
     m = acct
     s.update(model=str(args.model or "default"), store=str(store.path), weights=model.weight_format, load_s=load_s,
              text=res.text, memory_budget=args.memory_budget, rss_baseline_bytes=baseline, rss_peak_bytes=peak,
@@ -201,7 +202,7 @@ def _run_streamed(args, sampling) -> int:
         ["process memory above baseline vs cap", f"{human_bytes(peak - baseline)} peak vs {human_bytes(m['budget'])} "
          f"({m['budget'] / m['weight_bytes']:.0%} of {human_bytes(m['weight_bytes'])} of weights)"
          + ("" if s["within_budget"] else "  OVER")],
-        ["  baseline (torch + ioaware loaded, before the model)", human_bytes(baseline)],
+        ["  baseline (torch + ioaware loaded and warmed up, before the model)", human_bytes(baseline)],
         ["  planned: resident / predictors / cache / I/O buffers / working", f"{human_bytes(m['resident_measured'])} / "
          f"{human_bytes(m['predictors'])} / {human_bytes(m['neuron_cache'])} "
          f"({m['cache_neurons_per_layer']} neurons/layer) / {human_bytes(m['io_buffers'])} / "
@@ -226,11 +227,50 @@ def _run_streamed(args, sampling) -> int:
     return 0
 
 
-# Memory the streamed run holds above its baseline besides the weights it plans for: the tokenizer and the GGUF
-# metadata it is read from, the KV cache of a short chat, prefill activations and allocator slack. Measured on
-# SmolLM2-135M (dev/offload/NOTES.md, "Process memory"); the plan reserves it so that the peak RSS above the baseline
-# stays under the cap.
-WORKING_MEMORY = 48 << 20
+
+
+def _warm_up_torch() -> None:
+    """Load what torch loads lazily on first use (its CPU kernels, SDPA, the meta device's decompositions: ~150 MB
+    of library code and tables, the same for any model) so the baseline holds it and the budget measures the
+    model's own memory."""
+    import torch
+
+    x = torch.zeros(1, 1, 8, 8)
+    torch.nn.functional.scaled_dot_product_attention(x, x, x)
+    (x.half() @ x.half()).sum()
+    with torch.device("meta"):
+        torch.nn.Embedding(2, 2)
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's high-water mark of this process's RSS (VmHWM) at the current RSS (Linux: writing 5
+    to /proc/self/clear_refs); elsewhere the peak stays the lifetime one, an upper bound."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    """Peak RSS since `reset_peak_rss` (VmHWM), else the lifetime peak (ru_maxrss)."""
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return hwm
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def current_rss() -> int:
@@ -258,78 +298,3 @@ def _curve_note(curve: dict | None) -> str:
         when = "age unknown"
     return (f"{curve['date']} ({when}), {curve['file_bytes'] >> 20} MiB file, {curve['seconds_per_case']} s/case, "
             f"{len(curve['points'])} points")
-
-
-def _check_context(n_prompt: int, max_new: int, ctx: int, quiet: bool) -> None:
-    if n_prompt >= ctx:
-        raise ValueError(f"the prompt has {n_prompt} tokens but the model's context is {ctx}; shorten it")
-    if n_prompt + max_new > ctx and not quiet:
-        print(f"note: the prompt has {n_prompt} tokens and the context is {ctx}: at most {ctx - n_prompt} of the "
-              f"{max_new} new tokens fit", file=sys.stderr)
-
-
-def _say_context_stop(s: dict) -> None:
-    if s.get("stopped_at_context_limit"):
-        print(f"stopped at the model's context limit after {s['generated_tokens']} new tokens", file=sys.stderr)
-
-
-def _run_streamed(args, sampling) -> int:
-    """--memory-budget: weights not resident stream from the flash store; the summary says what moved."""
-    from ..errors import UnsupportedError
-    from ..report import emit_json, print_table
-    from ..runtime import generate
-    from ..runtime.offload.session import open_streamed
-    from ..runtime.offload.streamed_ffn import stream_summary
-    from ..units import human_bytes
-
-    if args.device != "cpu":
-        raise UnsupportedError("--memory-budget runs on CPU for now (the GPU path stages through pinned memory)")
-    t0 = time.perf_counter()
-    model, rt, acct, tok, store = open_streamed(args.model, args.memory_budget, args.store, args.window,
-                                                args.read_threads, args.ffn_sparsity, probe_if_missing=True,
-                                                prefetch=args.prefetch)
-    model.set_attention("sdpa" if args.attention == "auto" else args.attention)
-    text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
-    ids = tok.encode(text)
-    load_s = time.perf_counter() - t0
-
-    def emit(piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
-    try:
-        res = generate(model, tok, ids, args.max_new_tokens, sampling, on_text=None if args.quiet else emit)
-    finally:
-        rt.close()
-    if not args.quiet:
-        sys.stdout.write("\n\n")
-    s = res.summary
-    s.update(stream_summary(rt, acct, s["decode_s"]))
-    s.update(model=str(args.model or "default"), store=str(store.path), weights=model.weight_format, load_s=load_s,
-             text=res.text, memory_budget=args.memory_budget)
-    m = acct
-    pred = s["flash_predicted_io_s_per_token"]
-    rows = [
-        ["model", f"{Path(store.header['source']).name} → {store.path.name} ({model.weight_format})"],
-        ["decode", f"{s['decode_tok_s']:.1f} tok/s ({s['decode_tokens']} tokens)"],
-        ["resident weights vs cap", f"{human_bytes(m['resident_total'])} ≤ {human_bytes(m['budget'])} "
-         f"({m['budget'] / m['weight_bytes']:.0%} of {human_bytes(m['weight_bytes'])})"],
-        ["  resident / predictors / cache / I/O buffers", f"{human_bytes(m['resident_measured'])} / "
-         f"{human_bytes(m['predictors'])} / {human_bytes(m['neuron_cache'])} "
-         f"({m['cache_neurons_per_layer']} neurons/layer) / {human_bytes(m['io_buffers'])}"],
-        ["flash read / token", human_bytes(s["flash_bytes_read_per_token"])],
-        ["I/O time / token: measured vs iomodel", f"{s['flash_io_s_per_token'] * 1e3:.2f} ms vs "
-         + (f"{pred * 1e3:.2f} ms" if pred == pred else "n/a (run `ioaware probe disk`)")],
-        ["I/O wait / token (reads not hidden behind compute)", f"{s['flash_stall_s_per_token'] * 1e3:.2f} ms"
-         + (f" (prefetch: {s['prefetch_used_frac']:.0%} of read-ahead neurons used)"
-            if s["prefetch_used_frac"] is not None else "")],
-        ["flash GB/s vs probed peak", f"{s['flash_GBps']:.2f} vs {s['flash_peak_GBps']:.2f}"],
-        ["window hit rate", f"{s['window_hit_rate']:.1%} (k={s['window']})"],
-        ["FFN neurons loaded / token", f"{s['ffn_frac_loaded_per_token']:.1%} (predicted "
-         f"{s['ffn_frac_predicted_per_token']:.1%})"],
-        ["peak memory (process)", f"{human_bytes(s['peak_memory_bytes'])} ({s['peak_memory_kind']})"],
-        ["load time", f"{load_s:.1f} s"],
-    ]
-    print_table("ioaware generate --memory-budget", ["", "value"], rows)
-    emit_json(s, args.json)
-    return 0

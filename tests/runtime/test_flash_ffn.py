@@ -86,7 +86,8 @@ def test_budget_too_small_names_the_minimum(tiny):
     a = ck.args
     with pytest.raises(ff.BudgetError, match=r"below the minimum of [0-9.]+ MiB"):
         ff.build_streamed_model(st, PredictAll(a.n_layers, a.dim, a.hidden_dim, th), th, st.resident_bytes)
-    assert ff.parse_budget("40%", 1000) == 400 and ff.parse_budget("1KiB", 1) == 1024 and ff.parse_budget("1KB", 1) == 1000
+    assert ff.parse_budget("40%", 1000) == 400
+    assert ff.parse_budget("1KiB", 1) == 1024 and ff.parse_budget("1KB", 1) == 1000
     with pytest.raises(ValueError):
         ff.parse_budget("140%", 1000)
 
@@ -104,12 +105,12 @@ def test_generate_cli_memory_budget(tiny, tmp_path, monkeypatch, capsys):
     pr.save(p, fp)
     js = tmp_path / "s.json"
     rc = main(["generate", "--model", str(g), "--prompt", "the cat sat", "--max-new-tokens", "5",
-               "--memory-budget", "400KiB", "--quiet", "--json", str(js)])
+               "--memory-budget", "40MiB", "--json", str(js)])
     out, err = capsys.readouterr()
     assert rc == 0, err
     s = json.loads(js.read_text())
     m = s["memory"]
-    assert m["resident_total"] <= m["budget"] and m["budget"] == 400 * 1024
+    assert m["resident_total"] + m["other"] <= m["budget"] and m["budget"] == 40 * 2**20
     assert s["decode_tokens_counted"] == s["decode_tokens"] and "window hit rate" in out
     assert list((tmp_path / "cache" / "stores").glob("*.store"))  # converted on first use
     rc = main(["generate", "--model", str(g), "--prompt", "x", "--memory-budget", "10%"])
@@ -162,3 +163,27 @@ def test_prefetch_reads_ahead_and_changes_nothing(tiny, pred):
     else:  # speculation from the block input misses some and over-reads others
         assert on.prefetch_used < on.prefetched and on.bytes_read > off.bytes_read
     assert on.stall_s <= on.io_s + 1e-9
+
+
+def test_budget_bounds_the_process_rss(tiny, tmp_path):
+    """The cap is on the process: a fresh `ioaware generate --memory-budget` (its own process, so ru_maxrss is this
+    run's) peaks at most the budget above the baseline it prints, conversion and the tokenizer's first parse having
+    run in a child process."""
+    import os
+    import subprocess
+    import sys
+
+    g, ck, dense, th, st = tiny
+    env = dict(os.environ, IOAWARE_CACHE_DIR=str(tmp_path / "cache"))
+    fp = fs.model_fingerprint(g)
+    pr = train_predictors(dense, [torch.randint(0, VOCAB, (1, 32))], th, rank=8, epochs=1, progress=False)
+    pr.save(tmp_path / "cache" / "predictors" / f"{fp[:16]}-s0.5-r{PREDICTOR_RANK}.safetensors", fp)
+    js = tmp_path / "s.json"
+    r = subprocess.run([sys.executable, "-m", "ioaware.cli.main", "generate", "--model", str(g), "--prompt", "the cat",
+                        "--max-new-tokens", "4", "--memory-budget", "30MiB", "--ffn-sparsity", "0.5", "--quiet",
+                        "--json", str(js)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and r.stderr == ""  # --quiet
+    s = json.loads(js.read_text())
+    assert s["budget_bytes"] == 30 * 2**20 and s["rss_baseline_bytes"] > 0
+    assert s["rss_above_baseline_bytes"] <= s["budget_bytes"] and s["within_budget"]

@@ -9,6 +9,7 @@ this module's fused projections (wqkv = [q; k; v], w13 = [gate; up]) so a decode
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -281,10 +282,12 @@ class Transformer(nn.Module):
 
 
 # Hugging Face Llama parameter names -> this module's (fused) parameters.
-def load_hf_state_dict(model: Transformer, sd: dict[str, torch.Tensor], ffn: bool = True) -> None:
+def load_hf_state_dict(model: Transformer, sd: Mapping[str, torch.Tensor], ffn: bool = True,
+                       assign: bool = False) -> None:
     """Copy HF-named weights (model.layers.{i}.self_attn.q_proj.weight, ...) into the model, fusing q/k/v and
     gate/up. Missing or misshapen tensors raise KeyError/ValueError naming the tensor. ffn=False: everything but
-    the FFN (a streamed model's FFN weights stay in the flash store)."""
+    the FFN (a streamed model's FFN weights stay in the flash store). assign=True: the given tensors (in their own
+    dtype) become the parameters instead of being copied into them."""
     a = model.args
 
     def get(name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -299,6 +302,10 @@ def load_hf_state_dict(model: Transformer, sd: dict[str, torch.Tensor], ffn: boo
     params = dict(model.named_parameters())
 
     def put(name: str, t: torch.Tensor) -> None:  # copied as soon as read: one source tensor alive at a time
+        if assign:  # the tensor becomes the parameter (a model built on meta allocates nothing of its own)
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, nn.Parameter(t.contiguous(), requires_grad=False))
+            return
         with torch.no_grad():
             params[name].copy_(t)
 

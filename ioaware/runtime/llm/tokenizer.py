@@ -77,6 +77,26 @@ class Tokenizer:
                            eos_token=eos)
 
     # -- constructors -------------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        """Everything this tokenizer is, as one JSON text (`from_json` reads it back): a cached copy opens without
+        parsing the model file again."""
+        import json
+
+        return json.dumps({"format": "ioaware-tokenizer", "version": 1, "tokenizer": self.tok.to_str(),
+                           "bos_id": self.bos_id, "eos_ids": self.eos_ids, "add_bos": self.add_bos,
+                           "chat_template": self.chat_template})
+
+    @classmethod
+    def from_json(cls, text: str) -> Tokenizer:
+        import json
+
+        from tokenizers import Tokenizer as HFTokenizer
+
+        d = json.loads(text)
+        if d.get("format") != "ioaware-tokenizer" or d.get("version") != 1:
+            raise ValueError("not an ioaware tokenizer file (or another version)")
+        return cls(HFTokenizer.from_str(d["tokenizer"]), d["bos_id"], d["eos_ids"], d["add_bos"], d["chat_template"])
+
     @classmethod
     def from_gguf(cls, reader) -> Tokenizer:
         from tokenizers import AddedToken, decoders, models

@@ -12,6 +12,7 @@ from ...env import settings
 from ...files import direct_io_supported
 from ...hardware.probe_disk import load_curve, probe, save_curve
 from ..llm.checkpoint import build_model, default_model_path, load_checkpoint
+from ..llm.tokenizer import Tokenizer
 from .predictors import Predictors, train_predictors
 from .store import convert, model_fingerprint, open_store
 from .streamed_ffn import build_streamed_model, parse_budget, plan_cache
@@ -56,6 +57,20 @@ def in_child(fn, *args) -> None:
         ex.submit(fn, *args).result()
 
 
+# Working memory of a streamed run above its baseline, besides what the plan counts byte for byte (resident weights,
+# predictors, neuron cache, I/O buffers). Measured on SmolLM2-135M (dev/offload/NOTES.md, "Process memory"): the
+# tokenizer object holds ~800 B per vocabulary entry (39 MiB for 49k), the rest (the predictors' fp32 file copy while
+# converted, thread stacks, activations, allocator slack) stayed under 24 MiB.
+TOKENIZER_BYTES_PER_ENTRY = 800
+FIXED_WORKING_BYTES = 24 << 20
+PROMPT_ALLOWANCE = 512  # tokens of prompt the KV cache is reserved for before the prompt is tokenised
+
+
+def working_memory_bytes(a, max_new_tokens: int) -> int:
+    kv = 2 * a.n_layers * a.n_kv_heads * a.head_dim * 2 * min(a.max_seq_len, PROMPT_ALLOWANCE + max_new_tokens)
+    return FIXED_WORKING_BYTES + TOKENIZER_BYTES_PER_ENTRY * a.vocab_size + kv
+
+
 def store_path_for(model_path: Path, fingerprint: str) -> Path:
     """The cache dir's store for a model: named by the model's fingerprint and the store format, so a store of an
     older format is never opened for a newer ioaware (it converts anew)."""
@@ -67,7 +82,7 @@ def store_path_for(model_path: Path, fingerprint: str) -> Path:
 def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, window: int = 5, threads: int = 8,
                   sparsity: float = 0.5, progress: bool = True, calibration_text: str | None = None,
                   probe_if_missing: bool = False, prefetch: bool = False, convert_missing: bool | None = None,
-                  other_bytes: int = 0, say=print):
+                  max_new_tokens: int = 256, say=print):
     """Everything `ioaware generate --memory-budget` needs: converts the model into the cache dir if it has no
     store (an explicit `store_path` must exist unless `convert_missing`), says up front which one-off steps a first
     run takes, checks the budget against the minimum before any training, loads (or trains once in a child process,
@@ -105,6 +120,7 @@ def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, wi
     if not store_path.exists():
         in_child(convert, path, store_path, "float16", progress)
     store = open_store(store_path, fp)
+    other_bytes = working_memory_bytes(store.args, max_new_tokens)
     unit = "MiB" if budget_text.strip().endswith("%") else size_unit(budget_text)
     budget = parse_budget(budget_text, store.weight_bytes)
     plan_cache(store, budget, predictor_bytes_estimate(store.args, PREDICTOR_RANK, 2),
@@ -112,22 +128,37 @@ def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, wi
     if not pred_path.exists():
         in_child(_train_and_save, path, sparsity, pred_path, fp, progress, calibration_text)
     pr = Predictors.load(pred_path, fp)
-    if curve is None and probe_if_missing:
-        curve = probe(probe_dir, progress=progress)
-        save_curve(curve)
+    if curve is None and probe_if_missing:  # its read buffers (up to 16 threads x 16 MiB) stay out of this process
+        in_child(_probe_and_save, probe_dir, progress)
+        curve = load_curve(probe_dir)
+    tok_path = cache / "tokenizers" / f"{fp[:16]}.json"
+    if not tok_path.exists():  # parsing the GGUF for its vocabulary peaks at ~180 MB: done once, in a child
+        in_child(_save_tokenizer, path, tok_path)
+    tok = Tokenizer.from_json(tok_path.read_text())
     model, rt, acct = build_streamed_model(store, pr, pr.thresholds, budget, window, threads, curve=curve,
                                            prefetch=prefetch, unit=unit, other_bytes=other_bytes)
     acct["predictors_file"] = str(pred_path)
-    return model, rt, acct, _tokenizer(path), store
+    return model, rt, acct, tok, store
 
 
 def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-def _tokenizer(path):
-    from ..llm.tokenizer import Tokenizer
+def _probe_and_save(folder: Path, progress: bool) -> None:
+    save_curve(probe(folder, progress=progress))
 
+
+def _save_tokenizer(model_path: Path, dest: Path) -> None:
+    from ...files import tmp_name
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(dest)
+    tmp.write_text(_tokenizer(model_path).to_json())
+    tmp.replace(dest)
+
+
+def _tokenizer(path):
     if path.is_dir():
         from ..llm.safetensors_loader import read_config
 

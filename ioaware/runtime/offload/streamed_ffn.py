@@ -32,7 +32,7 @@ from ...errors import IOAwareError
 from ..llm.model import Transformer, load_hf_state_dict
 from .reader import NeuronReader, slot_sizes
 from .sparse_ffn import sparse_ffn
-from .store import WeightStore
+from .store import StoreError, WeightStore
 
 MIN_CACHE_FRAC = 0.02  # the smallest useful window cache, per layer, as a fraction of its neurons
 MAX_READ_NEURONS = 512  # I/O buffer size in neurons: reads larger than this go in groups
@@ -270,11 +270,14 @@ def build_streamed_model(store: WeightStore, predictors, thresholds, budget: int
         model = Transformer(a)
     for i, layer in enumerate(model.layers):
         layer.feed_forward = StreamedFFN(rt, i)  # before materialising: the dense FFN is never allocated
-    # the dtype is set while the model is still on meta: materialising in fp32 first would hold 2x the resident bytes
-    model = model.to(store.torch_dtype).to_empty(device="cpu")
+    # the store's tensors become the parameters of a model built on meta: nothing is allocated twice (an fp32 or
+    # empty model filled by copies held 2.4x the resident bytes at its peak)
+    load_hf_state_dict(model, store.resident_tensors(), ffn=False, assign=True)
     if a.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    load_hf_state_dict(model, store.resident_tensors(), ffn=False)
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:
+        raise StoreError(f"{store.path}: the store holds no tensor for {left[:3]}")
     model.weight_format = f"flash-streamed ({store.dtype})"
     for i, layer in enumerate(model.layers):  # the speculative read of block i starts when block i does
         layer.register_forward_pre_hook(lambda mod, args, i=i: rt.speculate(i, mod.ffn_norm, args[0]))
