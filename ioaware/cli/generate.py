@@ -69,7 +69,7 @@ def run(args) -> int:
     if not args.prompt.strip():
         raise ValueError("the prompt is empty; give some text with --prompt")
     if args.model and not Path(args.model).exists():
-        raise FileNotFoundError(f"--model {args.model}: no such file or folder")
+        raise FileNotFoundError(f"--model {args.model}: not found (no such file or folder)")
     if not args.memory_budget:
         extra = [f for f, on in (("--store", args.store), ("--convert", args.convert), ("--prefetch", args.prefetch))
                  if on]

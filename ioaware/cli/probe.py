@@ -30,6 +30,16 @@ def add_parser(sp) -> None:
     d.add_argument("--cached", action="store_true", help="report (and plot) the cached curve of this disk "
                    "instead of probing again")
     d.set_defaults(func=run_disk)
+    g = sub.add_parser("gpu", help="Hopper microbenchmarks: latency and bandwidth per memory level, L2 capacity, "
+                       "tensor cores (mma.sync vs wgmma), async copies, distributed shared memory")
+    g.add_argument("--quick", action="store_true", help="fewer shapes and sizes (about a minute instead of a few)")
+    g.add_argument("--sections", default=None, help="comma-separated subset of: device, latency, bandwidth, "
+                   "l2_capacity, library, mma_sync, wgmma, async_copy, dsm, bandwidth_sm, l2_latency (default: all)")
+    g.add_argument("--json", default=None, metavar="FILE", help="also write the result here ('-' for stdout); "
+                   "a file is rewritten after every section, so an interrupted run keeps what it measured")
+    g.add_argument("--plot", default=None, metavar="FILE.png", help="also plot latency per level, the L2 capacity "
+                   "curve, tensor-core rates and latency against footprint (needs matplotlib)")
+    g.set_defaults(func=run_gpu)
 
 
 def run_disk(args) -> int:
@@ -96,3 +106,47 @@ def plot_curve(curve: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_gpu(args) -> int:
+    import time
+
+    from ..hardware.probe_gpu import check_sections, require_cuda
+    from ..report import emit_json
+
+    sections = check_sections([x.strip() for x in args.sections.split(",") if x.strip()] if args.sections else None)
+    require_cuda()
+    from rich.progress import Progress
+
+    from ..hardware.probe_gpu import run
+    from ..hardware.probe_gpu.report import plot, print_report
+
+    cmd = "ioaware probe gpu" + (" --quick" if args.quick else "") + (f" --sections {args.sections}"
+                                                                       if args.sections else "")
+    t0 = time.perf_counter()
+
+    def checkpoint(partial: dict) -> None:
+        if args.json and args.json != "-":
+            emit_json(partial | {"command": cmd}, args.json)
+
+    with Progress(transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task("probe gpu", total=len(sections))
+
+        def progress(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, description=f"probe gpu: {label}")
+
+        result = run(quick=args.quick, progress=progress, sections=sections, checkpoint=checkpoint)
+    result["command"] = cmd
+    result["wall_seconds"] = time.perf_counter() - t0
+    print_report(result)
+    emit_json(result, args.json)
+    if args.plot:
+        plot(result, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)

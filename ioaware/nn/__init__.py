@@ -1,5 +1,6 @@
 """Neural-network layers built on ioaware's kernels."""
 
 from .longconv import LongConv, LongConvKernel, smooth, squash
+from .nsa import CompressionMLP, NSAttention
 
-__all__ = ["LongConv", "LongConvKernel", "smooth", "squash"]
+__all__ = ["CompressionMLP", "LongConv", "LongConvKernel", "NSAttention", "smooth", "squash"]

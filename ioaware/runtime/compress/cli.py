@@ -1,0 +1,183 @@
+"""`ioaware compress svd MODEL OUT --rank-ratio R [--whiten]`: a model's projections as truncated-SVD factors.
+
+    ioaware compress svd default smollm2-0.6.safetensors --rank-ratio 0.6 --whiten --eval
+    ioaware compress svd default --sweep 1.0,0.8,0.6,0.4 --json results.json --plot results.png
+
+MODEL is a GGUF file, a Hugging Face folder, or `default` (the embedded SmolLM2-135M-Instruct). OUT is one
+.safetensors file holding the factors, the dense embeddings and norms, the config and the tokenizer, written
+atomically. --whiten truncates in the coordinates of the layer inputs measured on the shipped calibration text
+(SVD-LLM). --eval adds held-out perplexity, dense vs compressed. --sweep writes nothing but the report: perplexity
+at each ratio, plain and whitened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+PPL_BAR = 1.25  # issue #16: at rank ratio 0.6 with whitening, perplexity within 25% of the dense model
+
+
+def _ratios(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sweep takes ratios such as 1.0,0.8,0.6, got {s!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ioaware compress svd", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="a .gguf file, a Hugging Face folder, or 'default' (the embedded SmolLM2)")
+    ap.add_argument("out", nargs="?", default=None, help="the factor checkpoint to write (.safetensors)")
+    ap.add_argument("--rank-ratio", type=float, default=None,
+                    help="fraction of each matrix's full rank to keep, in (0, 1]; q/k/v per head")
+    ap.add_argument("--whiten", action="store_true", help="SVD-LLM's truncation-aware whitening: truncate in the "
+                    "coordinates of each layer's inputs, measured on the shipped calibration text")
+    ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                    help="the factors' storage dtype (default bfloat16, the dtype the GPU kernels run)")
+    ap.add_argument("--calib-tokens", type=int, default=None, help="calibration tokens (default: all ~6k)")
+    ap.add_argument("--eval", action="store_true", help="held-out perplexity of the dense and compressed models")
+    ap.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default: all ~3k)")
+    ap.add_argument("--sweep", type=_ratios, default=None, metavar="R1,R2,...",
+                    help="no OUT: perplexity vs rank ratio, plain and whitened")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    ap.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON (- for stdout)")
+    ap.add_argument("--plot", default=None, metavar="FILE", help="with --sweep: perplexity vs ratio as a PNG")
+    return ap
+
+
+def _validate(args) -> None:
+    from .api import check_out
+    from .compress import check_ratio
+
+    for n in ("calib_tokens", "eval_tokens", "threads"):
+        v = getattr(args, n)
+        if v is not None and v < 1:
+            raise ValueError(f"--{n.replace('_', '-')} must be >= 1, got {v}")
+    if args.sweep is not None:
+        if args.out is not None or args.rank_ratio is not None:
+            raise ValueError("--sweep writes no checkpoint: give MODEL and --sweep, without OUT or --rank-ratio")
+        if not args.sweep:
+            raise ValueError("--sweep needs at least one ratio")
+        for r in args.sweep:
+            check_ratio(r)
+        return
+    if args.plot:
+        raise ValueError("--plot draws the --sweep table; run with --sweep")
+    if not args.whiten and args.calib_tokens is not None:
+        raise ValueError("--calib-tokens sets the whitening's calibration text; add --whiten")
+    if args.out is None:
+        raise ValueError("give OUT, the .safetensors file to write (or --sweep for a perplexity table)")
+    if args.rank_ratio is None:
+        raise ValueError("give --rank-ratio R, the fraction of each matrix's rank to keep, in (0, 1]")
+    check_ratio(args.rank_ratio)
+    check_out(args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import shlex
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command = "ioaware compress svd " + shlex.join(argv)
+    _validate(args)  # every flag checked before the model is read
+    import torch
+
+    from ...report import emit_json, print_table
+    from ..llm.checkpoint import load_checkpoint
+    from .api import DTYPES
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(None if args.model == "default" else args.model)
+    dtype = DTYPES[args.dtype]
+    if args.sweep is not None:
+        return _sweep(args, ckpt, dtype, t0)
+    from .api import compress_file
+
+    rep = compress_file(None, args.out, args.rank_ratio, args.whiten, dtype, args.calib_tokens, True, ckpt=ckpt)
+    rows = [["source", f"{ckpt.path.name} ({ckpt.format})"], ["written", rep["out"]],
+            ["rank ratio", f"{args.rank_ratio}" + (" (whitened)" if args.whiten else "")],
+            ["ranks (layer 0)", " ".join(f"{k}={v}" for k, v in rep["ranks_layer0"].items())],
+            ["projection parameters", f"{rep['projection_params_factored']:,} of {rep['projection_params_dense']:,} "
+             f"({rep['projection_param_fraction']:.0%})"],
+            ["mean relative error (" + rep["relative_error_kind"] + ")",
+             " ".join(f"{k}={v:.3f}" for k, v in rep["relative_error_mean"].items())],
+            ["file size", f"{rep['out_bytes'] / 1e6:.1f} MB ({rep['dtype']}; source "
+             f"{rep['source_bytes'] / 1e6:.1f} MB)"]]
+    if args.eval:
+        from .api import dense_model, heldout_batches, load_factor_model
+        from .evaluate import perplexity
+
+        held = heldout_batches(ckpt.tokenizer, args.eval_tokens)
+        d = perplexity(dense_model(ckpt), held, True, "dense perplexity")
+        model, _, _ = load_factor_model(args.out, "cpu", torch.float32)
+        c = perplexity(model, held, True, "compressed perplexity")
+        rep.update(ppl_dense=d["ppl"], ppl=c["ppl"], ppl_ratio=c["ppl"] / d["ppl"], eval_tokens=d["tokens"])
+        rows.append(["held-out perplexity", f"{c['ppl']:.2f} vs dense {d['ppl']:.2f} ({c['ppl'] / d['ppl']:.3f}x, "
+                     f"{d['tokens']} tokens)"])
+    rep["seconds"] = time.perf_counter() - t0
+    print_table("ioaware compress svd", ["", "value"], rows)
+    emit_json(rep, args.json)
+    return 0
+
+
+def _sweep(args, ckpt, dtype, t0) -> int:
+    import datetime as dt
+    import platform
+
+    import torch
+
+    from ...report import emit_json, print_table
+    from .api import sweep
+
+    res = sweep(ckpt, args.sweep, dtype, args.calib_tokens, args.eval_tokens, progress=True)
+    rows = [[r["rank_ratio"], "whitened" if r["whiten"] else "plain", f"{r['projection_param_fraction']:.0%}", r["ppl"],
+             f"{r['ppl_ratio']:.3f}x"] for r in res["rows"]]
+    print_table(f"SVD perplexity on held-out text ({res['eval_tokens']} tokens; dense {res['ppl_dense']:.3f})",
+                ["rank ratio", "whitening", "projection params", "perplexity", "vs dense"], rows)
+    res["bar"] = {}
+    for r in res["rows"]:
+        if r["whiten"] and abs(r["rank_ratio"] - 0.6) < 1e-9:
+            res["bar"] = {"rank_ratio": 0.6, "whiten": True, "ppl_ratio": r["ppl_ratio"], "limit": PPL_BAR,
+                          "met": r["ppl_ratio"] <= PPL_BAR}
+            print(f"bar (ratio 0.6, whitened, within {PPL_BAR - 1:.0%} of dense): "
+                  f"{r['ppl_ratio']:.3f}x -> " + ("met" if r["ppl_ratio"] <= PPL_BAR else "NOT met"))
+    res.update(model=ckpt.path.name, format=ckpt.format, date=str(dt.date.today()), machine=platform.machine(),
+               threads=torch.get_num_threads(), torch=torch.__version__,
+               dense_weights="float32 (dequantised " + ",".join(ckpt.tensor_types) + ")",
+               command=args.command,
+               seconds=time.perf_counter() - t0)
+    if args.plot:
+        _plot(res, args.plot)
+    emit_json(res, args.json)
+    return 0
+
+
+def _plot(res: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = {False: "plain SVD", True: "whitened (SVD-LLM)"}
+    for mode, style in ((False, "o--"), (True, "s-")):
+        pts = sorted((r["rank_ratio"], r["ppl"]) for r in res["rows"] if r["whiten"] == mode)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
+                    label=names[mode])
+    ax.axhline(res["ppl_dense"], color="k", lw=0.8, label=f"dense ({res['ppl_dense']:.2f})")
+    ax.axhline(res["ppl_dense"] * PPL_BAR, color="r", lw=0.8, ls=":", label="bar: dense + 25%")
+    ax.set_xlabel("rank ratio (fraction of each matrix's rank kept)")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_yscale("log")
+    ax.invert_xaxis()
+    ax.set_title(f"{res['model'].split('.')[0]}: SVD of every projection", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
