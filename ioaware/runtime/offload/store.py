@@ -75,6 +75,10 @@ def model_fingerprint(path: str | Path) -> str:
 
 def bundle_checksums(buf, bundle_bytes: int) -> np.ndarray:
     """xxh3-64 of each `bundle_bytes`-long bundle in `buf` -> (n,) uint64."""
+    if isinstance(buf, np.ndarray) and buf.ndim == 2 and buf.shape[1] == bundle_bytes and buf.dtype == np.uint8:
+        # iterating rows of a 2-D array costs ~0.1 us a bundle against ~0.2 us for memoryview slices (44k bundles
+        # per SmolLM2 token: 9.5 vs 13.9 ms, of which hashing the bytes is 5.3 ms)
+        return np.fromiter((xxhash.xxh3_64_intdigest(r) for r in buf), dtype=np.uint64, count=len(buf))
     mv = memoryview(buf).cast("B")
     n = len(mv) // bundle_bytes
     return np.fromiter((xxhash.xxh3_64_intdigest(mv[i * bundle_bytes:(i + 1) * bundle_bytes]) for i in range(n)),
