@@ -333,7 +333,7 @@ def run(dtype_name: str = "bfloat16", seqlens=(8192, 16384, 32768, 65536), group
             for p, (ms, rounds, err) in _round_robin(slc, (q, k, v, gates, do), bwd).items():
                 rows.append({**base, "case": "selected", "mode": mode, "provider": p, "ms": ms, "ms_rounds": rounds,
                              "tflops": fl / ms / 1e9 if ms == ms else math.nan, "error": err,
-                             "order_auto": choose_order("auto", s["G"], T),
+                             "order_auto": choose_order("auto", s["G"], T, backward=bwd),
                              "check": chk if p.startswith("ioaware") else None})
         del q, k, v, gates, do, idx, bm, tn
         torch.cuda.empty_cache()

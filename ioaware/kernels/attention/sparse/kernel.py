@@ -400,12 +400,16 @@ def tile_table(op: str, D: int, G: int) -> dict:
 # Which order runs when the caller says "auto": FSA's own rule (its README: the KV-outer kernel for GQA groups up to 8,
 # the NSA kernel above, where a group already fills 16 rows). It is the starting point until `ioaware bench nsa`
 # measures the crossover on the device; the bench reports both orders and this choice side by side.
+# Backward: FSA's order won at every measured group and length on the H200 (nsa-h200-2026-12-03.json: 2.6-8.0x at
+# G <= 4, 1.07-1.11x at G = 16, T = 8k-64k), while the NSA-order forward stays ahead at G = 16 (by 3-6%).
 FSA_MAX_GROUP = 8
 
 
-def choose_order(order: str, G: int, T: int) -> str:
+def choose_order(order: str, G: int, T: int, backward: bool = False) -> str:
     if order != "auto":
         return order
+    if backward:
+        return "fsa"
     return "fsa" if G <= FSA_MAX_GROUP else "nsa"
 
 
@@ -457,7 +461,7 @@ def nsa_slc_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     ns = -(-T // select_size)
     do = do.contiguous()
     delta = row_delta(o, do)
-    order = choose_order(order, G, T)
+    order = choose_order(order, G, T, backward=True)
     lists = lists if lists is not None else block_lists(idx, ns)
     cfg = tile_table("fsa_bwd", D, G)
     bm, ch = cfg.pop("BM"), cfg.pop("CH")
