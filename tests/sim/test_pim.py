@@ -12,11 +12,11 @@ import math
 
 import pytest
 
-from ioaware.sim.pim.baselines import baselines
+from ioaware.sim.pim.baselines import NOT_RETRIEVED, PAPER, PAPER_FACTS, baselines
 from ioaware.sim.pim.dram import Channel, Command, check_trace
 from ioaware.sim.pim.gpt import MODELS, GPTConfig, Vmm
 from ioaware.sim.pim.mapping import plan_vmm, vmm_time_closed_form
-from ioaware.sim.pim.reproduce import compare
+from ioaware.sim.pim.reproduce import compare, implied_context, range_bar
 from ioaware.sim.pim.system import PimMachine, simulate_step, streaming_read_Bps
 from ioaware.sim.pim.timing import TIMINGS, EnergyModel, PimConfig
 
@@ -186,13 +186,62 @@ def test_paper_bar_logic(monkeypatch):
 
     vals = {n: 40.0 + 10 * i for i, n in enumerate(MODELS)}
     out = compare(_rows(vals))
-    assert out["speedup_gpu"]["bar"].startswith("unverifiable")
+    assert out["speedup_gpu"]["bar"].startswith("per-model figures not in any retrievable text")
     paper = {n: {"speedup_gpu": v, "energy_gpu": v, "speedup_cpu": None, "energy_cpu": None}
              for n, v in vals.items()}
     monkeypatch.setattr(reproduce, "PAPER_PER_MODEL", paper)
     assert compare(_rows(vals))["speedup_gpu"]["bar"] == {"within_25pct": True, "order_kept": True}
     off = dict(vals, **{"gpt2-xl": vals["gpt2-xl"] * 1.3})
     assert compare(_rows(off))["speedup_gpu"]["bar"]["within_25pct"] is False
+
+
+def test_range_bar_decides_only_what_the_range_decides():
+    """Paper range 41-137x, tolerance 25 %: any model outside 30.75-171.25x fails whatever its paper figure; the
+    models at 41x and at 137x need one of ours in 30.75-51.25x and one in 102.75-171.25x."""
+    lo, hi = PAPER["speedup_gpu"]
+    assert (lo, hi) == (41.0, 137.0)
+    names = list(MODELS)
+    inside = {n: v for n, v in zip(names, [41, 45, 60, 80, 100, 120, 130, 137], strict=True)}
+    rb = range_bar("speedup_gpu", _rows(inside))
+    assert rb["allowed_for_any_model"] == [pytest.approx(30.75), pytest.approx(171.25)]
+    assert rb["models_outside"] == [] and rb["verdict"].startswith("open")
+    # one model just below 0.75 x 41 fails the bar on its own
+    low = dict(inside, **{names[0]: 30.7})
+    rb = range_bar("speedup_gpu", _rows(low))
+    assert rb["models_outside"] == [names[0]] and rb["verdict"] == "fails"
+    # every model inside the allowed interval, but none near the paper's top: still fails
+    flat = {n: 50.0 for n in names}
+    rb = range_bar("speedup_gpu", _rows(flat))
+    assert rb["models_outside"] == [] and rb["ends"]["hi"]["ours_inside"] == [] and rb["verdict"] == "fails"
+    assert rb["ends"]["hi"]["closest_error"] == pytest.approx(50 / 137 - 1)
+    assert range_bar("speedup_cpu", _rows(inside))["verdict"] == "no data"
+
+
+def test_paper_facts_carry_addresses_and_assumptions_say_why():
+    assert len(PAPER_FACTS) >= 8 and NOT_RETRIEVED
+    for f in PAPER_FACTS:
+        assert f["fact"] and f["value"] and ("http" in f["source"] or "arXiv" in f["source"]), f
+    from ioaware.sim.pim.reproduce import reproduce
+
+    res = reproduce(["gpt2-small"], context=16)
+    assert res["paper"]["facts"] == PAPER_FACTS and res["paper"]["not_retrieved"] == NOT_RETRIEVED
+    for a in res["assumptions"]:
+        assert a["source"], a
+    chan = next(a for a in res["assumptions"] if a["name"] == "channels")
+    assert chan["source"].startswith("ASSUMED") and "Paper facts" in chan["source"]
+    what_if = res["gpu_dtype_what_if"]
+    assert what_if["gpu_dtype"] == "float16"
+    fp16 = baselines(16, "float16").gpu_s["gpt2-small"]
+    assert what_if["speedup_gpu"]["gpt2-small"] == pytest.approx(fp16 / res["models"][0]["pim_s"], rel=1e-12)
+
+
+def test_implied_context_inverts_the_op_count():
+    """At the returned context, the op count of the stated convention gives back the ops per parameter."""
+    m = MODELS["gpt3-xl"]
+    r = implied_context(2.1, 1.15e9, m)
+    ops = 2 * 1.15e9 + 4 * r["context"] * m.d_model * m.n_layers
+    assert ops / 1.15e9 == pytest.approx(2.1, rel=1e-12)
+    assert implied_context(2.0, 1.15e9, m)["context"] == pytest.approx(0.0, abs=1e-6)
 
 
 def _cli(argv):

@@ -41,13 +41,14 @@ T4 = HardwareSpec(
              "smem": "compute capability 7.5: 64 KB shared memory per SM", "sms": "T4: 40 SMs (TU104, 2560 cores)",
              "pcie": "PCIe Gen3 x16: 15.75 GB/s each way"},
 )
-T4_BOARD_W = 70.0  # datasheet max board power; ASSUMED as the draw while decoding (the paper's reading: not retrieved)
+T4_BOARD_W = 70.0  # datasheet max board power; ASSUMED as the draw while decoding (the paper's reading: not in
+# any retrievable text)
 T4_POWER_SOURCE = _T4_DS + ": 70 W max board power (ASSUMED as the decode draw)"
 
 MEASURED = Path(__file__).with_name("measured_h200.json")
 
-# PIM-GPT's published figures (arXiv 2310.09385 v2 = npj Unconventional Computing 1, 2024, abstract). Per-model bars
-# (v2 section 5) were NOT retrieved: the reference notes hold only these ranges over the 8 models.
+# PIM-GPT's published figures (arXiv 2310.09385 v2 = npj Unconventional Computing 1, 2024, abstract). The per-model
+# figures (the paper's results section) could not be retrieved: see PAPER_FACTS / NOT_RETRIEVED and the README.
 PAPER = {
     "speedup_gpu": (41.0, 137.0),
     "speedup_cpu": (631.0, 1074.0),
@@ -57,7 +58,47 @@ PAPER = {
 PAPER_V1_ENERGY = {"energy_gpu": (339.0, 1085.0), "energy_cpu": (890.0, 1632.0)}  # arXiv v1 abstract, superseded
 PAPER_PER_MODEL: dict[str, dict[str, float | None]] = {name: dict.fromkeys(PAPER) for name in MODELS}
 PAPER_SOURCE = ("PIM-GPT, arXiv 2310.09385 v2 / npj Unconv. Comput. 2024, abstract: ranges over the 8 models; the "
-                "per-model figures were not retrieved (../shared/reference/offload.md, 'PIM-GPT')")
+                "per-model figures are not in any text retrievable here (ioaware/sim/pim/README.md, 'Paper facts')")
+
+_NPJ_INTRO = "https://admaplace.com/pim-gpt-a-hybrid-process-in-memory-accelerator-for-autoregressive-transformers"
+_V2_ABS = ("https://www.emergentmind.com/articles/2310.09385 and https://www.sciencestack.ai/paper/2310.09385 "
+           "(arXiv v2 abstract); https://discovery.researcher.life/article/pim-gpt-a-hybrid-process-in-memory-"
+           "accelerator-for-autoregressive-transformers/b8b331ddd97d3444bf1b3a841a74eeb6 (npj abstract)")
+_V1_ABS = "https://ar5iv.labs.arxiv.org/html/2310.09385 (arXiv v1 abstract)"
+
+# What the paper's retrievable text states, each with where it was read (search corpus 'pages', 2026-12-03). Only the
+# opening of each stored page comes back (the abstract and the first paragraphs of the introduction), so this is all.
+PAPER_FACTS: list[dict] = [
+    {"fact": "speed-up over the GPU / CPU baseline, over the 8 models", "value": "41-137x / 631-1074x",
+     "source": _V2_ABS + ", Abstract"},
+    {"fact": "energy efficiency over the GPU / CPU baseline (v2)", "value": "123-383x / 320-602x",
+     "source": _V2_ABS + ", Abstract"},
+    {"fact": "energy efficiency over the GPU / CPU baseline (v1, superseded)", "value": "339-1085x / 890-1632x",
+     "source": _V1_ABS + ", Abstract"},
+    {"fact": "workload", "value": "8 GPT models with up to 1.4 billion parameters", "source": _V2_ABS + ", Abstract"},
+    {"fact": "GPT3-XL size and arithmetic intensity", "value": "1.15 billion parameters; 2.1 ops/parameter per "
+     "generated token (ResNet-18: 48.4)", "source": _NPJ_INTRO + " (npj text), Introduction, Fig. 1"},
+    {"fact": "machine", "value": "DRAM-based PIM chips do the MACs in the DRAM chips; an ASIC does the non-linear "
+     "functions, issues the PIM instructions and moves the data", "source": _V2_ABS + ", Abstract; " + _V1_ABS},
+    {"fact": "mapping", "value": "matrices concatenated and partitioned among DRAM channels and banks so that every "
+     "in-bank MAC unit works at once and rows are read with high locality", "source": _V2_ABS + ", Abstract"},
+    {"fact": "evaluation method", "value": "circuit synthesis of the ASIC and an event-driven clock-cycle accurate "
+     "simulator", "source": _V2_ABS + ", Abstract"},
+    {"fact": "target", "value": "GPUs are inefficient for sequential token generation, 'particularly on-device "
+     "inference applications'", "source": _V1_ABS + ", Abstract"},
+    {"fact": "GPU baseline card", "value": "NVIDIA T4 (secondary: a survey's comparison table, not the paper's text)",
+     "source": "Memory Is All You Need, arXiv 2406.08413, Table III, as summarised in a public survey-notes "
+     "repository (code corpus); ../shared/reference/offload.md 'T4, per a survey'"},
+]
+# What the brief asked for and no retrievable text gives (each stays an ASSUMED constant or an open comparison).
+NOT_RETRIEVED = [
+    "PIM channel count, banks per channel, MAC units and their rate, DRAM timing and data rate, clocks",
+    "global/ASIC buffer sizes, ASIC datapath width, ASIC clock, area and power (synthesis results)",
+    "GPU baseline setup: precision, batch, context/generated length, software stack, power reading",
+    "CPU baseline: which CPU, threads, software, power",
+    "per-model speed-up and energy figures (the results figures/tables) and hence the paper's model order",
+    "the paper's energy model (pJ per ACT, column access, MAC, I/O)",
+]
 
 
 def load_measured(path: Path | str | None = None) -> dict | None:

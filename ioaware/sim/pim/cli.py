@@ -99,14 +99,38 @@ def _print(res: dict) -> None:
                 continue
             crow.append([label, f"{v['ours'][0]:.0f}-{v['ours'][1]:.0f}", f"{v['paper'][0]:.0f}-{v['paper'][1]:.0f}",
                          f"{v['error_min']:+.0%}", f"{v['error_max']:+.0%}",
-                         v["bar"] if isinstance(v["bar"], str) else
+                         v["range_bar"]["verdict"] if isinstance(v["bar"], str) else
                          f"±25%: {v['bar']['within_25pct']}, order: {v['bar']['order_kept']}"])
         print_table("Beside the paper (ranges over the 8 models; arXiv 2310.09385 v2)",
-                    ["figure", "ours", "paper", "error at min", "error at max", "per-model bar"], crow)
+                    ["figure", "ours", "paper", "error at min", "error at max", "per-model ±25% bar"], crow)
+        prow = []
+        for r in res["models"]:
+            line = [r["model"]]
+            for k in ("speedup_gpu", "speedup_cpu"):
+                v = cmp_[k]
+                if v["ours"] is None:
+                    line += ["-", "-", "-", "-"]
+                    continue
+                pm, rb = v["per_model"][r["model"]], v["range_bar"]
+                line += [pm["ours"], pm["paper"] if pm["paper"] is not None else "n/a",
+                         f"{pm['error']:+.0%}" if pm["error"] is not None else "n/a",
+                         "fails" if r["model"] in rb["models_outside"] else "open"]
+            prow.append(line)
+        print_table("Per model (paper figures: not in any retrievable text; 'fails' = outside ±25% of every value in "
+                    "the paper's range)", ["model", "x GPU", "paper", "error", "range check", "x CPU", "paper",
+                                          "error", "range check"], prow)
         for k in ("speedup_gpu", "speedup_cpu"):
-            order = sorted((r for r in res["models"] if r.get(k)), key=lambda r: r[k])
-            print(f"our order of {names[k]}, low to high: " + " < ".join(r["model"] for r in order)
-                  + " (the paper's order is unknown: its per-model figures were not retrieved)")
+            rb = cmp_[k].get("range_bar")
+            if not rb or "ends" not in rb:
+                continue
+            hi = rb["ends"]["hi"]
+            print(f"{names[k]}: allowed for any model {rb['allowed_for_any_model'][0]:.0f}-"
+                  f"{rb['allowed_for_any_model'][1]:.0f}x, {len(rb['models_outside'])} of {len(res['models'])} "
+                  f"outside; the paper's top model ({hi['paper']:.0f}x) needs one of ours in {hi['window'][0]:.0f}-"
+                  f"{hi['window'][1]:.0f}x, closest {hi['closest']} at {hi['closest_error']:+.0%}; verdict: "
+                  f"{rb['verdict']}")
+            print("  our order, low to high: " + " < ".join(cmp_[k]["order_ours_low_to_high"])
+                  + " (the paper's order is not in any retrievable text)")
         imp = cmp_["implied"]
         print(f"paper's implied PIM power (70 W T4 x speed-up / energy ratio at its range ends): "
               f"{imp['paper_pim_power_w_from_gpu_ends'][0]:.1f}-{imp['paper_pim_power_w_from_gpu_ends'][1]:.1f} W; "
@@ -150,6 +174,7 @@ def _plot(res: dict, sweep: dict, path: str) -> None:
         ax[0].bar(x + (i - 0.5) * 0.4, vals, 0.4, label=f"ours, {label}", color=col)
         lo, hi = paper[key]
         ax[0].axhspan(lo, hi, color=col, alpha=0.15, label=f"paper {label}: {lo:.0f}-{hi:.0f}x")
+        ax[0].axhline(0.75 * lo, color=col, ls=":", lw=1, label=f"-25% of the paper's lowest {label}")
     ax[0].set_yscale("log")
     ax[0].set_xticks(x, names, rotation=45, ha="right")
     ax[0].set_ylabel("speed-up per token")
@@ -176,7 +201,7 @@ def _plot(res: dict, sweep: dict, path: str) -> None:
     ax[2].axhspan(*paper["speedup_gpu"], color="C0", alpha=0.15, label="paper over GPU")
     ax[2].set_xscale("log", base=2)
     ax[2].set_yscale("log")
-    ax[2].set_xlabel("PIM channels (the paper's count was not retrieved; default 8)")
+    ax[2].set_xlabel("PIM channels (the paper's count: not in its retrievable text; default 8)")
     ax[2].set_ylabel("speed-up over T4")
     ax[2].set_title("Sensitivity to the channel count")
     ax[2].legend(fontsize=6, ncol=2)

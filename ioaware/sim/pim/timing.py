@@ -1,13 +1,16 @@
 """DRAM timing, PIM organisation and energy constants for the PIM-GPT model: data, each with its source.
 
 Times are in nanoseconds. Array timings (tRCD, tRP, tRAS, tRRD, tFAW, tRTP, tWR) come from Ramulator 2.0's JEDEC-derived
-presets and are rounded up to whole cycles of the 1 ns command clock of SK hynix's GDDR6 AiM, the PIM design PIM-GPT's
-banks follow (16 banks per channel, a 16-lane BF16 MAC unit beside each bank, a 2 KB global buffer per channel). The
+presets and are rounded up to whole cycles of the 1 ns command clock of SK hynix's GDDR6 AiM, the DRAM-PIM design we
+take for PIM-GPT's banks (16 banks per channel, a 16-lane BF16 MAC unit beside each bank, a 2 KB global buffer per
+channel); the paper's retrievable text says only "DRAM-based PIM designs" (see `CONFIG_SOURCES["banks"]`). The
 interface numbers (burst, column period) follow from the 16 Gb/s/pin x16 channel, not from Ramulator, whose GDDR6
 burst length gives a rate far below GDDR6's (ramulator2 issue #121).
 
-Every constant that is an assumption (PIM-GPT's own tables in v2 sections 3-5 were not retrieved; see
-../shared/reference/offload.md, "PIM-GPT") says so in its `source`, and `assumptions()` lists them for the report.
+Every constant that is an assumption says so in its `source`, and `assumptions()` lists them for the report. PIM-GPT's
+own configuration (its sections on the architecture and the evaluation setup) is in no text retrievable here: the
+stored copies of the paper give the abstract and the opening of the introduction only (README.md, "Paper facts", lists
+what they do state, with addresses). Where the paper is silent the constant comes from AiM, JEDEC or Ramulator.
 """
 
 from __future__ import annotations
@@ -124,9 +127,15 @@ class PimConfig:
             raise ValueError("row_bytes and gb_bytes must be whole numbers of columns (col_bytes)")
 
 
+_SILENT = ("PIM-GPT's retrievable text (abstract, opening of the introduction; README 'Paper facts') does not give "
+           "this")
+
 CONFIG_SOURCES = {
-    "channels": "ASSUMED 8: PIM-GPT's channel count was not retrieved (v2 sect. 5); 8 GDDR6 channels = 4 AiM chips",
-    "banks": "16 banks per GDDR6 channel (JEDEC JESD250; " + _AIM + ")",
+    "channels": "ASSUMED 8 = 4 two-channel AiM chips: " + _SILENT + "; the paper says only that matrices are "
+                "partitioned among DRAM channels and banks (v2 abstract)",
+    "banks": "16 banks per GDDR6 channel (JEDEC JESD250; " + _AIM + "); that PIM-GPT's PIM DRAM is GDDR6 AiM-like is "
+             "ASSUMED: its retrievable text says 'DRAM-based PIM designs' (v2 abstract) and a third-party summary "
+             "(sciencestack.ai/paper/2310.09385, TL;DR) that it 'avoids expensive HBM integration'",
     "row_bytes": "2 KB page of a x16 GDDR6 channel (ramulator2 GDDR6_8Gb_x16: 1024 columns x 16 bits)",
     "col_bytes": "x16 x BL16 = 256 bits per column access; AiM's MAC consumes one such column per bank",
     "gb_bytes": "AiM's 2 KB global buffer per channel holds the input vector (1024 BF16)",
@@ -134,16 +143,17 @@ CONFIG_SOURCES = {
     "act_mode": "all-bank: one command opens the same row in all 16 banks, as AiM's all-bank activate does; ASSUMED "
                 "exempt from tRRD/tFAW (AiM's power window for it was not retrieved). 'per-bank' (JEDEC: 16 ACTs "
                 "under tRRD and tFAW) is the standard-DRAM what-if",
-    "asic_lanes": "ASSUMED 32 lanes: PIM-GPT's ASIC datapath width was not retrieved",
-    "asic_ghz": "ASSUMED 1 GHz ASIC clock",
-    "asic_latency_ns": "ASSUMED 10 ns pipeline fill per ASIC vector op",
+    "asic_lanes": "ASSUMED 32 lanes: " + _SILENT + " (the ASIC was synthesised, v2 abstract; its width is not stated)",
+    "asic_ghz": "ASSUMED 1 GHz ASIC clock: " + _SILENT,
+    "asic_latency_ns": "ASSUMED 10 ns pipeline fill per ASIC vector op: " + _SILENT,
 }
 
 
 @dataclass(frozen=True)
 class EnergyModel:
-    """Energy per event. No PIM-GPT energy table was retrieved, so every number is an order-of-magnitude assumption
-    for a GDDR6-class die; they are named here so the energy result can be traced (and re-run with others)."""
+    """Energy per event. PIM-GPT's energy model is in no retrievable text, so every number is an order-of-magnitude
+    assumption for a GDDR6-class die; they are named here so the energy result can be traced (and re-run with
+    others)."""
 
     act_nj: float = 1.5  # one ACT+PRE of one bank's 2 KB row
     col_pj_per_bit: float = 1.0  # one in-bank column read into the bank's MAC unit (no global I/O)
@@ -164,7 +174,7 @@ ENERGY_SOURCES = {
     "mac_pj": "ASSUMED 1.0 pJ per BF16 MAC in a DRAM process (about 2x a logic-process MAC)",
     "io_pj_per_bit": "ASSUMED 6 pJ/bit for the off-chip GDDR6 interface (the commonly quoted 5.5-7.5 pJ/bit range)",
     "background_w_per_channel": "ASSUMED 0.75 W per channel: refresh, DLL/clock tree and standby",
-    "asic_w": "ASSUMED 0.5 W: a small synthesised ASIC; PIM-GPT's synthesis power was not retrieved",
+    "asic_w": "ASSUMED 0.5 W: a small synthesised ASIC; " + _SILENT,
 }
 
 
