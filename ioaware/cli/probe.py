@@ -140,6 +140,14 @@ def run_gpu(args) -> int:
     result["wall_seconds"] = time.perf_counter() - t0
     print_report(result)
     emit_json(result, args.json)
+    from ..hardware.probe_results import save_probe
+
+    try:  # where `ioaware hardware --measured` and roofline(measured=True) find it; after --json, so never lost
+        kept = save_probe(result)
+        if kept:
+            print(f"kept in {kept}")
+    except OSError as e:
+        print(f"not kept in the cache dir ({e}); `ioaware hardware --measured --from FILE` reads a --json file")
     if args.plot:
         plot(result, args.plot)
         print(f"plot written to {args.plot}")

@@ -10,6 +10,12 @@ from .specs import GB, SPECS, HardwareSpec
 _NAME_KEYS = [("h200", "h200"), ("h100", "h100"), ("h800", "h100"), ("a100", "a100"), ("v100", "v100")]
 
 
+def spec_key_for(device_name: str) -> str | None:
+    """The spec table's key for a device name as CUDA reports it ('NVIDIA H200' -> 'h200'); None if not listed."""
+    low = device_name.lower()
+    return next((key for needle, key in _NAME_KEYS if needle in low), None)
+
+
 def _host_spec() -> HardwareSpec:
     mem = 0.0
     try:
@@ -53,10 +59,9 @@ def detect(device: str | None = None) -> HardwareSpec:
 
             if torch.cuda.is_available():
                 name = torch.cuda.get_device_name(0)
-                low = name.lower()
-                for needle, key in _NAME_KEYS:
-                    if needle in low:
-                        return SPECS[key]
+                key = spec_key_for(name)
+                if key is not None:
+                    return SPECS[key]
                 props = torch.cuda.get_device_properties(0)
                 return HardwareSpec(
                     key="cuda", name=name, peak_flops={}, hbm_bytes=float(props.total_memory),

@@ -36,12 +36,18 @@ class HardwareSpec:
     pcie_Bps: float  # host link, one direction
     sources: dict[str, str] = field(default_factory=dict)
     kind: str = "gpu"
+    # datasheets give no L2 bandwidth; `measured_spec` fills it from a probe (the roofline's level "l2" needs it)
+    l2_bandwidth_Bps: float | None = None
 
     def peak(self, dtype: str) -> float:
         key = _dtype_key(dtype)
         if key not in self.peak_flops:
             raise ValueError(f"{self.name} has no peak listed for dtype {dtype!r}; known: {sorted(self.peak_flops)}")
         return self.peak_flops[key]
+
+    def peak_source(self, dtype: str) -> str:
+        """Where peak(dtype) comes from: a measured peak's own entry (measured_spec), else the datasheet's."""
+        return self.sources.get(f"flops.{_dtype_key(dtype)}") or self.sources.get("flops", "")
 
     @property
     def sram_bytes(self) -> float:
@@ -51,7 +57,7 @@ class HardwareSpec:
     def levels(self) -> list[MemoryLevel]:
         return [
             MemoryLevel("sram", self.smem_per_sm_bytes * self.num_sms, None, self.sources.get("smem", "")),
-            MemoryLevel("l2", self.l2_bytes, None, self.sources.get("l2", "")),
+            MemoryLevel("l2", self.l2_bytes, self.l2_bandwidth_Bps, self.sources.get("l2", "")),
             MemoryLevel("hbm", self.hbm_bytes, self.hbm_bandwidth_Bps, self.sources.get("hbm", "")),
             MemoryLevel("host", float("inf"), self.pcie_Bps, self.sources.get("pcie", "")),
         ]
@@ -84,9 +90,15 @@ SPECS: dict[str, HardwareSpec] = {
         key="h200", name="NVIDIA H200 SXM 141GB",
         peak_flops={"float16": 989.4 * T, "bfloat16": 989.4 * T, "tfloat32": 494.7 * T, "float32": 66.9 * T,
                     "float64": 66.9 * T, "float8": 1978.9 * T},
-        hbm_bytes=141 * GB, hbm_bandwidth_Bps=4.8 * TB, l2_bytes=50 * MB, smem_per_sm_bytes=228 * KB,
+        # L2: 60 MiB, not the H100 SXM5's 50. The H200 datasheet gives no L2 size; the driver reports
+        # l2CacheSize = 62914560 B = 60 MiB (device.l2_bytes in benchmarks/results/probe-gpu-h200-2026-12-02.json),
+        # the full GH100's 60 MB of the Hopper whitepaper, where the H100 SXM5 enables 50 MB. The same run's
+        # apparent capacity (l2.capacity_mib, the re-read bandwidth half-way down) was 55.1 MiB: more than 50.
+        hbm_bytes=141 * GB, hbm_bandwidth_Bps=4.8 * TB, l2_bytes=60 * MB, smem_per_sm_bytes=228 * KB,
         num_sms=132, pcie_Bps=64 * GB,
-        sources={"flops": _H200_DS, "hbm": _H200_DS + " (141 GB HBM3e, 4.8 TB/s)", "l2": "GH100: 50 MB L2",
+        sources={"flops": _H200_DS, "hbm": _H200_DS + " (141 GB HBM3e, 4.8 TB/s)",
+                 "l2": "60 MiB as the driver reports it (cudaDeviceProp.l2CacheSize = 62914560 on an H200, "
+                       "benchmarks/results/probe-gpu-h200-2026-12-02.json); the datasheet gives none",
                  "smem": "compute capability 9.0: 228 KB per SM", "sms": "GH100 SXM: 132 SMs",
                  "pcie": "PCIe Gen5 x16, 64 GB/s each way (H200 datasheet)"},
     ),

@@ -93,6 +93,17 @@ def test_hardware_verb_json(tmp_path):
     assert {d["key"] for d in json.loads(out.read_text())} == set(SPECS)
 
 
+def test_hardware_verb_measured_json_keeps_the_spec_table(tmp_path):
+    # --measured adds the probe comparison beside the same spec table (details: test_hardware_measured.py)
+    out = tmp_path / "hw.json"
+    assert main(["hardware", "--measured", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert {s["key"] for s in d["specs"]} == set(SPECS) and {"measured", "cards", "missing", "searched"} <= set(d)
+    for r in d["measured"]:
+        assert r["file"] and r["date"] and r["measured"] > 0
+        assert r["ratio"] is None or r["ratio"] == pytest.approx(r["measured"] / r["datasheet"])
+
+
 def test_readme_lists_every_environment_variable():
     from pathlib import Path
 

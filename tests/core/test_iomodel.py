@@ -41,6 +41,23 @@ def test_roofline_bound():
     assert r.ridge == pytest.approx(989.4e12 / 3.35e12)
 
 
+def test_roofline_names_its_roofs_and_levels_need_their_bandwidth():
+    h100 = get_spec("h100")
+    r = roofline(Cost.of(1e12, hbm=(1e9, 0)), h100, "fp16")
+    assert (r.peak_flops, r.bandwidth_Bps, r.source) == (h100.peak("fp16"), h100.hbm_bandwidth_Bps, "datasheet")
+    # a datasheet gives no L2 or DRAM bandwidth: the roofline says so instead of using HBM's
+    for level in ("l2", "dram"):
+        with pytest.raises(ValueError, match=f"no bandwidth for level '{level}'"):
+            roofline(Cost.of(1e12, **{level: (1e9, 0)}), h100, level=level)
+    assert roofline(Cost.of(1.0, dram=(2e9, 0)), h100, level="dram", bandwidth_Bps=1e9).time_s == pytest.approx(2.0)
+    # measured=True on a CPU spec (no probe of a host exists) is the spec's own roofline
+    from ioaware.hardware import detect
+
+    host = detect("cpu")
+    c = Cost.of(1e12, hbm=(1e9, 0))
+    assert roofline(c, host, "float32", measured=True) == roofline(c, host, "float32")
+
+
 def test_flop_convention():
     f = attention_flops(2, 4, 128, 128, 64)
     assert f == 4 * 2 * 4 * 128 * 128 * 64
