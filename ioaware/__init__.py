@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 _KERNELS = ("attention_ref", "fftconv", "flash_attn", "flash_attn_varlen", "flash_decode", "flat_linear",
             "last_backend")
 _OPS = {"nsa": ".kernels.attention.sparse", "lowrank_attn": ".kernels.lowrank", "lowrank_swiglu": ".kernels.lowrank"}
-_SUBMODULES = ("hardware", "iomodel", "kernels", "nn", "rnn", "runtime", "sim", "plan")
+_SUBMODULES = ("hardware", "iomodel", "kernels", "nn", "rnn", "runtime", "distributed", "sim", "plan",
+               "flash_attn_interface")  # flash-attn 2's API on our kernels
 
 __all__ = ["DTypeError", "DeviceError", "IOAwareError", "ShapeError", "UnsupportedError", "__version__",
            *_KERNELS, *_OPS, "spmm", *_SUBMODULES]

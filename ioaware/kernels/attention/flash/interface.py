@@ -213,12 +213,16 @@ def _masked_backward(ctx, do, dlse):
 _flash_attn_masked_fwd_op.register_autograd(_masked_backward, setup_context=_masked_setup_context)
 
 
-def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-               softmax_scale: float | None = None, return_lse: bool = False, *, window_size=(-1, -1),
+def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+               softmax_scale: float | None = None, return_lse: bool = False, window_size=(-1, -1),
                alibi_slopes: torch.Tensor | None = None, softcap: float = 0.0, dropout_p: float = 0.0,
                seed: int | None = None, deterministic: bool = False, prefix_lens=None,
                block_mask: torch.Tensor | None = None, block_size=(128, 128)):
     """Exact attention softmax(q k^T * scale) v without materialising the Tq x Tk matrix.
+
+    Every option is keyword-only: flash-attn's flash_attn_func takes dropout_p fourth, so a positional port
+    (`flash_attn(q, k, v, 0.1)`) fails here instead of running causal attention; ported code should import
+    `ioaware.flash_attn_interface` instead.
 
     Args:
         q: (batch, seqlen_q, heads_q, head_dim); k, v: (batch, seqlen_k, heads_kv, head_dim), heads_q a
@@ -275,8 +279,8 @@ def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
 
 
 def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
-                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool = False,
-                      softmax_scale: float | None = None, return_lse: bool = False, *, window_size=(-1, -1),
+                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
+                      softmax_scale: float | None = None, return_lse: bool = False, window_size=(-1, -1),
                       alibi_slopes: torch.Tensor | None = None, softcap: float = 0.0, dropout_p: float = 0.0,
                       seed: int | None = None, deterministic: bool = False, prefix_lens=None):
     """flash_attn on packed sequences without padding: q (total_q, heads_q, head_dim), k, v (total_k, heads_kv,

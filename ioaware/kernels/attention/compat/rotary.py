@@ -1,0 +1,27 @@
+"""Rotary position embedding as flash-attn's kvcache call applies it: in PyTorch, before the attention kernel.
+
+cos, sin: (seqlen_ro, rotary_dim / 2); the first rotary_dim features of each head are rotated, the rest pass
+through. Interleaved (GPT-J) pairs features (0, 1), (2, 3), ...; non-interleaved (GPT-NeoX) pairs i with
+i + rotary_dim / 2. The rotation runs in fp32 and the result is cast back to x's dtype, so a bf16/fp16 input is
+rounded once, as a fused kernel would round it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                 interleaved: bool) -> torch.Tensor:
+    """x (B, T, H, D) rotated at positions (B, T) (int64 row indices into cos and sin). Returns a new tensor."""
+    rd = 2 * cos.shape[1]
+    c = cos[positions].float()[:, :, None, :]  # (B, T, 1, rd/2)
+    s = sin[positions].float()[:, :, None, :]
+    xr = x[..., :rd].float()
+    if interleaved:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        rot = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    else:
+        x1, x2 = xr[..., : rd // 2], xr[..., rd // 2:]
+        rot = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+    return torch.cat((rot.to(x.dtype), x[..., rd:]), dim=-1)
