@@ -45,14 +45,14 @@ def _ranks(s: dict) -> dict:
             "ffn": rank_for(s["ratio"], F, d)}
 
 
-def _weights(s: dict, r: dict):
+def _weights(s: dict, r: dict, device: str = "cuda"):
     import torch
 
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     d, F, H, Hkv, D = s["d"], s["F"], s["H"], s["Hkv"], s["D"]
 
     def w(*shape):  # scaled so every product keeps unit-order activations
-        return (torch.randn(*shape, device="cuda", generator=g) * shape[-2] ** -0.5).to(torch.bfloat16)
+        return (torch.randn(*shape, device=device, generator=g) * shape[-2] ** -0.5).to(torch.bfloat16)
 
     rh, ro, rf = r["head"], r["o"], r["ffn"]
     dense = {"wqkv": w(d, (H + 2 * Hkv) * D), "wo": w(H * D, d), "w13": w(d, 2 * F), "w2": w(F, d)}
@@ -62,8 +62,9 @@ def _weights(s: dict, r: dict):
     return dense, lr
 
 
-def _providers(s: dict, r: dict, dense: dict, lr: dict):
-    """{name: (attention half, ffn half)}: each half maps x (B, T, d) -> its residual branch's output."""
+def _providers(s: dict, r: dict, dense: dict, lr: dict, device: str = "cuda"):
+    """{name: (attention half, ffn half)}: each half maps x (B, T, d) -> its residual branch's output. (device:
+    'cpu' lets a test check at a tiny shape, under the Triton interpreter, that the providers agree.)"""
     import torch
     import torch.nn.functional as F
 
@@ -71,12 +72,12 @@ def _providers(s: dict, r: dict, dense: dict, lr: dict):
     from ..kernels.lowrank import lowrank_attn, lowrank_ffn
 
     B, T, d, H, Hkv, D = s["B"], s["T"], s["d"], s["H"], s["Hkv"], s["D"]
-    inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, device="cuda", dtype=torch.float64) / D))
-    ang = torch.outer(torch.arange(T, device="cuda", dtype=torch.float64), inv)
+    inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, device=device, dtype=torch.float64) / D))
+    ang = torch.outer(torch.arange(T, device=device, dtype=torch.float64), inv)
     cos_h, sin_h = ang.cos().float(), ang.sin().float()  # (T, D/2): the fused kernel's tables
     cos = torch.cat([cos_h, cos_h], -1).to(torch.bfloat16)[None, :, None, :]  # (1, T, 1, D) for PyTorch
     sin = torch.cat([sin_h, sin_h], -1).to(torch.bfloat16)[None, :, None, :]
-    norm_w = torch.ones(d, device="cuda", dtype=torch.bfloat16)
+    norm_w = torch.ones(d, device=device, dtype=torch.bfloat16)
     rh = r["head"]
 
     def norm(x):
@@ -89,7 +90,7 @@ def _providers(s: dict, r: dict, dense: dict, lr: dict):
     def dense_attn(x):
         q, k, v = (norm(x) @ dense["wqkv"]).split([H * D, Hkv * D, Hkv * D], dim=-1)
         o = flash_attn(rope(q.view(B, T, H, D)), rope(k.view(B, T, Hkv, D)), v.view(B, T, Hkv, D), causal=True)
-        return o.view(B, T, H * D) @ dense["wo"]
+        return o.reshape(B, T, H * D) @ dense["wo"]
 
     def dense_ffn(x):
         g, u = (norm(x) @ dense["w13"]).split(s["F"], dim=-1)
@@ -105,7 +106,7 @@ def _providers(s: dict, r: dict, dense: dict, lr: dict):
         k = torch.einsum("bthr,hrd->bthd", pk, lr["vk"])
         v = torch.einsum("bthr,hrd->bthd", pv, lr["vv"])
         o = flash_attn(rope(q), rope(k), v, causal=True)
-        return (o.view(B, T, H * D) @ lr["uo"]) @ lr["vo"]
+        return (o.reshape(B, T, H * D) @ lr["uo"]) @ lr["vo"]
 
     def unfused_ffn(x):
         p = norm(x) @ lr["u13"]
@@ -116,7 +117,7 @@ def _providers(s: dict, r: dict, dense: dict, lr: dict):
     def fused_attn(x):
         pq, pk, pv = split_p(x)
         o = lowrank_attn(pq, lr["vq"], pk, lr["vk"], pv, lr["vv"], causal=True, rope=(cos_h, sin_h))
-        return (o.view(B, T, H * D) @ lr["uo"]) @ lr["vo"]
+        return (o.reshape(B, T, H * D) @ lr["uo"]) @ lr["vo"]
 
     def ffn(schedule):
         return lambda x: lowrank_ffn(norm(x), lr["u13"], lr["vg"], lr["vu"], lr["u2"], lr["v2"], schedule=schedule)

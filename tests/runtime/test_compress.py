@@ -183,3 +183,25 @@ def test_factors_that_do_not_match_the_model_are_refused(tiny, tmp_path):
     save_file(fc.tensors, str(tmp_path / "foreign.safetensors"), metadata={"format": "pt"})
     with pytest.raises(UnsupportedError, match="not an ioaware factor checkpoint"):
         load_factors(tmp_path / "foreign.safetensors")
+
+
+def test_bench_lowrank_providers_agree_at_a_tiny_shape():
+    """`ioaware bench lowrank` (a GPU run) reports a speedup only for providers whose output matches the unfused
+    factors (relative RMS < 2e-2): check on CPU, kernels interpreted, that its fused providers do (same RoPE
+    convention, same factor layout, GQA) at an odd tiny shape, and that the check would see a wrong one."""
+    from ioaware.bench import lowrank as bl
+
+    s = {**bl.SHAPE, "B": 2, "T": 37, "d": 64, "F": 96, "H": 4, "Hkv": 2, "D": 16}
+    r = bl._ranks(s)
+    assert r == {"head": 4, "o": 16, "ffn": 16}  # ratio 0.25 of 16, 64 and 64
+    dense, lr = bl._weights(s, r, "cpu")
+    provs = bl._providers(s, r, dense, lr, "cpu")
+    x = torch.randn(s["B"], s["T"], s["d"], generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with torch.inference_mode():
+        un = [f(x) for f in provs["unfused"]]
+        for name in ("fused", "fused (FlashSVD schedule)"):
+            for part, f in enumerate(provs[name]):
+                assert bl._rel(f(x), un[part]) < 2e-2, (name, part)
+        block = bl._block(*provs["fused"])(x)
+        assert bl._rel(block, bl._block(*provs["unfused"])(x)) < 2e-2
+        assert bl._rel(provs["dense"][0](x), un[0]) > 0.5  # other (random) weights: the check tells them apart

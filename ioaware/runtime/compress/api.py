@@ -10,7 +10,7 @@ from ..llm.checkpoint import Checkpoint, build_model, load_checkpoint
 from ..llm.tokenizer import Tokenizer
 from ..offload.text import load_text, token_batches
 from .calibrate import input_covariances
-from .compress import check_arch, check_ratio, factorize_checkpoint
+from .compress import check_ratio, check_source, factorize_checkpoint
 from .evaluate import perplexity
 from .factors import FactorCheckpoint, load_factors, save_factors
 from .model import LowRankTransformer, build_lowrank_model
@@ -57,7 +57,7 @@ def compress_file(model: str | Path | None, out: str | Path, ratio: float, white
     check_ratio(ratio)
     out = check_out(out)
     ckpt = ckpt or load_checkpoint(model)
-    check_arch(ckpt.args)
+    check_source(ckpt)
     covs, n_calib = calibration_covariances(ckpt, calib_tokens, progress) if whiten else (None, 0)
     tensors, ranks, report = factorize_checkpoint(ckpt, ratio, covs, progress)
     tensors = {k: v.to(dtype) for k, v in tensors.items()}
@@ -80,7 +80,7 @@ def sweep(ckpt: Checkpoint, ratios: list[float], dtype: torch.dtype = torch.bflo
     are rounded to `dtype` (what a file holds) and run in float32 on the CPU."""
     for r in ratios:
         check_ratio(r)
-    check_arch(ckpt.args)
+    check_source(ckpt)
     dense = dense_model(ckpt)
     held = heldout_batches(ckpt.tokenizer, eval_tokens)
     base = perplexity(dense, held, progress, "dense perplexity")

@@ -25,8 +25,15 @@ def _ratios(s: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"--sweep takes ratios such as 1.0,0.8,0.6, got {s!r}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line and exit 2, as everywhere in `ioaware` (cli.main.Parser; that layer is above this)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ioaware compress svd", description=__doc__,
+    ap = _Parser(prog="ioaware compress svd", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a .gguf file, a Hugging Face folder, or 'default' (the embedded SmolLM2)")
     ap.add_argument("out", nargs="?", default=None, help="the factor checkpoint to write (.safetensors)")

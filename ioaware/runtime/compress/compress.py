@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import UnsupportedError
-from ..llm.checkpoint import Checkpoint
+from ..llm.checkpoint import VARIANTS, Checkpoint
 from ..llm.model import ModelArgs
 from ..offload.activations import progress_bar
 from .model import KINDS
@@ -28,6 +28,14 @@ def check_ratio(ratio: float) -> None:
 def check_arch(args: ModelArgs) -> None:
     if args.arch not in SUPPORTED_ARCHS:
         raise UnsupportedError(f"architecture {args.arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
+
+
+def check_source(ckpt: Checkpoint) -> None:
+    """A dense Llama-family checkpoint: not an architecture we cannot factor, nor a factor or pruned file."""
+    if ckpt.format in VARIANTS:
+        raise UnsupportedError(f"{ckpt.path.name} is already a {ckpt.format} checkpoint; compress the dense model "
+                               "it was made from (a .gguf file or a Hugging Face folder)")
+    check_arch(ckpt.args)
 
 
 def layer_ranks(args: ModelArgs, ratio: float) -> dict[str, int]:
@@ -55,8 +63,8 @@ def factorize_checkpoint(ckpt: Checkpoint, ratio: float, covs: list[dict[str, to
     errors per kind: of the weights, or with `covs`, the dense model's input covariances per layer and site
     (calibrate.input_covariances), of the outputs on the calibration inputs)."""
     check_ratio(ratio)
+    check_source(ckpt)
     a = ckpt.args
-    check_arch(a)
     sd = ckpt.state_dict
     H, Hkv = a.n_heads, a.n_kv_heads
     out = {"tok_embeddings.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"]}

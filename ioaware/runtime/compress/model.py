@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import UnsupportedError
 from ...kernels.lowrank import expand_heads, lowrank_attn, lowrank_ffn
 from ..llm.model import ModelArgs, Transformer, apply_rope, rope_tables
 
@@ -130,6 +131,9 @@ class LowRankTransformer(Transformer):
             layer.feed_forward = LowRankFeedForward(args, r)
 
     def setup_cache(self, batch: int, seq_len: int) -> None:
+        if getattr(self, "kv_tiers", None) is not None:  # set by runtime.kvtiers.install_kv_tiers (--kv-budget)
+            raise UnsupportedError("--kv-budget tiers a cache of full-size keys and values; a factor checkpoint's "
+                                   "cache holds rank activations (already smaller): run it without --kv-budget")
         p = self.norm.weight
         cos, sin = rope_tables(self.args, seq_len, p.device)
         for layer in self.layers:

@@ -19,8 +19,15 @@ from pathlib import Path
 from .methods import METHODS, check_sparsity
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line and exit 2, as everywhere in `ioaware` (cli.main.Parser; that layer is above this)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ioaware prune", description=__doc__,
+    ap = _Parser(prog="ioaware prune", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", metavar="MODEL", help="a .gguf file, a Hugging Face folder, or 'default'")
     ap.add_argument("out", metavar="OUT", nargs="?", default=None,
@@ -68,6 +75,15 @@ def _check(args, ap) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 16")
 
 
+def _check_source(ck) -> None:
+    from ...errors import UnsupportedError
+    from ..llm.checkpoint import VARIANTS
+
+    if ck.format in VARIANTS:
+        raise UnsupportedError(f"{Path(ck.path).name} is already a {ck.format} checkpoint; prune the dense model it "
+                               "was made from (a .gguf file or a Hugging Face folder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -83,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     ck = load_checkpoint(None if args.model == "default" else args.model)
+    _check_source(ck)
     model = build_model(ck, "cpu", torch.float32, weights="dense")  # scores in fp32; packing casts to --dtype
     tok = ck.tokenizer
     calib = token_batches(tok, load_text("calibration"), args.seq_len, max_tokens=args.calib_tokens)

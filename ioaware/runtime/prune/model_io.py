@@ -2,9 +2,9 @@
 checkpoint file (one safetensors file: dense embeddings and norms, packed projections, config and tokenizer in the
 metadata), written atomically (temp file + rename).
 
-`load_pruned(path, device)` rebuilds a ready-to-run `Transformer`; `sparsify_model(model)` packs an in-memory
-model's (pruned) projections. The one-line hook for `ioaware generate --model PRUNED.safetensors` is
-`if is_pruned_checkpoint(path): model, tok, meta = load_pruned(path, device, dtype)` before the usual loader.
+`load_pruned(path, device)` rebuilds a ready-to-run `Transformer` (`read_pruned` checks the file, `build_pruned`
+builds it; `ioaware generate --model PRUNED.safetensors` reaches them through llm.checkpoint's loader);
+`sparsify_model(model)` packs an in-memory model's (pruned) projections.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...env import settings
+from ...errors import ShapeError
 from ...kernels.spmm import PackedWeight, matmul, pack, unpack
 from ..llm.model import Linear, ModelArgs, Transformer
 from ..llm.tokenizer import Tokenizer
@@ -190,10 +192,38 @@ def is_pruned_checkpoint(path: str | Path) -> bool:
     return p.is_file() and p.suffix == ".safetensors" and read_metadata(p).get("kind") == CHECKPOINT_KIND
 
 
-def load_pruned(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-                ) -> tuple[Transformer, Tokenizer, dict]:
-    """(model with SparseLinear projections, tokenizer, metadata) from a pruned checkpoint. dtype (default:
-    float32 on CPU, the stored values' dtype on CUDA) is the model's; packed values are cast to it."""
+@dataclass
+class PrunedCheckpoint:
+    """A pruned checkpoint read and checked (`read_pruned`), not yet a model (`build_pruned`)."""
+
+    path: Path
+    args: ModelArgs
+    tensors: dict[str, torch.Tensor]  # dense tensors by the runtime's names, packed ones as `{key}.header` etc.
+    packed: dict[str, PackedWeight]  # "layers.{i}.attention.wqkv" -> its packed weight (on the CPU, as stored)
+    tokenizer: Tokenizer
+    meta: dict
+
+
+def _dense_shapes(a: ModelArgs) -> dict[str, tuple[int, ...]]:
+    out = {"tok_embeddings.weight": (a.vocab_size, a.dim), "norm.weight": (a.dim,)}
+    if not a.tie_embeddings:
+        out["output.weight"] = (a.vocab_size, a.dim)
+    for i in range(a.n_layers):
+        out[f"layers.{i}.attention_norm.weight"] = (a.dim,)
+        out[f"layers.{i}.ffn_norm.weight"] = (a.dim,)
+    return out
+
+
+def _projection_shapes(a: ModelArgs) -> dict[str, tuple[int, int]]:
+    H, Hkv, D = a.n_heads, a.n_kv_heads, a.head_dim
+    per = {"attention.wqkv": ((H + 2 * Hkv) * D, a.dim), "attention.wo": (a.dim, H * D),
+           "feed_forward.w13": (2 * a.hidden_dim, a.dim), "feed_forward.w2": (a.dim, a.hidden_dim)}
+    return {f"layers.{i}.{n}": shape for i in range(a.n_layers) for n, shape in per.items()}
+
+
+def read_pruned(path: str | Path) -> PrunedCheckpoint:
+    """Read a pruned checkpoint and check it against its own config before any model is built: kind, version,
+    every dense tensor's shape, every packed weight's format version and shape. Each failure is one line."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -205,10 +235,35 @@ def load_pruned(path: str | Path, device: str | torch.device = "cpu", dtype: tor
     if md.get("version") != str(CHECKPOINT_VERSION):
         raise ValueError(f"{path}: pruned checkpoint version {md.get('version')}, this ioaware reads "
                          f"{CHECKPOINT_VERSION}; re-run `ioaware prune`")
-    args = ModelArgs(**json.loads(md["args"]))
+    try:
+        args = ModelArgs(**json.loads(md["args"]))
+        tok = _tokenizer_from_meta(md["tokenizer"])
+        meta = json.loads(md.get("meta", "{}"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the pruned checkpoint's metadata is damaged ({type(e).__name__}: {e})") from None
     t = load_file(str(path))
-    device = torch.device(device)
-    stored = t["layers.0.attention.wqkv.values"].dtype if args.n_layers else torch.float32
+    for name, shape in _dense_shapes(args).items():
+        if name not in t:
+            raise ShapeError(f"{path}: tensors do not match the model: missing {name!r}")
+        if tuple(t[name].shape) != shape:
+            raise ShapeError(f"{path}: tensors do not match the model: {name!r} has shape {tuple(t[name].shape)}, "
+                             f"the config gives {shape}")
+    packed = {}
+    for key, shape in _projection_shapes(args).items():
+        p = PackedWeight.from_tensors(t, f"{key}.")  # format version, index type, tensors present: one line each
+        if tuple(p.shape) != shape:
+            raise ShapeError(f"{path}: tensors do not match the model: {key} is packed as {tuple(p.shape)}, the "
+                             f"config gives {shape}")
+        packed[key] = p
+    return PrunedCheckpoint(path, args, t, packed, tok, meta)
+
+
+def build_pruned(pc: PrunedCheckpoint, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+                 ) -> Transformer:
+    """The model of a checked pruned checkpoint on `device`. dtype (default: float32 on CPU, the stored values'
+    dtype on CUDA, float16 as `ioaware prune` writes them) is the model's; packed values are cast to it."""
+    args, device = pc.args, torch.device(device)
+    stored = next(iter(pc.packed.values())).values.dtype if pc.packed else torch.float32
     dtype = dtype or (torch.float32 if device.type == "cpu" else stored)
     with torch.device("meta"):
         model = Transformer(args)
@@ -217,13 +272,18 @@ def load_pruned(path: str | Path, device: str | torch.device = "cpu", dtype: tor
         model.output.weight = model.tok_embeddings.weight
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for k, v in t.items():
-            if k in params:
-                params[k].copy_(v)
-    packed = {f"layers.{i}.{name}": PackedWeight.from_tensors(t, f"layers.{i}.{name}.").to(device, dtype)
-              for i, name, _ in block_linears(model)}
-    sparsify_model(model, packed)
-    return model.eval().requires_grad_(False), _tokenizer_from_meta(md["tokenizer"]), json.loads(md["meta"])
+        for k in _dense_shapes(args):
+            params[k].copy_(pc.tensors[k])
+    sparsify_model(model, {k: p.to(device, dtype) for k, p in pc.packed.items()})
+    return model.eval().requires_grad_(False)
+
+
+def load_pruned(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+                ) -> tuple[Transformer, Tokenizer, dict]:
+    """(model with SparseLinear projections, tokenizer, metadata) from a pruned checkpoint (read_pruned, then
+    build_pruned). `ioaware generate --model PRUNED.safetensors` reaches the same two through llm.checkpoint."""
+    pc = read_pruned(path)
+    return build_pruned(pc, device, dtype), pc.tokenizer, pc.meta
 
 
 def dense_linear(lin: nn.Module) -> Linear:
