@@ -1,0 +1,118 @@
+"""What a tiered KV cache costs per decode step, and per tier whether to compute next to the data or move it.
+
+Every rate is a probe's measurement (runtime/kvtiers/probe.py): a time is `call_s + bytes / rate` per layer call,
+the line through two probed sizes, so fixed costs (a launch, a Python call, the worker's round trip) are in it.
+
+    device tier (HBM)   t = hbm.call + B_hbm / hbm.rate                       (flash_decode on its pages)
+    DRAM, near          t = cpu.call + B_dram / cpu.rate                       (FastAttention's CPU-GPU split)
+    DRAM, move          t = link.call + B_dram / link.rate + dev.call + B_dram / dev.rate   (FlexGen's copy)
+    SSD, near           t = disk(B_ssd) + wcpu.call + B_ssd / wcpu.rate        (InstInfer's drive: the worker)
+    SSD, move           t = disk(B_ssd) + link + dev                           (this process reads, then moves)
+
+On a CPU-only run "link" is a memcpy into fresh memory and "dev" the host's own partial: moving still costs a copy.
+
+One step of one layer overlaps what runs on different engines: the worker (SSD near) runs beside everything;
+on a GPU the device's work (HBM and moved tiers) runs beside the CPU's (DRAM near). Layer 2: no torch, no runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Line:
+    """t(bytes) = call_s + bytes / rate_Bps: a probed affine cost."""
+
+    call_s: float
+    rate_Bps: float
+
+    def __call__(self, nbytes: float) -> float:
+        return 0.0 if nbytes <= 0 else self.call_s + nbytes / self.rate_Bps
+
+    @staticmethod
+    def through(b1: float, t1: float, b2: float, t2: float) -> Line:
+        """The line through two probed (bytes, seconds) points; a flat or falling probe keeps only its rate."""
+        slope = (t2 - t1) / (b2 - b1) if b2 != b1 else 0.0
+        if slope <= 0:
+            return Line(0.0, b2 / max(t2, 1e-12))
+        return Line(max(t1 - slope * b1, 0.0), 1.0 / slope)
+
+
+@dataclass
+class TierRates:
+    device: str  # "cuda" or "cpu"
+    hbm: Line  # attention over the device tier's pages (flash_decode)
+    cpu: Line  # attention in this process on the CPU's threads
+    worker: Line  # attention in the worker process (its threads), without the read
+    disk: Line  # reading the KV file (the worker's pattern: one read per segment)
+    link: Line  # pinned host -> device copy (a memcpy on a CPU-only run)
+    dev: Line  # attention over moved (contiguous) data on the device
+    source: dict = field(default_factory=dict)  # how each line was probed
+
+
+def tier_seconds(tier: str, nbytes: float, mode: str, r: TierRates) -> float:
+    """Predicted seconds of one layer's partial for a tier holding `nbytes` of K and V (read bytes for SparF)."""
+    if nbytes <= 0:
+        return 0.0
+    if tier == "hbm":
+        return r.hbm(nbytes)
+    if tier == "dram":
+        return r.cpu(nbytes) if mode == "near" else r.link(nbytes) + r.dev(nbytes)
+    if tier == "ssd":
+        if mode == "near":
+            return r.disk(nbytes) + r.worker(nbytes)
+        return r.disk(nbytes) + r.link(nbytes) + r.dev(nbytes)
+    raise ValueError(f"unknown tier {tier!r} (hbm, dram, ssd)")
+
+
+def layer_seconds(times: dict, modes: dict, device: str) -> float:
+    """One layer's attention step from the tiers' times, with what overlaps overlapping."""
+    ssd_near = times.get("ssd", 0.0) if modes.get("ssd") == "near" else 0.0
+    ssd_move = times.get("ssd", 0.0) - ssd_near
+    dram = times.get("dram", 0.0)
+    if device == "cpu":  # one engine (the worker aside)
+        return max(times.get("hbm", 0.0) + dram + ssd_move, ssd_near)
+    gpu = times.get("hbm", 0.0) + (dram if modes.get("dram") == "move" else 0.0) + ssd_move
+    cpu = dram if modes.get("dram") == "near" else 0.0
+    return max(gpu, cpu, ssd_near)
+
+
+def choose_modes(nbytes: dict, r: TierRates) -> dict:
+    """Per tier, 'near' or 'move', whichever the layer step predicts faster (on a tie, the tier's own faster time;
+    then near, no copy).
+    nbytes: {'hbm': B, 'dram': B, 'ssd': B} per layer. Returns {'modes', 'seconds', 'layer_s', 'why'}."""
+    modes = {"dram": "near", "ssd": "near"}
+    for tier in ("dram", "ssd"):
+        best = None
+        for m in ("near", "move"):
+            trial = dict(modes, **{tier: m})
+            t = layer_seconds({k: tier_seconds(k, nbytes.get(k, 0), trial.get(k, ""), r) for k in nbytes},
+                              trial, r.device)
+            own = tier_seconds(tier, nbytes.get(tier, 0), m, r)  # a tie on the step: the tier's own time decides
+            if best is None or (t, own) < best[0]:
+                best = ((t, own), m)
+        modes[tier] = best[1]
+    secs = {k: tier_seconds(k, nbytes.get(k, 0), modes.get(k, ""), r) for k in ("hbm", "dram", "ssd")}
+    why = {}
+    for tier in ("dram", "ssd"):
+        near, move = (tier_seconds(tier, nbytes.get(tier, 0), m, r) for m in ("near", "move"))
+        why[tier] = f"near {near * 1e3:.3f} ms vs move {move * 1e3:.3f} ms per layer"
+    return {"modes": modes, "seconds": secs, "layer_s": layer_seconds(secs, modes, r.device), "why": why}
+
+
+def recompute_seconds(n_tokens: int, flops_per_token: float, flop_rate: float) -> float:
+    """Recomputing an offloaded prefix's KV: a prefill over it (the weights' 2·params FLOPs per token dominate)."""
+    return n_tokens * flops_per_token / flop_rate
+
+
+def crossover(points: list[tuple[int, float, float]]) -> int | None:
+    """points: (prefix tokens, reload s, recompute s), ascending. The smallest measured prefix at which reloading
+    is faster and stays faster; None if it never is."""
+    ok = None
+    for n, reload_s, recompute_s in reversed(points):
+        if reload_s < recompute_s:
+            ok = n
+        else:
+            break
+    return ok
