@@ -7,8 +7,9 @@ Shapes (M, K) = (out, in) features of each projection: OPT-30B and OPT-66B (Flas
 {1, 8, 16, 32, 64}, sparsity 60-90%, fp16 (Flash-LLM's dtype). Weights are random with a random unstructured mask:
 the kernel's time depends on the density, not on which entries survive.
 
-Each provider is timed as it runs in a CUDA-graphed decode step (`graphed_ms`: no host launch cost; enough weight
-copies to overrun the L2, so each call reads HBM). torch CSR is timed eagerly (cuSPARSE allocates inside the call).
+Each provider is timed as it runs in a CUDA-graphed decode step (`_ms`: no host launch cost; enough weight
+copies to overrun the L2, so each call reads HBM; median of 50 ms of replays). torch CSR is timed eagerly (cuSPARSE
+allocates inside the call). Weights are built once per (shape, sparsity) and timed at every N.
 Before timing, every provider's output is checked against an fp32 reference; a speedup is never reported for a
 provider whose error exceeds 2x dense fp16's own error plus a floor (the house tolerance rule).
 """
@@ -60,74 +61,104 @@ def _copies(nbytes: int) -> int:
     return max(2, min(32, math.ceil(L2_OVERRUN_BYTES / max(nbytes, 1))))
 
 
-def _time_case(M: int, K: int, N: int, sparsity: float, dense_cache: dict, gen) -> dict:
+def _ms(calls: list) -> float:
+    """Milliseconds per call, `calls` back to back in one CUDA graph (common.graphed_ms), with a shorter warm-up
+    and repeat than the default so that the whole table (~400 timings) fits one device call."""
+    import torch
+
+    from .common import graphed, time_ms
+
+    replay = graphed(lambda: [c() for c in calls])
+    torch.cuda.synchronize()
+    return time_ms(replay, warmup_ms=10, rep_ms=50) / len(calls)
+
+
+def _spmm_rows(M: int, K: int, sparsity: float, ns, dense: dict, gen) -> list[dict]:
+    """Every N of one (shape, sparsity): the packed copies, CSR and reference are built once."""
     import torch
 
     from ..kernels.spmm import matmul, pack
-    from .common import graphed_ms, time_ms
+    from .common import time_ms
 
     dtype = torch.float16
     w = _sparse_weight(M, K, sparsity, gen, dtype)
-    x = torch.randn(N, K, device="cuda", dtype=dtype, generator=gen)
-    ref = x.float() @ w.float().T
-    row = {"M": M, "K": K, "N": N, "sparsity": sparsity, "dtype": "float16"}
-    # dense cuBLAS on the same (pruned) weight: its error in fp16 is the tolerance's baseline
-    y_dense = x @ w.T
-    row["dense_rel_err"] = _rel_err(y_dense, ref)
-    tol = 2 * row["dense_rel_err"] + 1e-3
-    key = (M, K, N)
-    if key not in dense_cache:
-        ws = [w] + [torch.randn_like(w) for _ in range(_copies(w.numel() * 2) - 1)]
-        dense_cache[key] = graphed_ms([lambda w_=w_: torch.matmul(x, w_.T) for w_ in ws])
-        del ws
-    row["dense_ms"] = dense_cache[key]
-    # ioaware spmm
     p = pack(w)
-    row.update(index=p.index, packed_bytes=p.nbytes, bytes_per_nnz=p.bytes_per_nnz,
-               compression=(M * K * 2) / p.nbytes)
-    y = matmul(x, p)
-    row["spmm_rel_err"] = _rel_err(y, ref)
-    row["spmm_ok"] = row["spmm_rel_err"] <= tol
     ps = [p] + [pack(_sparse_weight(M, K, sparsity, gen, dtype)) for _ in range(_copies(p.nbytes) - 1)]
-    row["spmm_ms"] = graphed_ms([lambda q=q: matmul(x, q) for q in ps]) if row["spmm_ok"] else math.nan
-    del ps
-    row["spmm_GBps"] = (p.nbytes + N * K * 2 + N * M * 2) / row["spmm_ms"] / 1e6
-    row["dense_GBps"] = (M * K * 2 + N * K * 2 + N * M * 2) / row["dense_ms"] / 1e6
-    row["speedup_vs_dense"] = row["dense_ms"] / row["spmm_ms"] if row["spmm_ok"] else None
-    # torch.sparse CSR (cuSPARSE SpMM), eager
     try:
-        wc = w.to_sparse_csr()
-        yc = torch.sparse.mm(wc, x.T.contiguous()).T
-        row["csr_rel_err"] = _rel_err(yc, ref)
-        xt = x.T.contiguous()
-        row["csr_ms"] = time_ms(lambda: torch.sparse.mm(wc, xt))
+        wc, csr_err = w.to_sparse_csr(), None
     except Exception as e:  # noqa: BLE001 - a dtype/shape cuSPARSE refuses is recorded, not fatal
-        row["csr_ms"], row["csr_error"] = math.nan, f"{type(e).__name__}: {e}"[:200]
-    row["speedup_vs_csr"] = (row["csr_ms"] / row["spmm_ms"]) if row["spmm_ok"] and row["csr_ms"] == row["csr_ms"] \
-        else None
-    return row
+        wc, csr_err = None, f"{type(e).__name__}: {e}"[:200]
+    rows = []
+    for N in ns:
+        x = torch.randn(N, K, device="cuda", dtype=dtype, generator=gen)
+        ref = x.float() @ w.float().T
+        row = {"M": M, "K": K, "N": N, "sparsity": sparsity, "dtype": "float16"}
+        # dense cuBLAS on the same (pruned) weight: its error in fp16 is the tolerance's baseline
+        row["dense_rel_err"] = _rel_err(x @ w.T, ref)
+        tol = 2 * row["dense_rel_err"] + 1e-3
+        row["dense_ms"] = dense[N]
+        row.update(index=p.index, packed_bytes=p.nbytes, bytes_per_nnz=p.bytes_per_nnz,
+                   compression=(M * K * 2) / p.nbytes)
+        row["spmm_rel_err"] = _rel_err(matmul(x, p), ref)
+        row["spmm_ok"] = row["spmm_rel_err"] <= tol
+        row["spmm_ms"] = _ms([lambda q=q, x=x: matmul(x, q) for q in ps]) if row["spmm_ok"] else math.nan
+        row["spmm_GBps"] = (p.nbytes + N * K * 2 + N * M * 2) / row["spmm_ms"] / 1e6
+        row["dense_GBps"] = (M * K * 2 + N * K * 2 + N * M * 2) / row["dense_ms"] / 1e6
+        row["speedup_vs_dense"] = row["dense_ms"] / row["spmm_ms"] if row["spmm_ok"] else None
+        # torch.sparse CSR (cuSPARSE SpMM), eager
+        row["csr_ms"] = math.nan
+        if wc is not None:
+            try:
+                xt = x.T.contiguous()
+                row["csr_rel_err"] = _rel_err(torch.sparse.mm(wc, xt).T, ref)
+                row["csr_ms"] = time_ms(lambda xt=xt: torch.sparse.mm(wc, xt), warmup_ms=10, rep_ms=50)
+            except Exception as e:  # noqa: BLE001
+                row["csr_error"] = f"{type(e).__name__}: {e}"[:200]
+        elif csr_err:
+            row["csr_error"] = csr_err
+        row["speedup_vs_csr"] = (row["csr_ms"] / row["spmm_ms"]) if row["spmm_ok"] and row["csr_ms"] == \
+            row["csr_ms"] else None
+        rows.append(row)
+    return rows
 
 
-def _time_two_four(M: int, K: int, N: int, gen) -> dict:
-    """PyTorch's 2:4 semi-structured sparsity (cuSPARSELt / CUTLASS) at its fixed 50%."""
+def _dense_ms(M: int, K: int, ns, gen) -> dict:
+    """cuBLAS time per N on copies of a dense weight (the values do not change its time; pruned zeros neither)."""
     import torch
 
-    from .common import graphed_ms
+    ws = [torch.randn(M, K, device="cuda", dtype=torch.float16, generator=gen) for _ in range(_copies(M * K * 2))]
+    out = {}
+    for N in ns:
+        x = torch.randn(N, K, device="cuda", dtype=torch.float16, generator=gen)
+        out[N] = _ms([lambda w_=w_, x=x: torch.matmul(x, w_.T) for w_ in ws])
+    return out
 
-    out = {"M": M, "K": K, "N": N}
+
+def _time_two_four(M: int, K: int, ns, dense: dict, gen) -> list[dict]:
+    """PyTorch's 2:4 semi-structured sparsity (cuSPARSELt / CUTLASS) at its fixed 50%, every N."""
+    import torch
+
+    out = []
     try:
         from torch.sparse import to_sparse_semi_structured
 
         w = _two_four(torch.randn(M, K, device="cuda", dtype=torch.float16, generator=gen))
-        x = torch.randn(N, K, device="cuda", dtype=torch.float16, generator=gen)
-        ref = x.float() @ w.float().T
         ws = [to_sparse_semi_structured(w)] + [
             to_sparse_semi_structured(_two_four(torch.randn_like(w))) for _ in range(_copies(M * K) - 1)]
-        y = torch.nn.functional.linear(x, ws[0])
-        out["rel_err"] = _rel_err(y, ref)
-        out["ms"] = graphed_ms([lambda w_=w_: torch.nn.functional.linear(x, w_) for w_ in ws])
-    except Exception as e:  # noqa: BLE001 - unsupported shapes (N not a multiple of 8 on some versions) are said
-        out["ms"], out["error"] = math.nan, f"{type(e).__name__}: {e}"[:200]
+    except Exception as e:  # noqa: BLE001 - unsupported on this build/card: said per row
+        return [{"M": M, "K": K, "N": N, "ms": math.nan, "error": f"{type(e).__name__}: {e}"[:200]} for N in ns]
+    for N in ns:
+        row = {"M": M, "K": K, "N": N}
+        try:
+            x = torch.randn(N, K, device="cuda", dtype=torch.float16, generator=gen)
+            ref = x.float() @ w.float().T
+            row["rel_err"] = _rel_err(torch.nn.functional.linear(x, ws[0]), ref)
+            row["ms"] = _ms([lambda w_=w_, x=x: torch.nn.functional.linear(x, w_) for w_ in ws])
+        except Exception as e:  # noqa: BLE001 - unsupported shapes (N not a multiple of 8 on some versions)
+            row["ms"], row["error"] = math.nan, f"{type(e).__name__}: {e}"[:200]
+        row["dense_ms"] = dense[N]
+        row["speedup_vs_dense"] = dense[N] / row["ms"] if row["ms"] == row["ms"] else None
+        out.append(row)
     return out
 
 
@@ -138,20 +169,20 @@ def run(progress=None, models=None, ns=NS, sparsities=SPARSITIES, e2e: bool = Tr
 
     models = models or list(SHAPES)
     cases = [(m, name, M, K) for m in models for name, M, K in SHAPES[m]]
-    total = len(cases) * len(ns) + (1 if e2e else 0)
-    rows, two_four, dense_cache = [], [], {}
+    total = len(cases) * (len(sparsities) + 1) + (1 if e2e else 0)
+    rows, two_four = [], []
     gen = torch.Generator(device="cuda").manual_seed(0)
     done = 0
     for model, proj, M, K in cases:
-        for N in ns:
-            for s in sparsities:
-                r = _time_case(M, K, N, s, dense_cache, gen)
+        dense = _dense_ms(M, K, ns, gen)
+        for t in _time_two_four(M, K, ns, dense, gen):
+            t.update(model=model, proj=proj)
+            two_four.append(t)
+        done += 1
+        for s in sparsities:
+            for r in _spmm_rows(M, K, s, ns, dense, gen):
                 r.update(model=model, proj=proj)
                 rows.append(r)
-            t = _time_two_four(M, K, N, gen)
-            t.update(model=model, proj=proj, dense_ms=dense_cache.get((M, K, N)))
-            t["speedup_vs_dense"] = t["dense_ms"] / t["ms"] if t["ms"] == t["ms"] and t["dense_ms"] else None
-            two_four.append(t)
             torch.cuda.empty_cache()
             done += 1
             if progress:
