@@ -44,7 +44,7 @@ lint: setup
 	$(VENV)/bin/ruff check ioaware tests benchmarks dev
 
 gpu-test:
-	PYTHONPATH=$(CURDIR) python3 -m pytest -q -m gpu tests
+	PYTHONPATH=$(CURDIR) python3 -m pytest -q -m gpu tests/gpu
 
 bench:
 	PYTHONPATH=$(CURDIR) python3 -m ioaware.cli.main bench attention

@@ -1,6 +1,10 @@
 """Batch-1 text generation, ioaware against its peers on the same weights, same machine, same run.
 
-CPU:  ioaware vs llama.cpp (llama-cpp-python, a benchmark-only dependency) on the same GGUF file.
+CPU:  ioaware's packed path (fused decode step, int8 head, cached packed weights) vs the same model's module step,
+      the path before #30, and llama.cpp (llama-cpp-python, a benchmark-only dependency, used when installed) on the
+      same GGUF and the same prompt token ids; providers interleaved round by round over --rounds rounds and two
+      prompt lengths (medians, ranges, same-round ratios); start-up (time to first token, peak RSS) in fresh
+      processes with a cold and a warm packed-weight cache; the output head's candidate kernels timed.
 CUDA: ioaware (bf16, CUDA graph decode) vs transformers' eager `generate` with the same dequantised weights in bf16.
 
 Reports prefill and decode tokens/s (median of --reps runs) and compares the greedy continuations token by token.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -74,17 +79,115 @@ def run_ioaware(model, tok, ids, n, reps, cuda_graphs=False, compile=False) -> t
             "cuda_graphs": s["cuda_graphs"]}, runs[-1].tokens
 
 
-def run_llama_cpp(path, text, ids, n, reps, threads) -> tuple[dict, list[int], dict]:
-    import llama_cpp
+CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni",
+             "amx_tile", "amx_bf16", "amx_int8")
+LONG_TEXT = ("Memory bandwidth, not arithmetic, sets the pace of decoding: every generated token reads every weight "
+             "once, while the multiply-adds per byte stay few. Caches help only when the working set fits. ")
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(ids) + n + 8, n_batch=512, n_threads=threads,
-                          n_threads_batch=threads, verbose=False, seed=0)
-    pre, dec, out = [], [], []
-    for r in range(reps + 1):  # the first is a warm-up
+
+def cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [x for x in CPU_FLAGS if x in have]
+    except OSError:
+        pass
+    return []
+
+
+def _since_process_start() -> float | None:
+    """Seconds since this process was started (Linux /proc), so start-up includes Python's and torch's imports."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+        return up - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _vm_hwm() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def startup_child(mode: str, model: str | None, threads: int) -> dict:
+    """Run in a fresh process (`--startup-child MODE`): load, build, prefill the chat prompt, one token out.
+    mode: 'legacy' (the path before #30: dense fp32 first, then packed, bf16 head) or 'packed' (cache as found)."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(threads)
+    ck = load_checkpoint(model, weight_cache=mode != "legacy")
+    m = build_model(ck, "cpu", weights="quantized", legacy_quant=mode == "legacy", weight_cache=mode != "legacy")
+    m.set_attention("sdpa")
+    load_s = time.perf_counter() - t0
+    tok = ck.tokenizer
+    ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}]))
+    r = generate(m, tok, ids, 1, stop_at_eos=False)
+    return {"mode": mode, "load_s": load_s, "prefill_s": r.summary["prefill_s"],
+            "time_to_first_token_s": time.perf_counter() - t0, "since_process_start_s": _since_process_start(),
+            "peak_rss_bytes": _vm_hwm(), "weight_cache": getattr(m, "packed_cache", {}).get("state"),
+            "first_token": r.tokens[0]}
+
+
+def startup_rounds(a, threads: int) -> dict:
+    """Fresh processes, interleaved round by round: legacy, packed with an empty cache dir (builds and writes it),
+    packed with the cache just written (a warm start)."""
+    import tempfile
+
+    runs: dict[str, list[dict]] = {"legacy": [], "packed, cold cache": [], "packed, warm cache": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.startup_rounds):
+            cache = Path(tmp) / f"round{r}"
+            for name, mode in (("legacy", "legacy"), ("packed, cold cache", "packed"),
+                               ("packed, warm cache", "packed")):
+                cmd = [sys.executable, __file__, "--startup-child", mode, "--threads", str(threads)]
+                if a.model:
+                    cmd += ["--model", a.model]
+                env = {**os.environ, "IOAWARE_CACHE_DIR": str(cache)}
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+                if out.returncode:
+                    raise RuntimeError(f"start-up child {mode} failed: {out.stderr.strip()[-500:]}")
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"  start-up round {r + 1}/{a.startup_rounds} {name}: "
+                      f"ttft {runs[name][-1]['time_to_first_token_s']:.2f} s, "
+                      f"peak RSS {runs[name][-1]['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {k: _stats([x[k] for x in rs]) for k in ("load_s", "time_to_first_token_s", "since_process_start_s",
+                                                            "peak_rss_bytes")}
+        out[name]["weight_cache"] = sorted({x["weight_cache"] or "n/a" for x in rs})
+        out[name]["first_tokens"] = sorted({x["first_token"] for x in rs})
+        out[name]["runs"] = rs
+    return out
+
+
+def _stats(xs: list[float]) -> dict:
+    xs = [x for x in xs if x is not None]
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)} if xs else {}
+
+
+class LlamaCpp:
+    """llama.cpp through llama-cpp-python on the same GGUF, fed the same prompt token ids, greedy."""
+
+    def __init__(self, path, n_ctx: int, threads: int):
+        import llama_cpp
+
+        self.lib = llama_cpp
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads,
+                                   n_threads_batch=threads, verbose=False, seed=0)
+
+    def run(self, ids: list[int], n: int) -> tuple[float, float, list[int]]:
+        llm = self.llm
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(ids)
-        nxt = int(llm.sample(temp=0.0))  # greedy
+        nxt = int(llm.sample(temp=0.0))
         t1 = time.perf_counter()
         toks = [nxt]
         while len(toks) < n:
@@ -92,54 +195,159 @@ def run_llama_cpp(path, text, ids, n, reps, threads) -> tuple[dict, list[int], d
             nxt = int(llm.sample(temp=0.0))
             toks.append(nxt)
         t2 = time.perf_counter()
-        if r:
-            pre.append(len(ids) / (t1 - t0))
-            dec.append((n - 1) / (t2 - t1))
-        out = toks
-    text_ids = llm.tokenize(text.encode(), add_bos=False, special=True)  # llama.cpp's own tokenizer
-    info = {"version": llama_cpp.__version__, "threads": threads,
-            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
-    return {"prefill_tok_s": statistics.median(pre), "decode_tok_s": statistics.median(dec),
-            "decode_tok_s_runs": dec, "tokenizes_prompt_identically": text_ids == ids}, out, info
+        return len(ids) / (t1 - t0), (n - 1) / (t2 - t1), toks
+
+    def info(self, text: str, ids: list[int]) -> dict:
+        text_ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+        return {"version": self.lib.__version__, "tokenizes_prompt_identically": text_ids == ids,
+                "system_info": self.lib.llama_print_system_info().decode(errors="replace").strip()}
+
+
+def head_kernels(ck, rounds: int, threads: int) -> dict:
+    """The output head's shape (vocab x dim, bf16 activations, one row): ms per call of each CPU kernel that could
+    run it, interleaved round by round; random weights (speed only). What the int8 head costs against the
+    alternatives this CPU offers."""
+    import warnings
+
+    import torch.nn.functional as F
+
+    V, K = ck.args.vocab_size, ck.args.dim
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(V, K, generator=g) * 0.05
+    x = torch.randn(1, K, generator=g).bfloat16()
+    q8 = torch.randint(-127, 128, (V, K), dtype=torch.int8, generator=g)
+    s8 = torch.rand(V, generator=g).bfloat16()
+    q4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (V, K), dtype=torch.int32), 1)
+    sz = torch.rand(K // 32, V, 2, generator=g).bfloat16()
+    wb = w.bfloat16()
+    cands = {"bf16 dense (F.linear)": lambda: F.linear(x, wb),
+             "int8 weight-only (_weight_int8pack_mm, the head now)": lambda: torch.ops.aten._weight_int8pack_mm(
+                 x, q8, s8),
+             "int4 g32 (_weight_int4pack_mm_for_cpu; would re-quantise the head)":
+                 lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, q4, 32, sz)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lin = torch.nn.Sequential(torch.nn.Linear(K, V, bias=False))
+            lin[0].weight.data = w
+            dyn = torch.ao.quantization.quantize_dynamic(lin, {torch.nn.Linear}, dtype=torch.qint8)
+        xf = x.float()
+        cands["int8 dynamic (fbgemm, int8 activations like llama.cpp's Q8)"] = lambda: dyn(xf)
+    except Exception as e:  # noqa: BLE001 - a torch build without fbgemm: say so
+        print(f"  (fbgemm dynamic int8 not available: {type(e).__name__})")
+    ms: dict[str, list[float]] = {k: [] for k in cands}
+    with torch.inference_mode():
+        for f in cands.values():
+            f()
+        for _ in range(rounds):
+            for k, f in cands.items():
+                ts = []
+                for _ in range(15):
+                    t = time.perf_counter()
+                    f()
+                    ts.append(time.perf_counter() - t)
+                ms[k].append(statistics.median(ts) * 1e3)
+    return {"shape": [V, K], "threads": threads, "ms": {k: _stats(v) for k, v in ms.items()}}
 
 
 def bench_cpu(a) -> dict:
-    ck = load_checkpoint(a.model)
+    threads = a.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    load0 = os.getloadavg()
+    print(f"CPU: {cpu_name()}, flags {' '.join(cpu_flags())}, torch capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, {threads} threads, load average {load0[0]:.2f}", flush=True)
+    startup = startup_rounds(a, threads) if a.startup_rounds else {}
+    ck = load_checkpoint(a.model)  # warm when the start-up rounds or an earlier run wrote the cache
     tok = ck.tokenizer
     text = tok.apply_chat_template([{"role": "user", "content": PROMPT}])
     ids = tok.encode(text)
-    threads = a.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    rows, res, toks = [], {}, {}
-    for name, weights in (("ioaware quantized (Q4_1 packed, bf16 act.)", "quantized"),
-                          ("ioaware dense fp32", "dense")):
-        m = build_model(ck, "cpu", None if weights == "quantized" else torch.float32, weights=weights)
+    gguf_ids = load_checkpoint(a.model, weight_cache=False).tokenizer.encode(text)  # the file's own tokenizer
+    long_ids = tok.encode(LONG_TEXT * (a.long_prompt_cpu // 30 + 2), add_bos=False)[:a.long_prompt_cpu]
+    prompts = {f"{len(ids)}-token chat prompt": ids, f"{len(long_ids)}-token prompt": long_ids}
+    n = a.new_tokens
+    new = build_model(ck, "cpu", weights="quantized")
+    old = build_model(ck, "cpu", weights="quantized", legacy_quant=True)
+    for m in (new, old):
         m.set_attention("sdpa")
-        res[name], toks[name] = run_ioaware(m, tok, ids, a.new_tokens, a.reps)
-        if weights == "dense":
-            dense = m
-    name = "llama.cpp (Q4_1 x Q8 dot products)"
-    res[name], toks[name], lcpp = run_llama_cpp(ck.path, text, ids, a.new_tokens, a.reps, threads)
-    base = res[name]["decode_tok_s"]
-    for k, r in res.items():
-        r["decode_vs_llama_cpp"] = r["decode_tok_s"] / base
-        rows.append([k, r["prefill_tok_s"], r["decode_tok_s"], r["decode_vs_llama_cpp"]])
-    print_table(f"generate, CPU ({cpu_name()}, {threads} threads), prompt {len(ids)} tok, {a.new_tokens} new, "
-                f"median of {a.reps}", ["provider", "prefill tok/s", "decode tok/s", "decode vs llama.cpp"], rows)
-    ref = toks["ioaware dense fp32"]
+
+    def ours(model, step):
+        def run(p_ids, n_new):
+            r = generate(model, tok, p_ids, n_new, stop_at_eos=False, decode_step=step)
+            return r.summary["prefill_tok_s"], r.summary["decode_tok_s"], r.tokens
+        return run
+
+    providers = {"ioaware packed, fused CPU step (#30)": ours(new, "auto"),
+                 "ioaware packed, module step": ours(new, "module"),
+                 "ioaware before #30 (dense load, bf16 head, module step)": ours(old, "module")}
+    missing, lcpp = {}, None
+    try:
+        lcpp = LlamaCpp(ck.path, max(len(p) for p in prompts.values()) + n + 8, threads)
+        providers["llama.cpp"] = lcpp.run
+    except ImportError:
+        missing["llama.cpp"] = "llama-cpp-python is not installed (building it takes ~9 min of both cores)"
+    print(f"providers: {', '.join(providers)}; missing: {missing or 'none'}", flush=True)
+    runs = {p: {k: {"prefill": [], "decode": []} for k in providers} for p in prompts}
+    toks: dict[str, dict[str, list[int]]] = {p: {} for p in prompts}
+    for p_ids in prompts.values():  # warm-up: each provider once per prompt (allocations, lazy init)
+        for run in providers.values():
+            run(p_ids, 8)
+    names = list(providers)
+    for r in range(a.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotated so no provider always runs first
+        for p, p_ids in prompts.items():
+            for k in order:
+                pre, dec, t = providers[k](p_ids, n)
+                runs[p][k]["prefill"].append(pre)
+                runs[p][k]["decode"].append(dec)
+                toks[p][k] = t
+        print(f"  round {r + 1}/{a.rounds}: " + "; ".join(
+            f"{k.split(' (')[0][:38]} {runs[p][k]['decode'][-1]:.1f}" for p in prompts for k in names)
+            + f" tok/s; load {os.getloadavg()[0]:.2f}", flush=True)
+    base = "llama.cpp" if "llama.cpp" in providers else names[2]
+    res = {}
+    for p in prompts:
+        res[p] = {}
+        rows = []
+        for k in names:
+            d, f = _stats(runs[p][k]["decode"]), _stats(runs[p][k]["prefill"])
+            ratio = [x / y for x, y in zip(runs[p][k]["decode"], runs[p][base]["decode"])]  # same round
+            res[p][k] = {"decode_tok_s": d, "prefill_tok_s": f, f"decode_vs_{base}_same_round": _stats(ratio),
+                         "decode_runs": runs[p][k]["decode"], "prefill_runs": runs[p][k]["prefill"]}
+            rows.append([k, f"{f['median']:.0f} [{f['min']:.0f}-{f['max']:.0f}]",
+                         f"{d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}]", f"{statistics.median(ratio):.2f}x"])
+        print_table(f"{p}, {n} new tokens, {a.rounds} interleaved rounds, {threads} threads, medians [range]",
+                    ["provider", "prefill tok/s", "decode tok/s", f"decode vs {base}"], rows)
+    # greedy agreement on the chat prompt against the dequantised fp32 model (its own greedy continuation)
+    dense = build_model(ck, "cpu", torch.float32, weights="dense")
+    dense.set_attention("sdpa")
+    ref = generate(dense, tok, ids, n, stop_at_eos=False).tokens
     cmp = {}
-    for k, t in toks.items():
+    p0 = next(iter(prompts))
+    for k, t in toks[p0].items():
         c = compare(t, ref)
         if c["first_difference"] is not None:
             c["dense_top2_gap_at_difference"] = top2_gap(dense, ids, ref, c["first_difference"])
-        c["text"] = tok.decode(t)
         cmp[k] = c
-        print(f"{k}: vs ioaware dense fp32 greedy: first difference at {c['first_difference']}, "
-              f"agreement {c['same_position_agreement']:.2f}"
-              + (f", fp32 top-2 gap there {c['dense_top2_gap_at_difference']:.3f}" if "dense_top2_gap_at_difference"
-                 in c else ""))
-    return {"results": res, "greedy_vs_ioaware_dense_fp32": cmp, "llama_cpp": lcpp, "prompt_tokens": len(ids),
-            "new_tokens": a.new_tokens, "threads": threads, "model": str(ck.path), "tensor_types": ck.tensor_types}
+        print(f"{k}: vs dense fp32 greedy: first difference at {c['first_difference']}"
+              + (f" (fp32 top-2 gap there {c['dense_top2_gap_at_difference']:.3f})" if c["first_difference"]
+                 is not None else ""))
+    del dense
+    heads = head_kernels(ck, a.rounds, threads)
+    for k, v in heads["ms"].items():
+        print(f"  head {heads['shape']}: {k}: {v['median']:.2f} ms [{v['min']:.2f}-{v['max']:.2f}]")
+    load1 = os.getloadavg()
+    return {"results": res, "startup": startup, "head_kernels": heads, "greedy_vs_dense_fp32": cmp,
+            "prompt_token_ids_match": {"cached tokenizer vs the GGUF's": gguf_ids == ids,
+                                       **({"llama.cpp": lcpp.info(text, ids)["tokenizes_prompt_identically"]}
+                                          if lcpp else {})},
+            "llama_cpp": lcpp.info(text, ids) if lcpp else None, "missing_providers": missing,
+            "baseline": base, "rounds": a.rounds, "new_tokens": n, "threads": threads,
+            "prompt_tokens": {p: len(v) for p, v in prompts.items()}, "model": str(ck.path),
+            "tensor_types": ck.tensor_types, "cpu_flags": cpu_flags(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "load_average_start": load0, "load_average_end": load1,
+            "note": "measured on a VM shared with other sessions running CPU jobs (see the load averages): absolute "
+                    "tok/s are noisy; compare providers within a round (the same-round ratios)"}
 
 
 def bench_cuda(a) -> dict:
@@ -238,9 +446,19 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--long-prompt", type=int, default=4000, help="CUDA: tokens of the long-context case")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="default: the cores this process may run on")
+    p.add_argument("--rounds", type=int, default=5, help="CPU: interleaved rounds (each provider once per round)")
+    p.add_argument("--long-prompt-cpu", type=int, default=991, help="CPU: tokens of the long prompt")
+    p.add_argument("--startup-rounds", type=int, default=3,
+                   help="CPU: fresh-process start-up rounds (legacy, cold cache, warm cache); 0 skips them")
+    p.add_argument("--startup-child", choices=["legacy", "packed"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/generate-<device>-<date>.json)")
     a = p.parse_args(argv)
+    if a.startup_child:  # one start-up measurement in this fresh process: JSON on the last line of stdout
+        print(json.dumps(startup_child(a.startup_child, a.model, a.threads or len(os.sched_getaffinity(0)))))
+        return 0
+    if a.rounds < 5 and a.device == "cpu":
+        print("bench_generate: note: fewer than 5 rounds; the issue's comparison asks for >= 5", file=sys.stderr)
     if a.device == "cuda" and not torch.cuda.is_available():
         print("bench_generate: error: --device cuda but no CUDA GPU is visible", file=sys.stderr)
         return 2

@@ -22,4 +22,11 @@ CPU = {"offload": ("ioaware.bench.offload", "weights streamed from disk under a 
                           "store (CPU)"),
        "sparsity": ("ioaware.bench.sparsity", "SwiGLU activation sparsity: thresholds, predictors, perplexity (CPU)"),
        "synthetic-trace": ("ioaware.bench.synthetic_trace", "write a SYNTHETIC OPT-like neuron trace for "
-                           "offload-replay")}
+                           "offload-replay"),
+       # multi-process programs: NCCL over the visible GPUs, or gloo on CPU; scaling against one process, one run
+       "tp": ("ioaware.bench.tp", "tensor-parallel decode vs one process, and the tiling-AllReduce overlap (GPUs: "
+              "NCCL; CPU: gloo)"),
+       "ring-attn": ("ioaware.bench.ring_attn", "ring / all-gather context-parallel attention vs one process, fwd "
+                     "and bwd (GPUs: NCCL; CPU: gloo)"),
+       "kv-tiers": ("ioaware.bench.kv_tiers", "tiered KV cache (HBM/DRAM/SSD, attention next to the data) vs "
+                    "move-everything and recompute; SparF quality (CPU; --device cuda on a GPU)")}

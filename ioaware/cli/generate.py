@@ -13,7 +13,9 @@ from ._args import budget, fraction, nonneg_float, nonneg_int, positive_int, uni
 def add_parser(sp) -> None:
     sp.add_argument("--prompt", required=True, help="the text to continue (or the user message with --chat)")
     sp.add_argument("--model", default=None, help="a .gguf file or a folder with config.json, *.safetensors and "
-                    "tokenizer.json (default: IOAWARE_MODEL, else the embedded SmolLM2-135M-Instruct GGUF)")
+                    "tokenizer.json (default: IOAWARE_MODEL, else the embedded SmolLM2-135M-Instruct GGUF), or a "
+                    "single .safetensors file from `ioaware compress svd` (factors: FlashSVD's kernels on CUDA) or "
+                    "`ioaware prune` (packed sparse: ioaware.spmm on CUDA)")
     sp.add_argument("--max-new-tokens", type=positive_int, default=128)
     sp.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default)")
     sp.add_argument("--top-p", type=fraction, default=1.0, help="nucleus sampling mass, in (0, 1]")
@@ -37,6 +39,12 @@ def add_parser(sp) -> None:
     sp.add_argument("--compile", action="store_true",
                     help="torch.compile the CUDA-graph decode step (fuses norms, RoPE and SiLU; ~1 min to compile)")
     sp.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
+    sp.add_argument("--decode-step", choices=["auto", "module"], default="auto",
+                    help="CPU decode: auto = the fused step (runtime/llm/cpu_decode.py) for packed models, module = "
+                    "the model's modules one by one (the path before it)")
+    sp.add_argument("--no-weight-cache", dest="weight_cache", action="store_false",
+                    help="packed CPU weights: neither read nor write the memory-mapped cache in the cache dir "
+                    "(default: built on first load, mapped on later starts)")
     sp.add_argument("--memory-budget", default=None, metavar="PCT|SIZE", type=budget,
                     help="cap on the process's memory above its baseline (the resident set once torch and ioaware "
                     "are loaded, printed): e.g. 50%% (of the model's fp16 weight bytes) or 120MiB / 120MB. FFN "
@@ -52,6 +60,10 @@ def add_parser(sp) -> None:
     sp.add_argument("--ffn-sparsity", type=unit_fraction, default=0.2,
                     help="fraction of FFN neurons the gate threshold zeroes (--memory-budget; default 0.2, the largest "
                          "within 5%% of dense perplexity on SmolLM2, benchmarks/results/sparsity-smollm2-*.json)")
+    sp.add_argument("--kv-budget", default=None, type=_kv_budget, metavar="hbm=SIZE,dram=SIZE[,ssd=PATH]",
+                    help="tiered KV cache (runtime/kvtiers): the newest pages in device memory up to hbm=, older in "
+                    "(pinned) host memory up to dram=, the oldest in a file under ssd=; each tier attends where its "
+                    "data is or after moving it (the iomodel picks from probes, printed), merged exactly by LSE")
     sp.add_argument("--json", default=None, metavar="FILE", help="also write the summary as JSON (- for stdout)")
     sp.add_argument("--quiet", action="store_true", help="print nothing but errors: no text, no table, no progress "
                     "(the --json summary is still written)")
@@ -70,6 +82,15 @@ def run(args) -> int:
         raise ValueError("the prompt is empty; give some text with --prompt")
     if args.model and not Path(args.model).exists():
         raise FileNotFoundError(f"--model {args.model}: not found (no such file or folder)")
+    if args.kv_budget and args.memory_budget:
+        from ..errors import UnsupportedError
+
+        raise UnsupportedError("--kv-budget and --memory-budget do not run together yet; pick one")
+    if args.memory_budget and args.model and Path(args.model).suffix == ".safetensors":
+        from ..errors import UnsupportedError
+
+        raise UnsupportedError("--memory-budget streams a dense model's FFN from a flash store; a factor or pruned "
+                               f"checkpoint ({Path(args.model).name}) runs without it")
     if not args.memory_budget:
         extra = [f for f, on in (("--store", args.store), ("--convert", args.convert), ("--prefetch", args.prefetch))
                  if on]
@@ -81,18 +102,22 @@ def run(args) -> int:
         raise DeviceError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ..distributed.launch import prepare_generate, shard_for_generate
+
+    tp = prepare_generate(args)  # under torchrun: join the process group (tensor parallelism); else None
     sampling = SamplingConfig(args.temperature, args.top_p, args.seed)
 
     if args.memory_budget:
         return _run_streamed(args, sampling)
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(args.model)
+    ckpt = load_checkpoint(args.model, weight_cache=args.weight_cache)
     tok = ckpt.tokenizer
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
     ids = tok.encode(text)
     _check_context(len(ids), args.max_new_tokens, ckpt.args.max_seq_len, args.quiet)  # before building the model
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, None: None}[args.dtype]
-    model = build_model(ckpt, args.device, dtype, weights=args.weights)
+    model = build_model(ckpt, args.device, dtype, weights=args.weights, weight_cache=args.weight_cache)
+    model = shard_for_generate(model, tp)
     weights = model.weight_format
     model.set_attention(("flash_attn" if args.device == "cuda" else "sdpa") if args.attention == "auto"
                         else args.attention)
@@ -103,38 +128,84 @@ def run(args) -> int:
         raise DeviceError("--cuda-graphs needs --device cuda")
     if args.compile and not graphs:
         raise DeviceError("--compile compiles the CUDA-graph decode step: it needs --device cuda with CUDA graphs")
+    tiers = None
+    if args.kv_budget:  # tiered KV: a step's shapes change as pages move, so no CUDA graph
+        if args.cuda_graphs or args.compile:
+            raise DeviceError("--kv-budget decodes without CUDA graphs; drop --cuda-graphs / --compile")
+        graphs, tiers = False, _install_kv_tiers(model, args, len(ids) + args.max_new_tokens)
 
     def emit(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    res = generate(model, tok, ids, args.max_new_tokens, sampling, on_text=None if args.quiet else emit,
-                   cuda_graphs=graphs, compile=args.compile)
+    try:
+        res = generate(model, tok, ids, args.max_new_tokens, sampling, on_text=None if args.quiet else emit,
+                       cuda_graphs=graphs, compile=args.compile, decode_step=args.decode_step)
+    finally:
+        if tiers is not None:
+            tiers.close()  # stops the SSD worker, deletes the (unsealed) KV file
     if not args.quiet:
         sys.stdout.write("\n\n")
         _say_context_stop(res.summary)
     s = res.summary
     s.update(model=str(ckpt.path), format=ckpt.format, tensor_types=ckpt.tensor_types, weights=weights,
-             load_s=load_s, chat=bool(args.chat), temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+             load_s=load_s, time_to_first_token_s=load_s + s["prefill_s"],
+             weight_cache=getattr(model, "packed_cache", {}).get("state"), chat=bool(args.chat),
+             temperature=args.temperature, top_p=args.top_p, seed=args.seed,
              text=res.text)
+    if tiers is not None:
+        s["kv_tiers"] = tiers.summary()
+    if tp:
+        s["tensor_parallel"] = {**{k: v for k, v in model.tp.items() if k != "full_args"}, "tokens": res.tokens}
     rows = [
         ["model", f"{ckpt.path.name} ({ckpt.format}, {weights} weights, {s['dtype']}, {s['device']})"],
         ["prompt tokens", s["prompt_tokens"]],
         ["generated tokens", s["generated_tokens"]],
         ["prefill", f"{s['prefill_tok_s']:.1f} tok/s"],
         ["decode", f"{s['decode_tok_s']:.1f} tok/s" + (" (CUDA graph" + (", compiled)" if s["compiled_step"] else ")")
-                                                        if s["cuda_graphs"] else "")],
+                                                        if s["cuda_graphs"] else "")
+         + (" (fused CPU step)" if s.get("decode_step") == "cpu fused" else "")],
         ["attention", s["attention"]],
         ["linear", s["linear"]],
         ["peak memory", f"{human_bytes(s['peak_memory_bytes'])} ({s['peak_memory_kind']})"],
         ["weights read / token", human_bytes(s["weight_bytes_per_token"])],
         ["achieved weight bandwidth", f"{s['achieved_weight_GBps']:.1f} GB/s"],
-        ["load time", f"{load_s:.1f} s"],
+        ["load time", f"{load_s:.1f} s" + (f" (packed weights cache: {s['weight_cache']})" if s["weight_cache"]
+                                           else "")],
+        ["time to first token", f"{s['time_to_first_token_s']:.2f} s (load + prefill)"],
     ]
+    if tiers is not None:
+        kv = s["kv_tiers"]
+        rows.append(["kv tiers (tokens per layer hbm/dram/ssd)", "/".join(
+            str(v) for v in kv["tokens_per_tier_per_layer"].values()) + f"; dram {kv['modes']['dram']}, ssd "
+            f"{kv['modes']['ssd']}; {human_bytes(kv['ssd_bytes_written'])} written to the SSD tier"])
     if not args.quiet:
         print_table("ioaware generate", ["", "value"], rows)
     emit_json(s, args.json)
     return 0
+
+
+def _kv_budget(text: str):
+    """--kv-budget, parsed when the command line is (a bad spec is a one-line argparse error)."""
+    import argparse
+
+    from ..runtime.kvtiers.cache import parse_kv_budget
+
+    try:
+        return parse_kv_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _install_kv_tiers(model, args, seq_len: int):
+    """Give the model its tiered KV cache; probe and print each tier's mode (unless --quiet)."""
+    from ..runtime.kvtiers import install_kv_tiers
+    from ..runtime.kvtiers.probe import choose_for_context
+
+    tiers = install_kv_tiers(model, args.kv_budget)
+    tiers.check(1, seq_len)  # the budgets must hold the run: said before any work
+    choose_for_context(tiers, seq_len, say=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    return tiers
 
 
 def _check_context(n_prompt: int, max_new: int, ctx: int, quiet: bool) -> None:

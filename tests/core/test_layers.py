@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2] / "ioaware"
 
 # lower number = lower layer; a module may import its own layer or any lower one
 LAYER = {"env": 0, "errors": 0, "files": 0, "units": 0, "report": 0,
-         "hardware": 1, "iomodel": 2, "kernels": 3, "nn": 4, "rnn": 4,
+         "hardware": 1, "iomodel": 2, "kernels": 3, "flash_attn_interface": 3, "nn": 4, "rnn": 4,
          "runtime": 5, "distributed": 5, "sim": 6, "plan": 6, "bench": 7, "cli": 8}
 FACADES = {"__init__", "__main__"}  # ioaware/__init__.py re-exports the public names; the package's own entry
 

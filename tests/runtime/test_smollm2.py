@@ -112,3 +112,36 @@ def test_weights_match_transformers_gguf_loader(ckpt):
     assert set(ref) == set(ckpt.state_dict)
     for k, v in ckpt.state_dict.items():
         assert torch.equal(torch.as_tensor(ref[k]).float(), v), k
+
+
+def test_packed_cache_exact_and_fused_step(models, tmp_path, monkeypatch):
+    """The packed path from its memory-mapped cache gives the uncached path's logits exactly, without
+    dequantising the file; the fused CPU decode step stays within 2x the module step's error against the
+    dequantised fp32 model over 8 decoded tokens."""
+    from ioaware.runtime.llm.cpu_decode import CPUDecodeStep
+
+    monkeypatch.setenv("IOAWARE_CACHE_DIR", str(tmp_path))
+    first = build_model(load_checkpoint(), "cpu", weights="quantized")
+    assert first.packed_cache["state"] == "written"
+    ck = load_checkpoint()
+    warm = build_model(ck, "cpu", weights="quantized")
+    assert warm.packed_cache["state"] == "hit" and not ck.state_dict.materialized
+    dense, _ = models
+    prompt = ck.tokenizer.encode(PROMPTS[0])
+    toks = ck.tokenizer.encode(" red, yellow and blue.", add_bos=False)[:8]
+    P, out = len(prompt), {}
+    with torch.inference_mode():
+        for name, m in (("first", first), ("warm", warm)):
+            m.set_attention("sdpa")
+            m.setup_cache(1, P + len(toks))
+            out[name] = m(torch.tensor([prompt]), 0)
+        assert torch.equal(out["first"], out["warm"])
+        for name, fused in (("fused", True), ("module", False)):
+            warm.setup_cache(1, P + len(toks))
+            warm(torch.tensor([prompt]), 0)
+            step = CPUDecodeStep(warm) if fused else warm
+            out[name] = torch.cat([step(torch.tensor([[t]]), P + i).reshape(1, -1) for i, t in enumerate(toks)])
+        dense.setup_cache(1, P + len(toks))
+        ref = dense(torch.tensor([prompt + toks]), 0)[0, P:]
+    e_f, e_m = (out["fused"] - ref).abs().max().item(), (out["module"] - ref).abs().max().item()
+    assert e_f <= 2 * e_m, (e_f, e_m)

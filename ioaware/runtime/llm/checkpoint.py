@@ -1,8 +1,11 @@
-"""Find and load a checkpoint (GGUF file or Hugging Face folder) into a ready-to-run model and tokenizer."""
+"""Find and load a checkpoint into a ready-to-run model and tokenizer: a GGUF file, a Hugging Face folder, or one of
+ioaware's own single-file variants, a factor checkpoint (`ioaware compress svd`, FlashSVD) or a pruned one
+(`ioaware prune`, Flash-LLM), which `build_model` runs as stored."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +42,58 @@ class Checkpoint:
     file_bytes: int
     tensor_types: dict[str, int] = field(default_factory=dict)  # e.g. {"Q4_1": 210, "F32": 61}
     reader: object = None  # the open gguf.GGUFReader (quantized weights are packed straight from it)
+    variant: object = None  # format in VARIANTS: the checked file (compress.FactorCheckpoint, prune.PrunedCheckpoint)
 
 
-def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
+VARIANTS = ("factors", "pruned")  # single .safetensors files written by `ioaware compress svd` / `ioaware prune`
+
+
+class NoDenseWeights(Mapping):
+    """The state_dict of a variant checkpoint: it holds factors or packed weights, not the dense Hugging Face
+    tensors, so any tool that needs those (convert, compress, prune, --memory-budget) stops with one line."""
+
+    def __init__(self, path: Path, fmt: str):
+        self.msg = (f"{path.name} is a {fmt} checkpoint: it runs with `ioaware generate --model` but holds no dense "
+                    "weights; give this command the model it was made from")
+
+    def __getitem__(self, key):
+        raise UnsupportedError(self.msg)
+
+    def __iter__(self):
+        raise UnsupportedError(self.msg)
+
+    def __len__(self):
+        raise UnsupportedError(self.msg)
+
+
+def _load_variant(path: Path) -> Checkpoint:
+    """A single .safetensors file: a factor or pruned checkpoint, read and checked against its own config (missing
+    or misshapen tensors: one line) before any model is built."""
+    from ..compress.factors import is_factor_checkpoint, load_factors
+    from ..prune.model_io import is_pruned_checkpoint, read_pruned
+
+    if is_factor_checkpoint(path):
+        v, fmt = load_factors(path), "factors"
+    elif is_pruned_checkpoint(path):
+        v, fmt = read_pruned(path), "pruned"
+    else:
+        raise UnsupportedError(f"{path}: a single .safetensors file must be a factor checkpoint (`ioaware compress "
+                               "svd`) or a pruned one (`ioaware prune`); for a Hugging Face model give its folder")
+    types: dict[str, int] = {}
+    for t in v.tensors.values():
+        types[str(t.dtype).replace("torch.", "")] = types.get(str(t.dtype).replace("torch.", ""), 0) + 1
+    return Checkpoint(path, fmt, v.args, NoDenseWeights(path, fmt), v.tokenizer, path.stat().st_size, types,
+                      variant=v)
+
+
+def load_checkpoint(path: str | Path | None = None, weight_cache: bool = True) -> Checkpoint:
+    """weight_cache: a GGUF whose packed CPU weights are cached (packed_cache.py) is read from that cache, without
+    parsing the GGUF; its dense state_dict is dequantised only if something asks for it."""
     path = Path(path) if path is not None else default_model_path()
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
+    if path.is_file() and path.suffix == ".safetensors":
+        return _load_variant(path)
     if path.is_dir():
         from . import safetensors_loader as st
 
@@ -56,11 +105,24 @@ def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
         types = {str(v.dtype): 0 for v in sd.values()}
         return Checkpoint(path, "safetensors", args, sd, tok, nbytes, types)
     from . import gguf_loader as gl
+    from .packed_cache import LazyStateDict, cached_checkpoint
 
+    hit = cached_checkpoint(path) if weight_cache else None
+    if hit is not None:  # a warm start: nothing parsed from the GGUF
+        ck = Checkpoint(path, "gguf", hit.args, hit.state_dict, hit.tokenizer, hit.file_bytes, hit.tensor_types,
+                        hit.reader)
+        ck.packed, ck.packed_cache = hit.tensors, hit.info  # read by packed_cache.packed_model
+        return ck
     reader = gl.open_gguf(path)
     args = gl.read_args(reader)
     tok = Tokenizer.from_gguf(reader)
-    sd = gl.read_state_dict(reader, args)
+    from gguf import GGMLQuantizationType
+
+    for t in reader.tensors:  # the lazy state_dict must not postpone a bad file's one-line error past start-up
+        if (qt := GGMLQuantizationType(t.tensor_type).name) not in gl.SUPPORTED_TYPES:
+            raise UnsupportedError(f"tensor {t.name!r} has quant type {qt}, which is not supported "
+                                   f"(supported: {', '.join(gl.SUPPORTED_TYPES)})")
+    sd = LazyStateDict(reader, args)  # dequantised to fp32 on first use: the packed CPU path never uses it
     return Checkpoint(path, "gguf", args, sd, tok, path.stat().st_size, gl.tensor_type_counts(reader), reader)
 
 
@@ -84,13 +146,21 @@ def choose_weights(ckpt: Checkpoint, device: str, dtype: torch.dtype | None, wei
 
 
 def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                weights: str = "dense") -> Transformer:
+                weights: str = "dense", weight_cache: bool = True, legacy_quant: bool = False) -> Transformer:
     """Instantiate the model on `device` and copy the checkpoint's weights in. dtype defaults to float32 on CPU
     and bfloat16 on CUDA. weights: 'dense' (every weight dequantised to dtype), 'quantized' (4-bit GGUF
     projections kept packed, see quant.py) or 'auto' (choose_weights). `model.weight_format` says which ran.
-    A later issue's --memory-budget plugs in here: weights then stream from a flash store instead."""
+    A later issue's --memory-budget plugs in here: weights then stream from a flash store instead.
+    Quantized: built from the packed tensors alone (packed_cache.py, cached when weight_cache); legacy_quant: the
+    earlier path (dense fp32 model first, projections packed after, bf16 head), kept to compare against."""
     device = torch.device(device)
+    if ckpt.format in VARIANTS:
+        return _build_variant(ckpt, device, dtype, weights)
     fmt = choose_weights(ckpt, device.type, dtype, weights)
+    if fmt == "quantized" and not legacy_quant:
+        from .packed_cache import packed_model
+
+        return packed_model(ckpt, use_cache=weight_cache)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with torch.device("meta"):
@@ -105,3 +175,20 @@ def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: tor
         quantize_from_gguf(model, ckpt.reader)
     model.weight_format = fmt
     return model.eval().requires_grad_(False)
+
+
+def _build_variant(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype | None, weights: str) -> Transformer:
+    """A factor checkpoint -> compress.LowRankTransformer (on CUDA its attention and FFN run FlashSVD's fused
+    kernels, `set_attention("flash_attn")`); a pruned one -> a Transformer of prune.SparseLinear projections (on
+    CUDA `ioaware.spmm.matmul`). Both run as stored: there is no quantized form of them."""
+    if weights == "quantized":
+        raise UnsupportedError(f"--weights quantized needs a GGUF file with Q4_0/Q4_1 tensors; {ckpt.path.name} is a "
+                               f"{ckpt.format} checkpoint, run as stored (use --weights auto or dense)")
+    if ckpt.format == "factors":
+        from ..compress.model import build_lowrank_model
+
+        v = ckpt.variant
+        return build_lowrank_model(v.args, v.ranks, v.tensors, device, dtype)
+    from ..prune.model_io import build_pruned
+
+    return build_pruned(ckpt.variant, device, dtype)

@@ -127,8 +127,10 @@ class GenerationResult:
 @torch.inference_mode()
 def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_tokens: int,
              sampling: SamplingConfig | None = None, on_text: Callable[[str], None] | None = None,
-             cuda_graphs: bool = False, stop_at_eos: bool = True, compile: bool = False) -> GenerationResult:
-    """Greedy or sampled continuation of `prompt_ids`. Streams text through `on_text` as tokens arrive."""
+             cuda_graphs: bool = False, stop_at_eos: bool = True, compile: bool = False,
+             decode_step: str = "auto") -> GenerationResult:
+    """Greedy or sampled continuation of `prompt_ids`. Streams text through `on_text` as tokens arrive.
+    decode_step: 'auto' (on CPU, the fused step of cpu_decode.py where the model allows it) or 'module'."""
     sampling = sampling or SamplingConfig()
     a = model.args
     if not prompt_ids:
@@ -145,6 +147,14 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_
     if compile and not cuda_graphs:
         raise ValueError("compile=True compiles the CUDA-graph decode step; it needs cuda_graphs=True")
     step = CUDAGraphStep(model, compile=compile) if cuda_graphs else None
+    if decode_step not in ("auto", "module"):
+        raise ValueError(f"decode_step {decode_step!r} is not one of auto, module")
+    step_kind = "CUDA graph" if step else "module"
+    if step is None and decode_step == "auto" and device.type == "cpu":
+        from .cpu_decode import CPUDecodeStep, supports
+
+        if supports(model) is None:
+            step, step_kind = CPUDecodeStep(model), "cpu fused"
     sampler = Sampler(sampling, device)
     stream = TextStream(tok, on_text) if on_text else None
     if device.type == "cuda":
@@ -190,9 +200,10 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_
         "weight_bytes_per_token": wbytes, "kv_bytes_per_token_mean": kv_bytes,
         "achieved_weight_GBps": wbytes * tok_s / 1e9, "achieved_total_GBps": (wbytes + kv_bytes) * tok_s / 1e9,
         "device": str(device), "dtype": str(model.norm.weight.dtype).replace("torch.", ""),
-        "cuda_graphs": bool(step), "compiled_step": compile, "threads": torch.get_num_threads(),
-        "attention": model.attn_impl + (" prefill, flash_decode steps" if step and model.attn_impl == "flash_attn"
-                                        else ""),
+        "cuda_graphs": bool(cuda_graphs), "compiled_step": compile, "decode_step": step_kind,
+        "threads": torch.get_num_threads(),
+        "attention": model.attn_impl + (" prefill, flash_decode steps" if cuda_graphs
+                                        and model.attn_impl == "flash_attn" else ""),
         "linear": model.linear_impl,
     }
     text = tok.decode([t for t in out if t not in stops])

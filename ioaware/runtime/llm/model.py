@@ -138,6 +138,7 @@ class Attention(nn.Module):
         self.wo = Linear(a.n_heads * a.head_dim, a.dim, bias=False)
         self.cache: KVCache | None = None
         self.impl = "flash_attn"  # or "sdpa", set by Transformer.set_attention
+        self.tiered = None  # a runtime.kvtiers LayerKV when the KV cache is tiered (HBM / DRAM / SSD)
 
     def forward(self, x, cos, sin, start: int | None, pos: torch.Tensor | None = None):
         """x: (B, T, dim). `start` (int): tokens already cached, attention on the view cache[:, :start+T] through
@@ -148,6 +149,10 @@ class Attention(nn.Module):
         q = apply_rope(q.view(B, T, H, D), cos, sin)  # (B, T, H, D)
         k = apply_rope(k.view(B, T, Hkv, D), cos, sin)  # (B, T, Hkv, D)
         v = v.view(B, T, Hkv, D)
+        if self.tiered is not None:  # KV tiers: each tier's partial where its data lives, merged by LSE
+            if start is None or start != self.tiered.tokens():
+                raise ValueError(f"tiered KV cache holds {self.tiered.tokens()} tokens, asked to append at {start}")
+            return self.wo(self.tiered.attend(q, k, v).reshape(B, T, H * D))
         c = self.cache
         if pos is None:
             end = start + T
@@ -225,6 +230,7 @@ class Transformer(nn.Module):
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.cache_len = 0
+        self.kv_tiers = None  # runtime.kvtiers.KVTiers (install_kv_tiers): setup_cache then sets up tiers
         self.attn_impl = "flash_attn"
         self.linear_impl = "torch"
         self.register_buffer("cos", torch.empty(0), persistent=False)
@@ -233,9 +239,11 @@ class Transformer(nn.Module):
     def setup_cache(self, batch: int, seq_len: int) -> None:
         """Allocate the KV cache for `seq_len` positions once; RoPE tables are built here, not per token."""
         p = self.norm.weight  # the activation dtype (projections may be packed or bf16)
-        for layer in self.layers:
-            layer.attention.cache = KVCache(batch, seq_len, self.args.n_kv_heads, self.args.head_dim, p.dtype,
-                                            p.device)
+        tiered = self.kv_tiers.setup(batch, seq_len) if self.kv_tiers is not None else None
+        for i, layer in enumerate(self.layers):
+            layer.attention.cache = KVCache(batch, 0 if tiered else seq_len, self.args.n_kv_heads,
+                                            self.args.head_dim, p.dtype, p.device)
+            layer.attention.tiered = tiered[i] if tiered else None
         self.cos, self.sin = rope_tables(self.args, seq_len, p.device)
         self.cache_len = seq_len
 

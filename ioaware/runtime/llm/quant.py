@@ -55,10 +55,25 @@ class Int4Linear(nn.Module):
     """y = x @ W^T with W held as packed 4-bit groups of 32 (bf16 scale and zero per group)."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
-        super().__init__()
-        self.out_features, self.in_features = q.shape
+        self._init_packed(*self.pack(q, scale, zero), *q.shape)
+
+    @staticmethod
+    def pack(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q, scale, zero) as q4_blocks gives them -> the kernel's packed weight and (in/32, out, 2) bf16 groups."""
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
         sz = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()  # (in/32, out, 2)
+        return packed, sz
+
+    @classmethod
+    def from_packed(cls, packed: torch.Tensor, sz: torch.Tensor) -> Int4Linear:
+        """From `pack`'s output (e.g. memory-mapped from the packed-weight cache): no unpacking, no copy."""
+        m = cls.__new__(cls)
+        m._init_packed(packed, sz, sz.shape[1], sz.shape[0] * GROUP)
+        return m
+
+    def _init_packed(self, packed: torch.Tensor, sz: torch.Tensor, out_features: int, in_features: int) -> None:
+        super().__init__()
+        self.out_features, self.in_features = out_features, in_features
         self.register_buffer("packed", packed, persistent=False)
         self.register_buffer("scales_zeros", sz, persistent=False)
         self.packed._ioaware_weight = True  # counted as weight bytes read per token
