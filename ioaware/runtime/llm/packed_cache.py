@@ -33,9 +33,16 @@ from ...env import settings
 from ...files import remove_orphans, tmp_name
 from .model import ModelArgs, Transformer
 
-FORMAT = "ioaware-packed-cpu/1"
+FORMAT = "ioaware-packed-cpu/2"  # 2: every tensor 64-byte aligned in the file (see ALIGN)
+# ATen's CPU int8/int4 kernels use aligned vector loads: `_weight_int8pack_mm` segfaults on a weight whose address
+# is only 8-byte aligned (measured: offsets 8, 24, 56 mod 64 crash, 0 and 32 run), and safetensors' own writer
+# aligns to 8 only. The cache is written here with every tensor at a multiple of ALIGN (page-aligned mmap base), and
+# a file whose tensors are not is refused and rebuilt.
+ALIGN = 64
 _DTYPES = {"BF16": torch.bfloat16, "F32": torch.float32, "F16": torch.float16, "U8": torch.uint8,
            "I8": torch.int8, "I32": torch.int32, "I64": torch.int64}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+_PAD = "__pad"  # uint8 filler tensors between aligned tensors: the byte buffer stays fully indexed (no holes)
 EMB_ROWS_PER_CHUNK = 4096  # rows dequantised at a time when the embedding is quantised: bounds the transient fp32
 
 
@@ -199,15 +206,11 @@ def _meta(ckpt, key: str) -> dict[str, str]:
 
 def write_cache(dest: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, str]) -> Path:
     """One safetensors file, written to `<dest>.tmp-<pid>` and renamed; older caches of the same GGUF removed."""
-    from safetensors.torch import save_file
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(dest.parent)
     tmp = tmp_name(dest)
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        _write_aligned(tmp, tensors, meta)
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
@@ -217,6 +220,35 @@ def write_cache(dest: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str,
         if old != dest and (old.name.startswith(prefix) or not Path(_header_meta(old).get("source", "")).is_file()):
             old.unlink(missing_ok=True)  # a stale cache of this GGUF, or of a GGUF that is gone (tests' tmp files)
     return dest
+
+
+def _write_aligned(path: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """A safetensors file whose every tensor starts at a multiple of ALIGN: the header is padded with spaces (the
+    format allows it) and `__padN` uint8 tensors fill the gaps. Tensors are streamed to the file one at a time (no
+    second copy of the whole model in memory), then fsync'd."""
+    entries, parts, off = {}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        if t.dtype not in _NAMES:
+            raise TypeError(f"packed cache: tensor {name} has dtype {t.dtype}, not one of {sorted(map(str, _NAMES))}")
+        if off % ALIGN:
+            gap = ALIGN - off % ALIGN
+            entries[f"{_PAD}{len(parts)}"] = {"dtype": "U8", "shape": [gap], "data_offsets": [off, off + gap]}
+            parts.append(bytes(gap))
+            off += gap
+        n = t.numel() * t.element_size()
+        entries[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + n]}
+        parts.append(t)
+        off += n
+    header = json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")).encode()
+    header += b" " * ((-(8 + len(header))) % ALIGN)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
+        for p in parts:
+            f.write(p if isinstance(p, bytes) else p.reshape(-1).view(torch.uint8).numpy().data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _header_meta(path: Path) -> dict[str, str]:
@@ -249,7 +281,11 @@ def read_cache(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str,
         return None
     base, out = 8 + n, {}
     for name, v in header.items():
+        if name.startswith(_PAD):
+            continue
         lo, hi = v["data_offsets"]
+        if (base + lo) % ALIGN:
+            return None  # written without alignment: ATen's kernels may fault on it; rebuild
         dt = _DTYPES[v["dtype"]]
         t = torch.frombuffer(mm, dtype=dt, count=(hi - lo) // dt.itemsize, offset=base + lo) if hi > lo else \
             torch.empty(0, dtype=dt)
