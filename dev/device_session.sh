@@ -16,7 +16,7 @@ for step in $steps; do
   echo "== $step $(date +%T)"
   case $step in
     tests)
-      timeout ${T_TESTS:-540} python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider --timeout 120 \
+      timeout ${T_TESTS:-540} python3 -m pytest -q -m gpu tests/gpu tests/kernels -p no:cacheprovider --timeout 120 \
         > $OUT/gpu-tests.txt 2>&1; echo "rc=$?"; tail -25 $OUT/gpu-tests.txt ;;
     probe)
       ( time timeout 90 python3 -m ioaware.cli.main probe gpu --quick --json $OUT/probe-gpu-h200-$D-quick.json ) \
