@@ -6,7 +6,7 @@ PIP     := $(VPY) -m pip
 # torch 2.13.0 CPU lies on these machines' disk; a fresh machine elsewhere gets it from PyPI's CPU index.
 TORCH   ?= torch==2.13.0
 
-.PHONY: setup test test-fast run run-memory lint gpu-test bench clean
+.PHONY: setup test test-fast run run-memory lint docs gpu-test bench clean
 
 $(VENV)/.done: pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -23,6 +23,8 @@ setup: $(VENV)/.done
 
 test: setup
 	$(VENV)/bin/ruff check ioaware tests benchmarks dev
+	$(VENV)/bin/mypy  # the public modules listed in pyproject.toml's [tool.mypy]
+	$(MAKE) --no-print-directory docs  # the docs site with warnings as errors: about 15 s with its install
 	IOAWARE_INTERPRET=1 $(VPY) -m pytest -q -x --timeout=900
 
 test-fast: setup
@@ -42,9 +44,15 @@ run-memory: setup
 
 lint: setup
 	$(VENV)/bin/ruff check ioaware tests benchmarks dev
+	$(VENV)/bin/mypy
+
+# the docs site (mkdocs.yml): user guide + API reference from the docstrings, warnings as errors, into build/site
+docs: setup
+	$(VPY) -c "import mkdocs, mkdocstrings_handlers.python" 2>/dev/null || $(PIP) install -q -e ".[docs]"
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 gpu-test:
-	PYTHONPATH=$(CURDIR) python3 -m pytest -q -m gpu tests/gpu
+	PYTHONPATH=$(CURDIR) python3 -m pytest -q -m gpu tests/gpu tests/kernels
 
 bench:
 	PYTHONPATH=$(CURDIR) python3 -m ioaware.cli.main bench attention

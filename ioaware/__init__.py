@@ -10,7 +10,34 @@ import os as _os
 if _os.environ.get("IOAWARE_INTERPRET", "").strip().lower() in {"1", "true", "yes", "on"}:
     _os.environ["TRITON_INTERPRET"] = "1"
 
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
 from .errors import DeviceError, DTypeError, IOAwareError, ShapeError, UnsupportedError  # noqa: E402
+
+# Type checkers see the real signatures (`X as X`: an explicit re-export); at run time these names load lazily
+# (__getattr__ below), so `import ioaware` stays cheap.
+if TYPE_CHECKING:
+    from . import distributed as distributed
+    from . import flash_attn_interface as flash_attn_interface
+    from . import hardware as hardware
+    from . import iomodel as iomodel
+    from . import kernels as kernels
+    from . import nn as nn
+    from . import plan as plan
+    from . import rnn as rnn
+    from . import runtime as runtime
+    from . import sim as sim
+    from .kernels import attention_ref as attention_ref
+    from .kernels import fftconv as fftconv
+    from .kernels import flash_attn as flash_attn
+    from .kernels import flash_attn_varlen as flash_attn_varlen
+    from .kernels import flash_decode as flash_decode
+    from .kernels import flat_linear as flat_linear
+    from .kernels import last_backend as last_backend
+    from .kernels import spmm as spmm
+    from .kernels.attention.sparse import nsa as nsa
+    from .kernels.lowrank import lowrank_attn as lowrank_attn
+    from .kernels.lowrank import lowrank_swiglu as lowrank_swiglu
 
 __version__ = "0.1.0"
 
@@ -26,7 +53,7 @@ __all__ = ["DTypeError", "DeviceError", "IOAwareError", "ShapeError", "Unsupport
            *_KERNELS, *_OPS, "spmm", *_SUBMODULES]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     import importlib
 
     if name in _KERNELS:

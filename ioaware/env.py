@@ -15,6 +15,15 @@ def _flag(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
+    """The IOAWARE_* settings as read by `settings()` at one moment (frozen).
+
+    Examples:
+        >>> s = Settings(interpret=False, debug=False, cache_dir=Path("/tmp/ioaware"), model=None, autotune=False,
+        ...              sparse_cache=True)
+        >>> s.cache_dir.name
+        'ioaware'
+    """
+
     interpret: bool  # IOAWARE_INTERPRET: run Triton kernels on CPU tensors through Triton's interpreter
     debug: bool  # IOAWARE_DEBUG: log which implementation each op dispatched to
     cache_dir: Path  # IOAWARE_CACHE_DIR: probe results, converted stores
@@ -24,7 +33,15 @@ class Settings:
 
 
 def settings() -> Settings:
-    """Read the environment now (not at import), so tests can change it with monkeypatch."""
+    """Read the environment now (not at import), so tests can change it with monkeypatch.
+
+    Examples:
+        >>> import os
+        >>> os.environ["IOAWARE_CACHE_DIR"] = "/tmp/ioaware-cache"
+        >>> settings().cache_dir
+        PosixPath('/tmp/ioaware-cache')
+        >>> del os.environ["IOAWARE_CACHE_DIR"]
+    """
     cache = os.environ.get("IOAWARE_CACHE_DIR") or str(Path.home() / ".cache" / "ioaware")
     return Settings(
         interpret=_flag("IOAWARE_INTERPRET"),

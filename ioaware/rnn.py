@@ -23,11 +23,22 @@ class LSTM(nn.Module):
     `num_heads` > 1 makes the recurrence block-diagonal (FlashRNN's heads): weight_hh_l{k} is then
     (4·hidden, hidden / num_heads), row g·H + n·D + j holding head n's weights into gate g, column j;
     with one head it is exactly nn.LSTM's (4·hidden, hidden).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> ref = torch.nn.LSTM(8, 16, num_layers=2, batch_first=True)
+        >>> ours = ioaware.rnn.LSTM(8, 16, num_layers=2, batch_first=True)
+        >>> _ = ours.load_state_dict(ref.state_dict())
+        >>> x = torch.randn(3, 5, 8)
+        >>> (y, (h, c)), (y_ref, _) = ours(x), ref(x)
+        >>> torch.allclose(y, y_ref, atol=1e-5), h.shape
+        (True, torch.Size([2, 3, 16]))
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 num_heads: int = 1, device=None, dtype=None):
+                 num_heads: int = 1, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if bidirectional or proj_size:
             raise UnsupportedError("ioaware.rnn.LSTM: bidirectional and proj_size are not supported")
@@ -36,21 +47,23 @@ class LSTM(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout, self.num_heads = bias, batch_first, dropout, num_heads
         H, D = hidden_size, hidden_size // num_heads
-        kw = {"device": device, "dtype": dtype}
+        dev, dt = device, dtype
         for k in range(num_layers):
-            setattr(self, f"weight_ih_l{k}", nn.Parameter(torch.empty(4 * H, input_size if k == 0 else H, **kw)))
-            setattr(self, f"weight_hh_l{k}", nn.Parameter(torch.empty(4 * H, D, **kw)))
+            I = input_size if k == 0 else H
+            setattr(self, f"weight_ih_l{k}", nn.Parameter(torch.empty(4 * H, I, device=dev, dtype=dt)))
+            setattr(self, f"weight_hh_l{k}", nn.Parameter(torch.empty(4 * H, D, device=dev, dtype=dt)))
             if bias:
-                setattr(self, f"bias_ih_l{k}", nn.Parameter(torch.empty(4 * H, **kw)))
-                setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(4 * H, **kw)))
+                setattr(self, f"bias_ih_l{k}", nn.Parameter(torch.empty(4 * H, device=dev, dtype=dt)))
+                setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(4 * H, device=dev, dtype=dt)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Every parameter uniform in ±1/sqrt(hidden_size), as nn.LSTM initialises."""
         s = self.hidden_size ** -0.5
         for p in self.parameters():
             nn.init.uniform_(p, -s, s)
 
-    def _recurrent(self, k: int):
+    def _recurrent(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         H, NH = self.hidden_size, self.num_heads
         D = H // NH
         w = getattr(self, f"weight_hh_l{k}").view(4, NH, D, D)  # (g, n, j, k)
@@ -59,7 +72,10 @@ class LSTM(nn.Module):
             torch.zeros(4 * H, device=w.device, dtype=w.dtype)
         return R, b.view(4, NH, D)
 
-    def forward(self, input: torch.Tensor, hx=None):
+    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """nn.LSTM's call: input (T, B, input_size), or (B, T, input_size) with batch_first; hx = (h0, c0), each
+        (num_layers, B, hidden_size), zeros if None. Returns (output, (h_n, c_n)) as nn.LSTM does."""
         if input.dim() != 3:
             raise ShapeError(f"ioaware.rnn.LSTM: input must be 3-D (batched), got {tuple(input.shape)}")
         x = input if self.batch_first else input.transpose(0, 1)  # (B, T, I)

@@ -52,6 +52,10 @@ def detect(device: str | None = None) -> HardwareSpec:
     """The spec of the current device: the first CUDA GPU when one is present, otherwise the host.
 
     Looking at the GPU initialises CUDA, so this is only ever called on demand, never at import.
+
+    Examples:
+        >>> detect("cpu").kind                          # the host: its cores and memory, no GPU asked about
+        'cpu'
     """
     if device in (None, "cuda") or (device or "").startswith("cuda"):
         try:

@@ -25,8 +25,10 @@ import datetime
 import fnmatch
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..env import settings
 from ..files import write_json_atomic
@@ -81,6 +83,17 @@ _BY_NAME = {q.name: q for q in QUANTITIES}
 
 @dataclass(frozen=True)
 class Measurement:
+    """One measured quantity (SI units) with the probe key, file and date it came from.
+
+    Examples:
+        >>> from ioaware.hardware import measured
+        >>> from ioaware.hardware.probe_results import REPO_RESULTS
+        >>> probe = REPO_RESULTS / "probe-gpu-h200-2026-12-03.json"        # a committed `ioaware probe gpu` run
+        >>> m = measured("h200", files=[probe]).get("hbm_bandwidth")
+        >>> m.quantity, m.file, m.date
+        ('hbm_bandwidth', 'benchmarks/results/probe-gpu-h200-2026-12-03.json', '2026-12-03')
+    """
+
     quantity: str
     value: float  # SI: FLOP/s, B/s, bytes, Hz
     key: str  # the probe key (or device.<field>) that gave it
@@ -91,7 +104,16 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Measured:
-    """The newest measurement of each quantity on one card, and the files they came from."""
+    """The newest measurement of each quantity on one card, and the files they came from.
+
+    Examples:
+        >>> from ioaware.hardware import measured
+        >>> from ioaware.hardware.probe_results import REPO_RESULTS
+        >>> probe = REPO_RESULTS / "probe-gpu-h200-2026-12-03.json"        # a committed `ioaware probe gpu` run
+        >>> m = measured("h200", files=[probe])
+        >>> m.card, m.get("no-such-quantity"), m.source("hbm_bandwidth").startswith("measured: ")
+        ('h200', None, True)
+    """
 
     card: str  # the spec key ('h200'), or the device name where the table has no entry
     device: str  # the name CUDA reported
@@ -100,9 +122,11 @@ class Measured:
     skipped: tuple[str, ...] = ()  # searched files that were not usable probe results, with why
 
     def get(self, quantity: str) -> Measurement | None:
+        """The measurement of `quantity` ('peak.bfloat16', 'hbm_bandwidth', ...), or None."""
         return self.values.get(quantity)
 
     def source(self, quantity: str) -> str:
+        """Where `quantity` was measured: probe key, file and date (the spec's source once `measured_spec` ran)."""
         m = self.values[quantity]
         return f"measured: {m.key} in {m.file} ({m.date}{', --quick' if m.quick else ''})"
 
@@ -115,7 +139,7 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
-def _candidates(dirs) -> list[Path]:
+def _candidates(dirs: Iterable[str | Path]) -> list[Path]:
     out = []
     for d in dirs:
         d = Path(d)
@@ -126,7 +150,7 @@ def _candidates(dirs) -> list[Path]:
     return out
 
 
-def load_probe(path) -> dict:
+def load_probe(path: str | Path) -> dict[str, Any]:
     """A probe result from disk; ValueError with one line where the file is not one."""
     path = Path(path)
     try:
@@ -172,11 +196,20 @@ def _value(q: Quantity, data: dict) -> tuple[float, str] | None:
     return best
 
 
-def measured(device: str, files=None, dirs=None) -> Measured | None:
+def measured(device: str, files: Iterable[str | Path] | None = None,
+             dirs: Iterable[str | Path] | None = None) -> Measured | None:
     """The newest probe measurements of `device` (spec key, alias or CUDA name), or None where no file has it.
 
     files: probe JSON files to use instead of searching; dirs: folders (or files) to search instead of
     search_dirs(). A file given in `files` that is not a probe result raises ValueError; in a search it is skipped.
+
+    Examples:
+        >>> from ioaware.hardware.probe_results import REPO_RESULTS
+        >>> probe = REPO_RESULTS / "probe-gpu-h200-2026-12-03.json"        # a committed `ioaware probe gpu` run
+        >>> measured("H200", files=[probe]).files
+        ('benchmarks/results/probe-gpu-h200-2026-12-03.json',)
+        >>> measured("v100", files=[probe]) is None                        # no probe of that card
+        True
     """
     card = card_of(device)
     every, skipped = _load_all(files, dirs)
@@ -201,7 +234,8 @@ def _shown(p: Path) -> str:
     return str(p.relative_to(root)) if REPO_RESULTS.is_dir() and p.is_relative_to(root) else str(p)
 
 
-def _load_all(files=None, dirs=None) -> tuple[list[tuple], list[str]]:
+def _load_all(files: Iterable[str | Path] | None = None,
+              dirs: Iterable[str | Path] | None = None) -> tuple[list[tuple], list[str]]:
     """(sort key, path, data, card) of every complete probe result, newest first, and the skipped files' reasons."""
     paths = [Path(f) for f in files] if files is not None else _candidates(search_dirs() if dirs is None else dirs)
     found, skipped = [], []
@@ -229,10 +263,20 @@ def datasheet_value(q: Quantity, spec: HardwareSpec) -> float | None:
 
 def measured_spec(spec: HardwareSpec, m: Measured | None) -> HardwareSpec:
     """`spec` with its peaks and bandwidths replaced by the measured ones where `m` has them, each source naming
-    the file and date; the spec itself where `m` is None."""
+    the file and date; the spec itself where `m` is None.
+
+    Examples:
+        >>> from ioaware.hardware import get_spec, measured
+        >>> from ioaware.hardware.probe_results import REPO_RESULTS
+        >>> probe = REPO_RESULTS / "probe-gpu-h200-2026-12-03.json"        # a committed `ioaware probe gpu` run
+        >>> spec = measured_spec(get_spec("h200"), measured("h200", files=[probe]))
+        >>> spec.sources["hbm_bandwidth"]
+        'measured: async.bulk.t8192.hbm in benchmarks/results/probe-gpu-h200-2026-12-03.json (2026-12-03)'
+    """
     if m is None:
         return spec
-    peaks, sources, fields = dict(spec.peak_flops), dict(spec.sources), {}
+    peaks, sources = dict(spec.peak_flops), dict(spec.sources)
+    fields: dict[str, Any] = {}  # HardwareSpec fields the probe measured (bandwidths)
     for q in QUANTITIES:
         got = m.get(q.name)
         if not q.feeds or got is None:
@@ -274,7 +318,7 @@ def cache_folder() -> Path:
     return settings().cache_dir / "probe" / "gpu"
 
 
-def save_probe(result: dict, folder=None) -> Path | None:
+def save_probe(result: dict[str, Any], folder: str | Path | None = None) -> Path | None:
     """Keep a complete probe result in the cache (atomically), named by card, date and time; None for a partial
     one (an interrupted run is not a measurement to build on)."""
     if result.get("partial") or result.get("tool") != PROBE_TOOL:
@@ -285,7 +329,8 @@ def save_probe(result: dict, folder=None) -> Path | None:
     return write_json_atomic(Path(folder or cache_folder()) / f"{name}-{result['date']}-{stamp}{kind}.json", result)
 
 
-def cards_with_files(files=None, dirs=None) -> list[str]:
+def cards_with_files(files: Iterable[str | Path] | None = None,
+                     dirs: Iterable[str | Path] | None = None) -> list[str]:
     """The cards (spec keys first, in the table's order, then other device names) that have a complete probe
     result among `files`, or in `dirs` / the search path."""
     cards = {t[3] for t in _load_all(files, dirs)[0]}

@@ -17,6 +17,15 @@ T = 1e12  # TFLOP/s
 
 @dataclass(frozen=True)
 class MemoryLevel:
+    """One level of a machine's memory: its size, its bandwidth (None where no datasheet gives one) and the
+    source of the numbers.
+
+    Examples:
+        >>> hbm = get_spec("h100").levels()[2]
+        >>> hbm.name, hbm.size_bytes / 1e9, hbm.bandwidth_Bps / 1e12
+        ('hbm', 80.0, 3.35)
+    """
+
     name: str
     size_bytes: float
     bandwidth_Bps: float | None
@@ -25,6 +34,14 @@ class MemoryLevel:
 
 @dataclass(frozen=True)
 class HardwareSpec:
+    """A machine's datasheet numbers, each with its source in `sources` (`ioaware hardware --sources` prints them).
+
+    Examples:
+        >>> h = get_spec("h100")
+        >>> h.peak("bf16") / 1e12, h.hbm_bandwidth_Bps / 1e12, h.num_sms
+        (989.4, 3.35, 132)
+    """
+
     key: str
     name: str
     peak_flops: dict[str, float]  # dtype -> FLOP/s (tensor cores where the dtype has them)
@@ -40,21 +57,33 @@ class HardwareSpec:
     l2_bandwidth_Bps: float | None = None
 
     def peak(self, dtype: str) -> float:
+        """Peak FLOP/s in `dtype` ('bfloat16', 'bf16', 'torch.float16', ...); ValueError if the table has none."""
         key = _dtype_key(dtype)
         if key not in self.peak_flops:
             raise ValueError(f"{self.name} has no peak listed for dtype {dtype!r}; known: {sorted(self.peak_flops)}")
         return self.peak_flops[key]
 
     def peak_source(self, dtype: str) -> str:
-        """Where peak(dtype) comes from: a measured peak's own entry (measured_spec), else the datasheet's."""
+        """Where peak(dtype) comes from: a measured peak's own entry (measured_spec), else the datasheet's.
+
+        Examples:
+            >>> get_spec("h100").peak_source("bf16") != ""
+            True
+        """
         return self.sources.get(f"flops.{_dtype_key(dtype)}") or self.sources.get("flops", "")
 
     @property
     def sram_bytes(self) -> float:
-        """On-chip memory one thread block can use (the M of the IO-complexity bounds)."""
+        """On-chip memory one thread block can use (the M of the IO-complexity bounds).
+
+        Examples:
+            >>> get_spec("h100").sram_bytes / 1024
+            228.0
+        """
         return self.smem_per_sm_bytes
 
     def levels(self) -> list[MemoryLevel]:
+        """sram (all SMs), l2, hbm and the host link, fastest first."""
         return [
             MemoryLevel("sram", self.smem_per_sm_bytes * self.num_sms, None, self.sources.get("smem", "")),
             MemoryLevel("l2", self.l2_bytes, self.l2_bandwidth_Bps, self.sources.get("l2", "")),
@@ -63,7 +92,7 @@ class HardwareSpec:
         ]
 
 
-def _dtype_key(dtype) -> str:
+def _dtype_key(dtype: object) -> str:
     s = str(dtype).replace("torch.", "")
     return {"half": "float16", "fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32",
             "tf32": "tfloat32", "fp8": "float8", "fp64": "float64", "double": "float64"}.get(s, s)
@@ -128,6 +157,16 @@ ALIASES = {"h100-sxm": "h100", "h100_sxm": "h100", "h200-sxm": "h200", "a100-80g
 
 
 def get_spec(name: str) -> HardwareSpec:
+    """The spec of a known machine by key or alias (case-insensitive): h100, h200, a100, v100, ...
+
+    Examples:
+        >>> get_spec("H100-SXM").name
+        'NVIDIA H100 SXM5 80GB'
+        >>> get_spec("tpu")
+        Traceback (most recent call last):
+        ...
+        KeyError: "unknown hardware 'tpu'; known: ..."
+    """
     key = ALIASES.get(name.lower(), name.lower())
     if key not in SPECS:
         raise KeyError(f"unknown hardware {name!r}; known: {', '.join(sorted(SPECS))}")

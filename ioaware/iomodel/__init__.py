@@ -5,6 +5,7 @@ simulators ask it rather than re-deriving a formula. Ops register their cost fun
 """
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from .attention import (
     attention_flops,
@@ -30,8 +31,22 @@ from .roofline import Roofline, roofline
 REGISTRY: dict[str, Callable[..., Cost]] = {}
 
 
-def register(name: str):
-    def deco(fn):
+_CostFn = TypeVar("_CostFn", bound=Callable[..., Cost])
+
+
+def register(name: str) -> Callable[[_CostFn], _CostFn]:
+    """Decorator: file an op's cost function in `REGISTRY` under `name` (each kernel's cost.py does this).
+
+    Examples:
+        >>> @register("example_copy")
+        ... def copy_cost(n_bytes: int) -> Cost:
+        ...     return Cost.of(hbm=(n_bytes, n_bytes))
+        >>> REGISTRY["example_copy"](1024).bytes("hbm")
+        2048.0
+        >>> del REGISTRY["example_copy"]
+    """
+
+    def deco(fn: _CostFn) -> _CostFn:
         REGISTRY[name] = fn
         return fn
 

@@ -58,6 +58,11 @@ def standard_attention_io(Nq: int, d: int, *, Nk: int | None = None, block_q: in
     """Standard attention's forward traffic with tiled matmuls; untiled (block = N) gives the 4Nd + 4N^2 count.
 
     Causal masking does not change it: the three kernels still read and write the whole S and P.
+
+    Examples:
+        >>> t = standard_attention_io(1024, 64)                # untiled: 4Nd + 4N^2 words
+        >>> t.total == 4 * 1024 * 64 + 4 * 1024 ** 2
+        True
     """
     Nk = Nk or Nq
     bq, bk = block_q or Nq, block_k or Nk
@@ -70,7 +75,13 @@ def standard_attention_io(Nq: int, d: int, *, Nk: int | None = None, block_q: in
 
 def fa1_forward_io(Nq: int, d: int, block_q: int, block_k: int, *, Nk: int | None = None, causal: bool = False,
                    elem: int = 1, stat: int = 1) -> Traffic:
-    """FlashAttention-1 (Algorithm 1): K, V read once; Q_i, O_i, l_i, m_i per (K/V block, Q block) visit."""
+    """FlashAttention-1 (Algorithm 1): K, V read once; Q_i, O_i, l_i, m_i per (K/V block, Q block) visit.
+
+    Examples:
+        >>> fa1, fa2 = fa1_forward_io(4096, 128, 128, 64), fa2_forward_io(4096, 128, 128, 64)
+        >>> fa1.total > fa2.total                             # FA-1 re-reads and re-writes O per K/V block
+        True
+    """
     Nk = Nk or Nq
     visits = sum(q_rows_seen(Nq, Nk, block_q, block_k, causal))  # query rows touched, summed over K/V blocks
     read = elem * (2 * Nk * d + 2 * d * visits) + stat * 2 * visits
@@ -80,7 +91,12 @@ def fa1_forward_io(Nq: int, d: int, block_q: int, block_k: int, *, Nk: int | Non
 
 def fa2_forward_io(Nq: int, d: int, block_q: int, block_k: int, *, Nk: int | None = None, causal: bool = False,
                    elem: int = 1, stat: int = 1) -> Traffic:
-    """FlashAttention-2 forward: Q once, K and V once per query block that sees them, O and LSE once."""
+    """FlashAttention-2 forward: Q once, K and V once per query block that sees them, O and LSE once.
+
+    Examples:
+        >>> fa2_forward_io(4096, 128, 128, 64)                 # words; 32 query blocks each read all of K and V
+        Traffic(read=34078720, write=528384)
+    """
     Nk = Nk or Nq
     kv = sum(kv_rows_seen(Nq, Nk, block_q, block_k, causal))
     return Traffic(elem * (Nq * d + 2 * d * kv), elem * Nq * d + stat * Nq)
@@ -88,7 +104,13 @@ def fa2_forward_io(Nq: int, d: int, block_q: int, block_k: int, *, Nk: int | Non
 
 def fa2_backward_io(Nq: int, d: int, block_q: int, block_k: int, *, Nk: int | None = None, causal: bool = False,
                     elem: int = 1, stat: int = 1) -> Traffic:
-    """FlashAttention-2 backward as ioaware runs it: delta preprocess, dK/dV kernel, dQ kernel."""
+    """FlashAttention-2 backward as ioaware runs it: delta preprocess, dK/dV kernel, dQ kernel.
+
+    Examples:
+        >>> bwd, fwd = fa2_backward_io(4096, 128, 64, 64), fa2_forward_io(4096, 128, 64, 64)
+        >>> 2 < bwd.total / fwd.total < 3
+        True
+    """
     Nk = Nk or Nq
     qv = sum(q_rows_seen(Nq, Nk, block_q, block_k, causal))
     kv = sum(kv_rows_seen(Nq, Nk, block_q, block_k, causal))
@@ -103,6 +125,10 @@ def decode_io(Nk: int, d: int, *, group: int = 1, splits: int = 1, elem: int = 1
 
     One split: read q and K, V; write o and LSE. `splits` > 1: each split also writes an fp32 partial o (counted
     with `stat`) and its LSE, and a combine kernel reads those back and writes o.
+
+    Examples:
+        >>> decode_io(4096, 128)                               # reading K and V is all of it
+        Traffic(read=1048704, write=129)
     """
     s = min(max(splits, 1), Nk)
     kv = 2 * Nk * d
@@ -119,6 +145,10 @@ def small_sram_io(Nq: int, d: int, block: int, *, Nk: int | None = None, elem: i
     time, keeping the row max and sum on chip, and writes S. Phase 2 computes O = softmax(S) V in
     (block x block) tiles of O, streaming S and V `chunk` keys at a time. Each is Theta(N^2 d / block); the
     count does not depend on `chunk` (only the footprint does).
+
+    Examples:
+        >>> small_sram_io(1024, 128, 8).total > standard_attention_io(1024, 128).total   # M < d^2 costs more
+        True
     """
     Nk = Nk or Nq
     ti, tj, td = _cdiv(Nq, block), _cdiv(Nk, block), _cdiv(d, block)
@@ -189,7 +219,12 @@ def fa2_forward_blocks(M: int, d: int) -> tuple[int, int]:
 class IOBound:
     """A lower bound on words moved. `compulsory` is proved with constant 1 (inputs read, outputs written once);
     `asymptotic` is the paper's Theta term written with constant 1 (the paper proves it up to a constant it does
-    not state); `words` = max of the two, the reference curve to compare schedules against."""
+    not state); `words` = max of the two, the reference curve to compare schedules against.
+
+    Examples:
+        >>> IOBound("M >= d^2", asymptotic=100.0, compulsory=250).words
+        250.0
+    """
 
     regime: str
     asymptotic: float
@@ -197,6 +232,7 @@ class IOBound:
 
     @property
     def words(self) -> float:
+        """max(asymptotic, compulsory)."""
         return max(self.asymptotic, float(self.compulsory))
 
 
@@ -206,6 +242,11 @@ def attention_io_lower_bound(Nq: int, d: int, M: float, *, Nk: int | None = None
     forward:  M >= d^2: N^2 d^2 / M          M < d^2: N^2 d / sqrt(M)
     backward: M >= d^2: (N^2 d^2 + N d^3) / M  M < d^2: (N^2 d + N d^2) / sqrt(M)
     with N^2 read as Nq * Nk and N as max(Nq, Nk).
+
+    Examples:
+        >>> b = attention_io_lower_bound(4096, 128, M=228 * 1024 / 2)    # words, an H100 SM's SRAM in bf16
+        >>> b.regime, b.compulsory, fa2_forward_io(4096, 128, 128, 64).total > b.words
+        ('M >= d^2', 2097152, True)
     """
     Nk = Nk or Nq
     nn, n = Nq * Nk, max(Nq, Nk)

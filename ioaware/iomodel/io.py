@@ -14,7 +14,18 @@ from collections.abc import Iterable
 
 def predict_read_seconds(chunk_sizes: Iterable[int], curve: dict, threads: int = 8,
                          direct: bool | None = None) -> float:
-    """Seconds to read chunks of the given sizes (bytes) as one batch on a pool of `threads` threads."""
+    """Seconds to read chunks of the given sizes (bytes) as one batch on a pool of `threads` threads.
+
+    `curve` is what `ioaware probe disk` measured: {"points": [{"chunk", "threads", "GBps", "direct"}, ...]}.
+
+    Examples:
+        >>> curve = {"points": [{"chunk": c, "threads": t, "GBps": g, "direct": True}
+        ...                     for c, t, g in [(4096, 1, 0.1), (4096, 8, 0.5), (2**20, 1, 1.0), (2**20, 8, 2.0)]]}
+        >>> predict_read_seconds([2**20] * 16, curve, threads=8)          # 16 MiB at 2 GB/s
+        0.008388608
+        >>> predict_read_seconds([2**20], curve, threads=8)               # one chunk: one read in flight
+        0.001048576
+    """
     from ..hardware.probe_disk import throughput_at
 
     sizes = Counter(int(c) for c in chunk_sizes)
@@ -27,7 +38,14 @@ def predict_read_seconds(chunk_sizes: Iterable[int], curve: dict, threads: int =
 
 def predict_batches_seconds(batches: Iterable[Iterable[int]], curve: dict, threads: int = 8,
                             direct: bool | None = None) -> float:
-    """Batches issued one after another (one per layer and token): the sum of each batch's prediction."""
+    """Batches issued one after another (one per layer and token): the sum of each batch's prediction.
+
+    Examples:
+        >>> pts = [{"chunk": 2**20, "threads": t, "GBps": g, "direct": True} for t, g in [(1, 1.0), (8, 2.0)]]
+        >>> curve = {"points": pts}
+        >>> predict_batches_seconds([[2**20] * 8, [2**20] * 8], curve, threads=8)
+        0.008388608
+    """
     return sum(predict_read_seconds(b, curve, threads, direct) for b in batches)
 
 

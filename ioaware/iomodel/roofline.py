@@ -18,6 +18,17 @@ from .cost import Cost
 
 @dataclass(frozen=True)
 class Roofline:
+    """`roofline`'s answer: the compute and memory times, the larger as `time_s` and which one binds, the cost's
+    intensity and the machine's ridge point (FLOP/byte), the roofs used and where they came from.
+
+    Examples:
+        >>> from ioaware.hardware import get_spec
+        >>> from ioaware.iomodel import Cost
+        >>> r = roofline(Cost.of(flops=1e9, hbm=(1e9, 0)), get_spec("h100"))
+        >>> r.bound, r.time_s == r.memory_s, r.intensity < r.ridge
+        ('memory', True, True)
+    """
+
     compute_s: float
     memory_s: float
     time_s: float
@@ -40,7 +51,16 @@ def _level_bandwidth(spec: HardwareSpec, level: str) -> float | None:
 def roofline(cost: Cost, spec: HardwareSpec, dtype: str = "bfloat16", level: str = "hbm",
              bandwidth_Bps: float | None = None, measured: bool | Measured | None = False) -> Roofline:
     """measured: False (default) the spec's peaks; True the newest probe of this card where there is one (else the
-    spec's); or a `Measured` from `ioaware.hardware.measured(...)`. bandwidth_Bps overrides the level's bandwidth."""
+    spec's); or a `Measured` from `ioaware.hardware.measured(...)`. bandwidth_Bps overrides the level's bandwidth.
+
+    Examples:
+        >>> from ioaware.hardware import get_spec
+        >>> from ioaware.iomodel import Cost
+        >>> n = 4096                                   # a bf16 n x n x n GEMM on an H100 SXM's datasheet roofs
+        >>> r = roofline(Cost.of(flops=2 * n**3, hbm=(2 * n * n * 2, n * n * 2)), get_spec("h100"))
+        >>> r.bound, round(r.ridge), f"{r.time_s * 1e6:.0f} us"
+        ('compute', 295, '139 us')
+    """
     if measured is True:
         measured = find_measured(spec.name) if spec.kind == "gpu" else None
     used = measured_spec(spec, measured or None)
@@ -55,7 +75,7 @@ def roofline(cost: Cost, spec: HardwareSpec, dtype: str = "bfloat16", level: str
                     cost.intensity(level), peak / bw, peak, bw, _source(used, dtype, level, bandwidth_Bps))
 
 
-def _source(used: HardwareSpec, dtype: str, level: str, bandwidth_Bps) -> str:
+def _source(used: HardwareSpec, dtype: str, level: str, bandwidth_Bps: float | None) -> str:
     parts = [s for s in (used.peak_source(dtype),) if s.startswith("measured")]
     if bandwidth_Bps is None and f"{level}_bandwidth" in used.sources:
         parts.append(used.sources[f"{level}_bandwidth"])

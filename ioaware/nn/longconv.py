@@ -18,7 +18,13 @@ from ..kernels.conv.butterfly import BlockFFT, butterfly_conv
 
 
 def smooth(k: torch.Tensor, window: int = 7) -> torch.Tensor:
-    """Moving average in time over `window` (odd) taps with zero padding; keeps the length."""
+    """Moving average in time over `window` (odd) taps with zero padding; keeps the length.
+
+    Examples:
+        >>> import torch
+        >>> smooth(torch.tensor([[0.0, 3.0, 0.0, 0.0]]), window=3)
+        tensor([[1., 1., 1., 0.]])
+    """
     if window <= 1:
         return k
     p = window // 2
@@ -26,14 +32,26 @@ def smooth(k: torch.Tensor, window: int = 7) -> torch.Tensor:
 
 
 def squash(k: torch.Tensor, lam: float) -> torch.Tensor:
-    """Soft threshold sign(k)·max(|k| − λ, 0)."""
+    """Soft threshold sign(k)·max(|k| − λ, 0).
+
+    Examples:
+        >>> import torch
+        >>> squash(torch.tensor([0.5, -0.05, -2.0]), lam=0.1)
+        tensor([ 0.4000, -0.0000, -1.9000])
+    """
     if lam <= 0:
         return k
     return torch.sign(k) * torch.relu(k.abs() - lam)
 
 
 class LongConvKernel(nn.Module):
-    """The kernel parameter of a long conv and its regularisation (smooth → squash → dropout)."""
+    """The kernel parameter of a long conv and its regularisation (smooth → squash → dropout).
+
+    Examples:
+        >>> kern = LongConvKernel(H=4, L=32, channels=2)
+        >>> kern().shape                                   # (channels * H, L) taps
+        torch.Size([8, 32])
+    """
 
     def __init__(self, H: int, L: int, channels: int = 1, lam: float = 0.003, kernel_dropout: float = 0.0,
                  smoothing: bool = True, ma_window_len: int = 7, bidirectional: bool = False,
@@ -48,6 +66,7 @@ class LongConvKernel(nn.Module):
         self.drop = nn.Dropout(kernel_dropout)
 
     def forward(self) -> torch.Tensor:
+        """The regularised kernel (channels * H, L), or (channels * H, 2L) when bidirectional."""
         return self.drop(squash(smooth(self.weight, self.window), self.lam))
 
 
@@ -55,11 +74,17 @@ class LongConv(nn.Module):
     """y = out_linear(act(Σ_c conv(u, k_c) + D·u)): input and output (B, H, L), as safari's LongConv.
 
     Args:
-        d_model (H), l_max (longest L; shorter inputs use the first L taps of a causal kernel);
+        d_model, l_max: H, and the longest L (shorter inputs use the first L taps of a causal kernel);
         channels: independent kernels per head, mixed by the output linear;
         lam: squash threshold (0: off); smoothing, ma_window_len: the moving average; kernel_dropout;
         bidirectional: a non-causal kernel of 2L taps; block_fft: run the convolution through the learnable
         FlashButterfly `BlockFFT` (PyTorch matmuls) instead of the fused kernel; postact: 'glu' or None.
+
+    Examples:
+        >>> import torch
+        >>> layer = LongConv(d_model=8, l_max=64)
+        >>> layer(torch.randn(2, 8, 50)).shape                # any L <= l_max
+        torch.Size([2, 8, 50])
     """
 
     def __init__(self, d_model: int, l_max: int, channels: int = 1, lam: float = 0.003, kernel_dropout: float = 0.0,
@@ -86,7 +111,7 @@ class LongConv(nn.Module):
         self._cache: tuple | None = None
         self.cache_hits = 0
 
-    def _spectrum(self, L: int, device) -> KernelSpectrum:
+    def _spectrum(self, L: int, device: torch.device) -> KernelSpectrum:
         kern = self.kernel
         cacheable = not (self.training and kern.drop.p > 0)
         w = kern.weight
@@ -109,6 +134,7 @@ class LongConv(nn.Module):
         return ks
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, d_model, L) -> y (B, d_model, L); the kernel's spectrum is cached while its weights are unchanged."""
         B, H, L = u.shape
         if L > self.L:
             raise ValueError(f"LongConv: input length {L} exceeds l_max {self.L}")

@@ -14,6 +14,7 @@ training. Positional encoding of q and k (RoPE) is the caller's: this layer has 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,14 @@ from ..kernels.attention.sparse import nsa
 
 
 class CompressionMLP(nn.Module):
-    """phi: (B, Nc, block_size, H, D) -> (B, Nc, H, D), one MLP per head, with a learned position encoding."""
+    """phi: (B, Nc, block_size, H, D) -> (B, Nc, H, D), one MLP per head, with a learned position encoding.
+
+    Examples:
+        >>> import torch
+        >>> phi = CompressionMLP(block_size=16, head_dim=8, heads=2)
+        >>> phi(torch.randn(1, 3, 16, 2, 8)).shape
+        torch.Size([1, 3, 2, 8])
+    """
 
     def __init__(self, block_size: int, head_dim: int, heads: int, hidden: int | None = None):
         super().__init__()
@@ -34,6 +42,7 @@ class CompressionMLP(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Compress each block of block_size tokens to one key (or value) per head."""
         B, nc, l, H, D = blocks.shape
         x = (blocks + self.pe.to(blocks.dtype)).permute(0, 1, 3, 2, 4).reshape(B, nc, H, l * D)
         h = self.act(torch.einsum("bnhi,hio->bnho", x, self.w1.to(x.dtype)) + self.b1.to(x.dtype))
@@ -44,11 +53,22 @@ class NSAttention(nn.Module):
     """Native Sparse Attention layer: (B, T, d_model) -> (B, T, d_model).
 
     Args:
-        d_model, n_heads, n_kv_heads (GQA; default n_heads), head_dim (default d_model / n_heads);
-        block_size, stride: compression blocks; select_size, select_blocks: selection blocks and how many each
-        query attends (init_blocks first and local_blocks local ones always kept); window: sliding window;
+        d_model, n_heads, n_kv_heads, head_dim: widths; n_kv_heads < n_heads is GQA (default n_heads), head_dim
+            defaults to d_model / n_heads;
+        block_size, stride: compression blocks.
+        select_size, select_blocks: selection blocks and how many each query attends (init_blocks first and
+            local_blocks local ones always kept).
+        window: sliding window.
         compress_hidden: the compression MLP's hidden width (default head_dim); causal.
+
     The defaults are NSA's (l = 32, d = 16, l' = 64, n = 16, w = 512).
+
+    Examples:
+        >>> import torch
+        >>> attn = NSAttention(32, n_heads=4, n_kv_heads=1, block_size=16, select_size=16, select_blocks=3,
+        ...                    window=16)
+        >>> attn(torch.randn(1, 48, 32)).shape
+        torch.Size([1, 48, 32])
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, head_dim: int | None = None, *,
@@ -61,7 +81,7 @@ class NSAttention(nn.Module):
             raise ValueError(f"NSAttention: n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
         head_dim = head_dim or d_model // n_heads
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.nsa_args = dict(block_size=block_size, stride=stride, select_size=select_size,
+        self.nsa_args: dict[str, Any] = dict(block_size=block_size, stride=stride, select_size=select_size,
                              select_blocks=select_blocks, window=window, init_blocks=init_blocks,
                              local_blocks=local_blocks, causal=causal, order=order)
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
@@ -72,7 +92,10 @@ class NSAttention(nn.Module):
         self.compress_k = CompressionMLP(block_size, head_dim, n_kv_heads, compress_hidden)
         self.compress_v = CompressionMLP(block_size, head_dim, n_kv_heads, compress_hidden)
 
-    def forward(self, x: torch.Tensor, return_indices: bool = False):
+    def forward(self, x: torch.Tensor,
+                return_indices: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, d_model) -> y (B, T, d_model); with return_indices also the selected blocks
+        (B, T, n_kv_heads, select_blocks), as ioaware.nsa returns them."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, Hq, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -33,6 +35,13 @@ class KernelSpectrum:
     across calls while the kernel's weights do not change (`ioaware.nn.LongConv` does this).
 
     kpad is the padded time-domain kernel (differentiable: gradients reach k through it); kf is detached.
+
+    Examples:
+        >>> import torch
+        >>> from ioaware.kernels.conv import prepare_kernel
+        >>> ks = prepare_kernel(torch.randn(4, 100) * 0.01, L=100)
+        >>> ks.H, ks.L, ks.N          # 4 heads, length-100 inputs, an FFT grid of N >= 2L (here the smallest one)
+        (4, 100, 512)
     """
 
     L: int
@@ -46,6 +55,7 @@ class KernelSpectrum:
 
     @property
     def H(self) -> int:
+        """The number of heads (channels) the kernel has."""
         return self.kpad.shape[0]
 
 
@@ -58,7 +68,7 @@ def _keep_cols(plan: Plan, freq_keep: float) -> int:
     return min(cols, plan.M)
 
 
-def sparse_plan(N: int, dtype=None) -> Plan:
+def sparse_plan(N: int, dtype: torch.dtype | None = None) -> Plan:
     """The order-2 fused plan used by the frequency-sparse variant (it skips columns of the [k1, k'] layout)."""
     plan = make_plan(N, dtype=dtype) if N <= NMAX_FUSED else None
     if plan is None or plan.kind != "fused" or plan.N3 != 1:
@@ -74,6 +84,14 @@ def prepare_kernel(k: torch.Tensor, L: int, causal: bool = True, freq_keep: floa
     freq_keep: the frequency-sparse variant; keep about this fraction of the spectrum (rounded up to whole
     columns of the [k1, k'] layout, at least 16 of them): the lowest frequencies and their mirrors. The exact
     mask is `.mask` (N bins).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> from ioaware.kernels.conv import prepare_kernel
+        >>> u, k = torch.randn(2, 4, 100), torch.randn(4, 100) * 0.01
+        >>> ks = prepare_kernel(k, L=100)                       # once per kernel, reused while k is unchanged
+        >>> torch.allclose(ioaware.fftconv(u, ks), ioaware.fftconv(u, k), atol=1e-6)
+        True
     """
     if k.dim() != 2:
         raise ShapeError(f"fftconv: k must be 2-D (heads, taps), got shape {tuple(k.shape)}")
@@ -116,7 +134,7 @@ def prepare_kernel(k: torch.Tensor, L: int, causal: bool = True, freq_keep: floa
 
 
 # ------------------------------------------------------------------------------------------------ autograd
-def _conv(mod, x, ks: KernelSpectrum, **kw):
+def _conv(mod: ModuleType, x: torch.Tensor, ks: KernelSpectrum, **kw: Any) -> Any:
     if ks.plan.kind == "fused":
         return mod.conv_pair(x, ks.kf, ks.plan, keep=ks.keep, **kw)
     return mod.conv_outer(x, ks.kf, ks.plan, **kw)
@@ -136,7 +154,8 @@ def _dk_torch(u, pre, dy, post, N, L, chunk=64):
 
 class FFTConvFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, kpad, pre, post, ks: KernelSpectrum):
+    def forward(ctx: Any, u: torch.Tensor, kpad: torch.Tensor, pre: torch.Tensor | None, post: torch.Tensor | None,
+                ks: KernelSpectrum) -> torch.Tensor:
         mod = load_kernel_module(_KERNEL)
         y = _conv(mod, u, ks, g_in=pre, g_o1=post)
         ctx.save_for_backward(u, pre, post)
@@ -180,7 +199,7 @@ class FFTConvFunction(torch.autograd.Function):
         return du, dk, dpre, dpost, None
 
 
-def _sm_count(device) -> int:
+def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4
@@ -197,16 +216,16 @@ def fftconv(u: torch.Tensor, k: torch.Tensor | KernelSpectrum, causal: bool = Tr
     Args:
         u: (batch, heads, L), float16, bfloat16 or float32; any L ≥ 1 (padded inside to a power-of-two FFT).
         k: (heads, Lk) kernel, any float dtype (used in fp32); causal: Lk ≤ L, the causal linear convolution
-           (a partial kernel Lk < L is a shorter filter); non-causal: Lk ≤ 2L, taps j ≥ L act on the future
-           (safari's bidirectional long conv). Or a `KernelSpectrum` from `prepare_kernel` (cached spectrum).
+            (a partial kernel Lk < L is a shorter filter); non-causal: Lk ≤ 2L, taps j ≥ L act on the future
+            (safari's bidirectional long conv). Or a `KernelSpectrum` from `prepare_kernel` (cached spectrum).
         pre_gate, post_gate: optional (batch, heads, L) in u's dtype, multiplied in on chip.
         freq_keep: frequency-sparse variant: keep about this fraction of the spectrum (lowest frequencies);
-           the kernel skips the other column blocks (needs L ≤ 8192). See `prepare_kernel`.
+            the kernel skips the other column blocks (needs L ≤ 8192). See `prepare_kernel`.
 
     Differentiable in u, k and both gates. CUDA tensors run the Triton kernels; CPU tensors the torch.fft
     reference (or the kernels under Triton's interpreter with IOAWARE_INTERPRET=1).
 
-    Example:
+    Examples:
         >>> import torch, ioaware
         >>> u = torch.randn(2, 4, 1000); k = torch.randn(4, 1000) * 0.01
         >>> ioaware.fftconv(u, k).shape
@@ -241,11 +260,13 @@ def fftconv(u: torch.Tensor, k: torch.Tensor | KernelSpectrum, causal: bool = Tr
     if backend == "reference":
         if ks is not None:
             return fftconv_ref(u, ks.kpad, True, pre_gate, post_gate, freq_mask=ks.mask, fft_size=ks.N)
+        assert isinstance(k, torch.Tensor)  # checked above; tells the type checker which branch this is
         if freq_keep is not None:
             ks = prepare_kernel(k, L, causal, freq_keep)
             return fftconv_ref(u, ks.kpad, True, pre_gate, post_gate, freq_mask=ks.mask, fft_size=ks.N)
         return fftconv_ref(u, k, causal, pre_gate, post_gate)
     if ks is None:
+        assert isinstance(k, torch.Tensor)  # checked above; tells the type checker which branch this is
         ks = prepare_kernel(k, L, causal, freq_keep, dtype=u.dtype)
     u = u.contiguous()
     pre = pre_gate.contiguous() if pre_gate is not None else None

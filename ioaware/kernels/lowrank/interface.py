@@ -23,18 +23,20 @@ MAX_HEAD_RANK = 256  # a head's rank-R tile and its (R, D) factors stay on chip 
 SCHEDULES = ("fused", "slab")
 
 
-def _needs_grad(*ts) -> bool:
+def _needs_grad(*ts: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
-def _dims(name: str, t, n: int, what: str) -> None:
+def _dims(name: str, t: object, n: int, what: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != n:
         raise ShapeError(f"{name} must be {n}-D {what}, got shape {tuple(t.shape)}")
 
 
-def _check_attn(pq, vq, pk, vk, pv, vv, rope, cache_seqlens) -> None:
+def _check_attn(pq: torch.Tensor, vq: torch.Tensor, pk: torch.Tensor, vk: torch.Tensor, pv: torch.Tensor,
+                vv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache_seqlens: torch.Tensor | None) -> None:
     for n, t in (("pq", pq), ("pk", pk), ("pv", pv)):
         _dims(f"lowrank_attn: {n}", t, 4, "(batch, seqlen, heads, rank)")
     for n, t in (("vq", vq), ("vk", vk), ("vv", vv)):
@@ -91,14 +93,26 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
 def lowrank_attn(pq: torch.Tensor, vq: torch.Tensor, pk: torch.Tensor, vk: torch.Tensor, pv: torch.Tensor,
                  vv: torch.Tensor, causal: bool = True, softmax_scale: float | None = None,
                  rope: tuple[torch.Tensor, torch.Tensor] | None = None, cache_seqlens: torch.Tensor | None = None,
-                 **tiles) -> torch.Tensor:
+                 **tiles: int) -> torch.Tensor:
     """Attention whose queries, keys and values come from per-head low-rank factors, rebuilt tile by tile on chip.
 
     pq (B, Tq, Hq, Rq) = x U_q and vq (Hq, Rq, D): head h's query is pq[:, :, h] @ vq[h]; likewise pk, vk and
     pv, vv with Hkv heads (GQA when Hq > Hkv). rope = (cos, sin), each (S >= Tk, D/2), one angle per frequency
     (rotate-half layout): keys sit at positions 0..L-1 and queries at L-Tq..L-1, L = Tk or cache_seqlens[b]
     (then keys at or past it are ignored; a static-shape decode step passes the cache and its fill).
-    Causal masks are aligned bottom-right, as flash_attn. Returns o (B, Tq, Hq, D) in the inputs' dtype."""
+    Causal masks are aligned bottom-right, as flash_attn. Returns o (B, Tq, Hq, D) in the inputs' dtype.
+    `tiles` override the kernel's tile sizes (kernel.py).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> B, T, H, R, D = 1, 8, 2, 4, 16
+        >>> pq, pk, pv = (torch.randn(B, T, H, R) for _ in range(3))
+        >>> vq, vk, vv = (torch.randn(H, R, D) / 4 for _ in range(3))
+        >>> o = ioaware.lowrank_attn(pq, vq, pk, vk, pv, vv)
+        >>> q, k, v = (torch.einsum("bthr,hrd->bthd", p, w) for p, w in ((pq, vq), (pk, vk), (pv, vv)))
+        >>> torch.allclose(o, ioaware.flash_attn(q, k, v, causal=True), atol=1e-4)   # the same attention
+        True
+    """
     _check_attn(pq, vq, pk, vk, pv, vv, rope, cache_seqlens)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(vq.shape[2])
     backend = backend_for(pq.device.type)
@@ -115,7 +129,8 @@ def lowrank_attn(pq: torch.Tensor, vq: torch.Tensor, pk: torch.Tensor, vk: torch
                                                         **tiles)
 
 
-def _check_swiglu(pg, pu, vg, vu, u2, schedule, slab_rows) -> None:
+def _check_swiglu(pg: torch.Tensor, pu: torch.Tensor, vg: torch.Tensor, vu: torch.Tensor, u2: torch.Tensor,
+                  schedule: str | None, slab_rows: int | None) -> None:
     for n, t in (("pg", pg), ("pu", pu), ("vg", vg), ("vu", vu), ("u2", u2)):
         _dims(f"lowrank_swiglu: {n}", t, 2, "matrix")
     check_dtypes_and_device("lowrank_swiglu", {"pg": pg, "pu": pu, "vg": vg, "vu": vu, "u2": u2})
@@ -138,19 +153,35 @@ def _check_swiglu(pg, pu, vg, vu, u2, schedule, slab_rows) -> None:
 
 def choose_schedule(R2: int) -> str:
     """'fused' when the rank-space output fits one tile of the fused kernel (no gate/up tile is rebuilt twice),
-    else 'slab' (the fused kernel would rebuild them once per R2 tile; README, "Schedules")."""
+    else 'slab' (the fused kernel would rebuild them once per R2 tile; README, "Schedules").
+
+    Examples:
+        >>> from ioaware.kernels.lowrank import choose_schedule
+        >>> choose_schedule(16), choose_schedule(4096)
+        ('fused', 'slab')
+    """
     from .kernel import FUSED_TILES
 
     return "fused" if R2 <= FUSED_TILES["block_r2"] else "slab"
 
 
 def lowrank_swiglu(pg: torch.Tensor, pu: torch.Tensor, vg: torch.Tensor, vu: torch.Tensor, u2: torch.Tensor,
-                   schedule: str | None = None, slab_rows: int | None = None, **tiles) -> torch.Tensor:
+                   schedule: str | None = None, slab_rows: int | None = None, **tiles: int) -> torch.Tensor:
     """s = (silu(pg vg) * (pu vu)) u2 without the (M, F) gate, up or hidden tensors in HBM.
 
     pg (M, Rg) = x U_g, pu (M, Ru) = x U_u (column slices of one (M, Rg + Ru) product are fine), vg (Rg, F),
     vu (Ru, F), u2 (F, R2). schedule: 'fused' (FlashSVD's, nothing F-wide in HBM), 'slab' (h for `slab_rows` rows
-    at a time, then cuBLAS) or None (choose_schedule). Returns s (M, R2); the FFN's output is s @ v2."""
+    at a time, then cuBLAS) or None (choose_schedule). Returns s (M, R2); the FFN's output is s @ v2.
+    `tiles` override the kernel's tile sizes (kernel.py).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> pg, pu = torch.randn(5, 8), torch.randn(5, 8)
+        >>> vg, vu, u2 = torch.randn(8, 64) / 3, torch.randn(8, 64) / 3, torch.randn(64, 4) / 8
+        >>> s = ioaware.lowrank_swiglu(pg, pu, vg, vu, u2)
+        >>> torch.allclose(s, (torch.nn.functional.silu(pg @ vg) * (pu @ vu)) @ u2, atol=1e-4)
+        True
+    """
     _check_swiglu(pg, pu, vg, vu, u2, schedule, slab_rows)
     backend = backend_for(pg.device.type)
     if backend == "reference" or _needs_grad(pg, pu, vg, vu, u2):
@@ -168,7 +199,16 @@ def lowrank_ffn(x: torch.Tensor, u13: torch.Tensor, vg: torch.Tensor, vu: torch.
     """The low-rank SwiGLU FFN, y = ((silu((x Ug) Vg) * ((x Uu) Vu)) U2) V2, for x (..., d).
 
     u13 = [Ug | Uu] (d, Rg + Ru): both rank activations come from one GEMM; the middle runs in lowrank_swiglu;
-    the two thin products (x u13 and s v2) are cuBLAS's."""
+    the two thin products (x u13 and s v2) are cuBLAS's.
+
+    Examples:
+        >>> import torch
+        >>> from ioaware.kernels.lowrank import lowrank_ffn
+        >>> x, u13 = torch.randn(2, 3, 32), torch.randn(32, 16) / 6
+        >>> vg, vu, u2, v2 = torch.randn(8, 64) / 3, torch.randn(8, 64) / 3, torch.randn(64, 4) / 8, torch.randn(4, 32)
+        >>> lowrank_ffn(x, u13, vg, vu, u2, v2).shape
+        torch.Size([2, 3, 32])
+    """
     _dims("lowrank_ffn: u13", u13, 2, "(dim, rank_gate + rank_up)")
     _dims("lowrank_ffn: u2", u2, 2, "(ffn, rank_down)")
     _dims("lowrank_ffn: v2", v2, 2, "(rank_down, dim)")

@@ -6,6 +6,8 @@ functions run only the sequential part, g_t = x_t + h_{t-1}·R + b followed by t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ...errors import ShapeError, UnsupportedError
@@ -18,7 +20,8 @@ _KERNEL = "ioaware.kernels.rnn.kernel"
 _SMS: dict[int, int] = {}
 
 
-def _check(cell: str, x, R, b, state0, num_heads: int):
+def _check(cell: str, x: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: Sequence[torch.Tensor] | None,
+           num_heads: int) -> tuple[int, int, int, int]:
     op = f"rnn.{cell}"
     G, Gb, S = CELLS[cell]
     for name, t, dim in (("x", x, 3), ("R", R, 4), ("b", b, 3)):
@@ -57,7 +60,7 @@ def _num_sms(device: torch.device) -> int:
     return _SMS[idx]
 
 
-def _tiles_for(cell, B, NH, D, x, backend) -> RNNTiles:
+def _tiles_for(cell: str, B: int, NH: int, D: int, x: torch.Tensor, backend: str) -> RNNTiles:
     machine = Machine(num_sms=_num_sms(x.device)) if backend == "triton" else Machine()
     try:
         return plan_rnn_tiles(cell, B, NH, D, x.element_size(), machine, sync=backend == "triton")
@@ -113,13 +116,17 @@ class FusedRecurrentRNNFunction(torch.autograd.Function):
         db = dx.view(B, T, G, NH, D).float().sum((0, 1))
         if cell == "gru":
             db = torch.cat([db, dq.view(B, T, 1, NH, D).float().sum((0, 1))], 0)
-        dstate = [dst[0].to(y.dtype)] + [dst[k].to(y.dtype) for k in range(1, CELLS[cell][2])]
+        dstate: list[torch.Tensor | None] = [dst[k].to(y.dtype) for k in range(CELLS[cell][2])]
         if cell == "slstm":
             dstate[3] = None
         return (None, None, dx, dR.to(R.dtype), db.to(R.dtype), *dstate)
 
 
-def fused_recurrent_rnn(cell: str, x, R, b, state0=None, num_heads: int = 1, tiles: RNNTiles | None = None):
+def fused_recurrent_rnn(cell: str, x: torch.Tensor, R: torch.Tensor, b: torch.Tensor,
+                        state0: Sequence[torch.Tensor] | None = None, num_heads: int = 1,
+                        tiles: RNNTiles | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`lstm`, `gru` or `slstm` by name (`cell`), with the same arguments; dispatches to the fused kernel or the
+    reference (module docstring)."""
     B, T, NH, D = _check(cell, x, R, b, state0, num_heads)
     if state0 is None:
         state0 = zero_state(cell, B, NH * D, x.dtype, x.device)
@@ -132,7 +139,8 @@ def fused_recurrent_rnn(cell: str, x, R, b, state0=None, num_heads: int = 1, til
     return out[0], tuple(out[1:])
 
 
-def lstm(x, R, b, state0=None, num_heads: int = 1, *, tiles: RNNTiles | None = None):
+def lstm(x: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: Sequence[torch.Tensor] | None = None,
+         num_heads: int = 1, *, tiles: RNNTiles | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Fused LSTM recurrence (gates i, f, z, o; nn.LSTM's order and cell).
 
     Args:
@@ -147,7 +155,7 @@ def lstm(x, R, b, state0=None, num_heads: int = 1, *, tiles: RNNTiles | None = N
     Returns:
         y (B, T, NH·D) every step's h, and (h_T, c_T).
 
-    Example:
+    Examples:
         >>> import torch, ioaware
         >>> x, R, b = torch.randn(2, 5, 4 * 32), torch.randn(4, 1, 32, 32) / 8, torch.zeros(4, 1, 32)
         >>> y, (h, c) = ioaware.rnn.lstm(x, R, b)
@@ -157,14 +165,32 @@ def lstm(x, R, b, state0=None, num_heads: int = 1, *, tiles: RNNTiles | None = N
     return fused_recurrent_rnn("lstm", x, R, b, state0, num_heads, tiles)
 
 
-def gru(x, R, b, state0=None, num_heads: int = 1, *, tiles: RNNTiles | None = None):
+def gru(x: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: Sequence[torch.Tensor] | None = None,
+        num_heads: int = 1, *, tiles: RNNTiles | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Fused GRU recurrence (nn.GRU's cell): x (B, T, 3·NH·D) gates (r, z, n); R (3, NH, D, D);
-    b (4, NH, D) = (b_ir + b_hr, b_iz + b_hz, b_in, b_hn); state0 (h0,). Returns y and (h_T,)."""
+    b (4, NH, D) = (b_ir + b_hr, b_iz + b_hz, b_in, b_hn); state0 (h0,). Returns y and (h_T,).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> x, R, b = torch.randn(2, 5, 3 * 2 * 16), torch.randn(3, 2, 16, 16) / 4, torch.zeros(4, 2, 16)
+        >>> y, (h,) = ioaware.rnn.gru(x, R, b, num_heads=2)
+        >>> torch.allclose(y, ioaware.rnn.gru_ref(x, R, b, num_heads=2)[0], atol=1e-5), h.shape
+        (True, torch.Size([2, 32]))
+    """
     return fused_recurrent_rnn("gru", x, R, b, state0, num_heads, tiles)
 
 
-def slstm(x, R, b, state0=None, num_heads: int = 1, *, tiles: RNNTiles | None = None):
+def slstm(x: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: Sequence[torch.Tensor] | None = None,
+          num_heads: int = 1, *, tiles: RNNTiles | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Fused sLSTM recurrence (xLSTM; exponential input gate stabilised by m): x (B, T, 4·NH·D) gates
     (i, f, z, o); R (4, NH, D, D); b (4, NH, D); state0 (h0, c0, n0, m0), default m0 = -inf.
-    Returns y and (h_T, c_T, n_T, m_T)."""
+    Returns y and (h_T, c_T, n_T, m_T).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> x, R, b = torch.randn(1, 6, 4 * 16), torch.randn(4, 1, 16, 16) / 4, torch.zeros(4, 1, 16)
+        >>> y, (h, c, n, m) = ioaware.rnn.slstm(x, R, b)
+        >>> y.shape, bool((n >= 1).all())                  # the normaliser is clamped at 1
+        (torch.Size([1, 6, 16]), True)
+    """
     return fused_recurrent_rnn("slstm", x, R, b, state0, num_heads, tiles)

@@ -20,12 +20,15 @@ fused kernel removes by keeping R on chip for the whole sequence.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 CELLS = {"lstm": (4, 4, 2), "gru": (3, 4, 1), "slstm": (4, 4, 4)}  # cell: (G of x and R, G of b, states)
 
 
-def zero_state(cell: str, B: int, H: int, dtype, device) -> tuple[torch.Tensor, ...]:
+def zero_state(cell: str, B: int, H: int, dtype: torch.dtype,
+               device: torch.device | str | None) -> tuple[torch.Tensor, ...]:
     S = CELLS[cell][2]
     st = [torch.zeros(B, H, dtype=dtype, device=device) for _ in range(S)]
     if cell == "slstm":
@@ -33,7 +36,8 @@ def zero_state(cell: str, B: int, H: int, dtype, device) -> tuple[torch.Tensor, 
     return tuple(st)
 
 
-def _step(cell: str, pre_x, pre_h, b, state):
+def _step(cell: str, pre_x: torch.Tensor, pre_h: torch.Tensor, b: torch.Tensor,
+          state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """One step. pre_x (B, G, NH, D) the input projection, pre_h (B, G, NH, D) = h @ R per gate."""
     if cell == "lstm":
         h, c = state
@@ -59,7 +63,8 @@ def _step(cell: str, pre_x, pre_h, b, state):
     return (torch.sigmoid(a[:, 3]) * c / n, c, n, m_new)
 
 
-def rnn_ref(cell: str, x: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0=None, num_heads: int = 1):
+def rnn_ref(cell: str, x: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: Sequence[torch.Tensor] | None = None,
+            num_heads: int = 1) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """The time loop; autograd gives the reference backward. Returns (y (B, T, NH·D), final states tuple)."""
     G, _, _ = CELLS[cell]
     B, T, _ = x.shape
@@ -76,13 +81,41 @@ def rnn_ref(cell: str, x: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0
     return y, tuple(s.reshape(B, NH * D) for s in state)
 
 
-def lstm_ref(x, R, b, state0=None, num_heads: int = 1):
+def lstm_ref(x: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: Sequence[torch.Tensor] | None = None,
+             num_heads: int = 1) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`lstm`'s time loop in plain PyTorch (same arguments and results).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> x, R, b = torch.randn(1, 4, 4 * 8), torch.randn(4, 1, 8, 8) / 4, torch.zeros(4, 1, 8)
+        >>> y, (h, c) = ioaware.rnn.lstm_ref(x, R, b)
+        >>> torch.equal(y[:, -1], h)
+        True
+    """
     return rnn_ref("lstm", x, R, b, state0, num_heads)
 
 
-def gru_ref(x, R, b, state0=None, num_heads: int = 1):
+def gru_ref(x: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: Sequence[torch.Tensor] | None = None,
+            num_heads: int = 1) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`gru`'s time loop in plain PyTorch (same arguments and results).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> y, (h,) = ioaware.rnn.gru_ref(torch.randn(1, 4, 3 * 8), torch.randn(3, 1, 8, 8), torch.zeros(4, 1, 8))
+        >>> y.shape
+        torch.Size([1, 4, 8])
+    """
     return rnn_ref("gru", x, R, b, state0, num_heads)
 
 
-def slstm_ref(x, R, b, state0=None, num_heads: int = 1):
+def slstm_ref(x: torch.Tensor, R: torch.Tensor, b: torch.Tensor, state0: Sequence[torch.Tensor] | None = None,
+              num_heads: int = 1) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`slstm`'s time loop in plain PyTorch (same arguments and results).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> y, st = ioaware.rnn.slstm_ref(torch.randn(1, 4, 4 * 8), torch.randn(4, 1, 8, 8), torch.zeros(4, 1, 8))
+        >>> len(st)                                         # h, c, n, m
+        4
+    """
     return rnn_ref("slstm", x, R, b, state0, num_heads)

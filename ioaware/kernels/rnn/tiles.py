@@ -61,6 +61,17 @@ class Machine:
 
 @dataclass(frozen=True)
 class RNNTiles:
+    """The fused RNN kernel's tiling: BB batch rows per program, the head's D outputs in NJ tiles of BJ (heads
+    split over programs when NJ > 1), DP the padded head size, and the kernel's launch options.
+
+    Examples:
+        >>> import torch, ioaware
+        >>> tiles = ioaware.rnn.plan_rnn_tiles("lstm", B=2, NH=1, D=32, elem_bytes=4)
+        >>> x, R, b = torch.randn(2, 3, 4 * 32), torch.randn(4, 1, 32, 32) / 8, torch.zeros(4, 1, 32)
+        >>> ioaware.rnn.lstm(x, R, b, tiles=tiles)[0].shape                  # forcing the planner's choice
+        torch.Size([2, 3, 32])
+    """
+
     BB: int
     BJ: int
     NJ: int
@@ -121,7 +132,7 @@ def _key(p: Problem, m: Machine, BB: int, BJ: int, NW: int) -> tuple:
     return (step_ns(p, m, BB, BJ, NW), NW, -BJ, -BB)
 
 
-def _domain(p: Problem):
+def _domain(p: Problem) -> list[tuple[int, int, int]]:
     bbs = [bb for bb in BB_CHOICES if bb == 16 or bb <= p.B]  # no block larger than the (padded) batch
     return [(bb, bj, nw) for bb in bbs for bj in bj_choices(p.DP) for nw in NW_CHOICES]
 
@@ -133,76 +144,84 @@ def solve_enumerate(p: Problem, m: Machine = Machine()) -> tuple[int, int, int] 
 
 
 def solve_cpsat(p: Problem, m: Machine = Machine(), time_limit_s: float = 10.0) -> tuple[int, int, int] | None:
-    """The same model in OR-Tools CP-SAT (products as multiplication equalities, ceilings as divisions)."""
+    """The same model in OR-Tools CP-SAT (products as multiplication equalities, ceilings as divisions); the
+    snake_case API of OR-Tools >= 9.8, the one its type stubs describe."""
     from ortools.sat.python import cp_model
 
     G, S, e, DP = GATES[p.cell], STATES[p.cell], p.elem_bytes, p.DP
     md = cp_model.CpModel()
     bbs = sorted({bb for bb, _, _ in _domain(p)})
-    bb = md.NewIntVarFromDomain(cp_model.Domain.FromValues(bbs), "BB")
-    bj = md.NewIntVarFromDomain(cp_model.Domain.FromValues(bj_choices(DP)), "BJ")
-    nw = md.NewIntVarFromDomain(cp_model.Domain.FromValues(list(NW_CHOICES)), "NW")
-    nj = md.NewIntVar(1, DP // 16, "NJ")  # NJ = ceil(D / BJ)
-    njbj = md.NewIntVar(0, 2 * DP, "NJ*BJ")
-    md.AddMultiplicationEquality(njbj, [nj, bj])
-    md.Add(njbj >= p.D)
-    md.Add(njbj - bj < p.D)
-    nb = md.NewIntVar(1, p.B, "NB")  # NB = ceil(B / BB)
-    nbbb = md.NewIntVar(0, 2 * p.B + 64, "NB*BB")
-    md.AddMultiplicationEquality(nbbb, [nb, bb])
-    md.Add(nbbb >= p.B)
-    md.Add(nbbb - bb < p.B)
-    bbbj = md.NewIntVar(0, 64 * DP, "BB*BJ")
-    md.AddMultiplicationEquality(bbbj, [bb, bj])
-    threads4 = md.NewIntVar(512, 4 * 32 * 16, "4*32*NW")
-    md.Add(threads4 == 128 * nw)
-    bytes_ = md.NewIntVar(0, 1 << 30, "bytes")
-    md.Add(bytes_ == (G + S + 2) * 4 * bbbj + DP * e * bb)
-    regs = md.NewIntVar(0, 1 << 30, "regs")  # regs = 32 + ceil(bytes / (128·NW))
-    md.AddDivisionEquality(regs, bytes_ + threads4 - 1, threads4)
-    md.Add(regs + 32 <= m.regs_per_thread)
-    regs_nw = md.NewIntVar(0, 1 << 30, "regs*NW")
-    md.AddMultiplicationEquality(regs_nw, [regs, nw])
-    md.Add(32 * regs_nw + 32 * 32 * nw <= m.regs_per_sm)
-    md.Add(G * DP * e * bj + DP * e * bb + G * 4 * bbbj <= m.smem_per_block)
-    split = md.NewBoolVar("NJ>1")
-    md.Add(nj >= 2).OnlyEnforceIf(split)
-    md.Add(nj == 1).OnlyEnforceIf(split.Not())
-    nbnj = md.NewIntVar(0, 1 << 30, "NB*NJ")
-    md.AddMultiplicationEquality(nbnj, [nb, nj])
-    md.Add(p.NH * nbnj <= m.num_sms).OnlyEnforceIf(split)
-    waves = md.NewIntVar(1, 1 << 30, "waves")
-    md.AddDivisionEquality(waves, p.NH * nbnj + m.num_sms - 1, m.num_sms)
-    mma = md.NewIntVar(0, 1 << 30, "mma_ns")
-    md.AddDivisionEquality(mma, 2 * G * DP * bbbj + m.mma_flop_per_ns - 1, m.mma_flop_per_ns)
-    pw = md.NewIntVar(0, 1 << 30, "elems_per_thread")  # ceil(G·BB·BJ / (32·NW))
-    md.AddDivisionEquality(pw, G * bbbj + 32 * nw - 1, 32 * nw)
-    per = md.NewIntVar(0, 1 << 30, "per_wave")
-    md.Add(per == m.step_ns + mma + m.pointwise_ns_per_elem * pw + m.sync_ns_per_warp * nw + m.barrier_ns * split)
-    cost = md.NewIntVar(0, 1 << 40, "step_ns")
-    md.AddMultiplicationEquality(cost, [waves, per])
+    bb = md.new_int_var_from_domain(cp_model.Domain.from_values(bbs), "BB")
+    bj = md.new_int_var_from_domain(cp_model.Domain.from_values(bj_choices(DP)), "BJ")
+    nw = md.new_int_var_from_domain(cp_model.Domain.from_values(list(NW_CHOICES)), "NW")
+    nj = md.new_int_var(1, DP // 16, "NJ")  # NJ = ceil(D / BJ)
+    njbj = md.new_int_var(0, 2 * DP, "NJ*BJ")
+    md.add_multiplication_equality(njbj, [nj, bj])
+    md.add(njbj >= p.D)
+    md.add(njbj - bj < p.D)
+    nb = md.new_int_var(1, p.B, "NB")  # NB = ceil(B / BB)
+    nbbb = md.new_int_var(0, 2 * p.B + 64, "NB*BB")
+    md.add_multiplication_equality(nbbb, [nb, bb])
+    md.add(nbbb >= p.B)
+    md.add(nbbb - bb < p.B)
+    bbbj = md.new_int_var(0, 64 * DP, "BB*BJ")
+    md.add_multiplication_equality(bbbj, [bb, bj])
+    threads4 = md.new_int_var(512, 4 * 32 * 16, "4*32*NW")
+    md.add(threads4 == 128 * nw)
+    bytes_ = md.new_int_var(0, 1 << 30, "bytes")
+    md.add(bytes_ == (G + S + 2) * 4 * bbbj + DP * e * bb)
+    regs = md.new_int_var(0, 1 << 30, "regs")  # regs = 32 + ceil(bytes / (128·NW))
+    md.add_division_equality(regs, bytes_ + threads4 - 1, threads4)
+    md.add(regs + 32 <= m.regs_per_thread)
+    regs_nw = md.new_int_var(0, 1 << 30, "regs*NW")
+    md.add_multiplication_equality(regs_nw, [regs, nw])
+    md.add(32 * regs_nw + 32 * 32 * nw <= m.regs_per_sm)
+    md.add(G * DP * e * bj + DP * e * bb + G * 4 * bbbj <= m.smem_per_block)
+    split = md.new_bool_var("NJ>1")
+    md.add(nj >= 2).only_enforce_if(split)
+    md.add(nj == 1).only_enforce_if(~split)
+    nbnj = md.new_int_var(0, 1 << 30, "NB*NJ")
+    md.add_multiplication_equality(nbnj, [nb, nj])
+    md.add(p.NH * nbnj <= m.num_sms).only_enforce_if(split)
+    waves = md.new_int_var(1, 1 << 30, "waves")
+    md.add_division_equality(waves, p.NH * nbnj + m.num_sms - 1, m.num_sms)
+    mma = md.new_int_var(0, 1 << 30, "mma_ns")
+    md.add_division_equality(mma, 2 * G * DP * bbbj + m.mma_flop_per_ns - 1, m.mma_flop_per_ns)
+    pw = md.new_int_var(0, 1 << 30, "elems_per_thread")  # ceil(G·BB·BJ / (32·NW))
+    md.add_division_equality(pw, G * bbbj + 32 * nw - 1, 32 * nw)
+    per = md.new_int_var(0, 1 << 30, "per_wave")
+    md.add(per == m.step_ns + mma + m.pointwise_ns_per_elem * pw + m.sync_ns_per_warp * nw + m.barrier_ns * split)
+    cost = md.new_int_var(0, 1 << 40, "step_ns")
+    md.add_multiplication_equality(cost, [waves, per])
     # lexicographic tie-break folded into one integer objective: cost, then fewer warps, larger BJ, larger BB
-    lbj = md.NewIntVar(4, 12, "log2BJ")
-    md.AddElement(lbj - 4, [1 << i for i in range(4, 13)], bj)
-    lbb = md.NewIntVar(4, 6, "log2BB")
-    md.AddElement(lbb - 4, [16, 32, 64], bb)
-    lnw = md.NewIntVar(2, 4, "log2NW")
-    md.AddElement(lnw - 2, [4, 8, 16], nw)
-    md.Minimize(cost * 1000 + lnw * 100 - lbj * 10 - lbb)
+    lbj = md.new_int_var(4, 12, "log2BJ")
+    md.add_element(lbj - 4, [1 << i for i in range(4, 13)], bj)
+    lbb = md.new_int_var(4, 6, "log2BB")
+    md.add_element(lbb - 4, [16, 32, 64], bb)
+    lnw = md.new_int_var(2, 4, "log2NW")
+    md.add_element(lnw - 2, [4, 8, 16], nw)
+    md.minimize(cost * 1000 + lnw * 100 - lbj * 10 - lbb)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = 1  # deterministic
-    st = solver.Solve(md)
+    st = solver.solve(md)
     if st == cp_model.INFEASIBLE:
         return None
     if st != cp_model.OPTIMAL:
-        raise RuntimeError(f"CP-SAT did not prove optimality ({solver.StatusName(st)})")
-    return solver.Value(bb), solver.Value(bj), solver.Value(nw)
+        raise RuntimeError(f"CP-SAT did not prove optimality ({solver.status_name(st)})")
+    return solver.value(bb), solver.value(bj), solver.value(nw)
 
 
 def plan_rnn_tiles(cell: str, B: int, NH: int, D: int, elem_bytes: int, machine: Machine | None = None,
                    sync: bool = True) -> RNNTiles:
-    """The optimal tiles for this problem on this machine (raises if no configuration fits the limits)."""
+    """The optimal tiles for this problem on this machine (raises if no configuration fits the limits).
+
+    Examples:
+        >>> from ioaware.rnn import plan_rnn_tiles
+        >>> t = plan_rnn_tiles("lstm", B=16, NH=12, D=64, elem_bytes=2)     # the H100 default Machine()
+        >>> t.NJ * t.BJ >= 64                                               # the tiles cover the head
+        True
+    """
     p = Problem(cell, B, NH, D, elem_bytes)
     sol = solve_enumerate(p, machine or Machine())
     if sol is None:

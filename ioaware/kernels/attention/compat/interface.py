@@ -17,14 +17,19 @@ flash-attn's semantics that the translation keeps:
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import torch
 
 from ....errors import DeviceError, ShapeError
 from ..flash import flash_attn, flash_attn_varlen
 from .probs import dropout_probs, dropout_probs_varlen
 
+# out, or (out, softmax_lse, S_dmask) with return_attn_probs=True: flash-attn's return convention
+AttnOutput: TypeAlias = torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
-def _window(op: str, causal: bool, window_size) -> tuple[int, int]:
+
+def _window(op: str, causal: bool, window_size: tuple[int, int]) -> tuple[int, int]:
     """flash-attn's window convention as ours: any negative side is unbounded (-1); causal forces right = 0, which
     our flash_attn sets itself when the right side is -1 (it rejects an explicit right > 0 with causal)."""
     try:
@@ -42,7 +47,7 @@ def _seed(return_attn_probs: bool, dropout_p: float) -> int | None:
     return None
 
 
-def _scale(softmax_scale, q: torch.Tensor) -> float:
+def _scale(softmax_scale: float | None, q: torch.Tensor) -> float:
     return float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
 
 
@@ -56,9 +61,11 @@ def _dense(op, q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, 
     if not return_attn_probs:
         return out
     # flash-attn returns an empty S_dmask when dropout is off (return_softmax = return_attn_probs and dropout_p > 0)
-    s_dmask = q.new_empty((0,)) if dropout_p == 0 else dropout_probs(
-        q.detach(), k.detach(), lse, _scale(softmax_scale, q), bool(causal), window, alibi_slopes, float(softcap),
-        float(dropout_p), seed)
+    if dropout_p == 0:
+        return out, lse, q.new_empty((0,))
+    assert seed is not None  # _seed draws one whenever probabilities come with dropout
+    s_dmask = dropout_probs(q.detach(), k.detach(), lse, _scale(softmax_scale, q), bool(causal), window, alibi_slopes,
+                            float(softcap), float(dropout_p), seed)
     return out, lse, s_dmask
 
 
@@ -71,9 +78,12 @@ def _varlen(op, q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, cau
                                  dropout_p=dropout_p, seed=seed, deterministic=bool(deterministic))
     if not return_attn_probs:
         return out
-    s_dmask = q.new_empty((0,)) if dropout_p == 0 else dropout_probs_varlen(
-        q.detach(), k.detach(), lse, cu_q, cu_k, int(max_q), int(max_k), _scale(softmax_scale, q), bool(causal),
-        window, alibi_slopes, float(softcap), float(dropout_p), seed)
+    if dropout_p == 0:
+        return out, lse, q.new_empty((0,))
+    assert seed is not None  # as in _dense
+    s_dmask = dropout_probs_varlen(q.detach(), k.detach(), lse, cu_q, cu_k, int(max_q), int(max_k),
+                                   _scale(softmax_scale, q), bool(causal), window, alibi_slopes, float(softcap),
+                                   float(dropout_p), seed)
     return out, lse, s_dmask
 
 
@@ -88,13 +98,15 @@ def _unpack(op: str, packed: torch.Tensor, n: int, dims: int, what: str) -> tupl
     return packed.unbind(axis)
 
 
-def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+def flash_attn_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
+                    softmax_scale: float | None = None, causal: bool = False, window_size: tuple[int, int] = (-1, -1),
+                    softcap: float = 0.0, alibi_slopes: torch.Tensor | None = None, deterministic: bool = False,
+                    return_attn_probs: bool = False) -> AttnOutput:
     """flash-attn 2's `flash_attn_func`: q (batch, seqlen_q, nheads, headdim), k and v (batch, seqlen_k, nheads_k,
     headdim), nheads a multiple of nheads_k. Returns out, or (out, softmax_lse (batch, nheads, seqlen_q), S_dmask)
     with return_attn_probs=True. Differentiable (ioaware's Triton backward).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ioaware.flash_attn_interface import flash_attn_func
         >>> q = torch.randn(1, 9, 4, 16); k = v = torch.randn(1, 9, 2, 16)
@@ -106,12 +118,14 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
                   return_attn_probs)
 
 
-def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+def flash_attn_qkvpacked_func(qkv: torch.Tensor, dropout_p: float = 0.0, softmax_scale: float | None = None,
+                              causal: bool = False, window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                              alibi_slopes: torch.Tensor | None = None, deterministic: bool = False,
+                              return_attn_probs: bool = False) -> AttnOutput:
     """flash-attn 2's `flash_attn_qkvpacked_func`: qkv (batch, seqlen, 3, nheads, headdim); gradients flow back
     into qkv. Returns as flash_attn_func.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ioaware.flash_attn_interface import flash_attn_qkvpacked_func
         >>> flash_attn_qkvpacked_func(torch.randn(2, 7, 3, 2, 8), causal=True).shape
@@ -123,12 +137,15 @@ def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=Fal
                   return_attn_probs)
 
 
-def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
-                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+def flash_attn_kvpacked_func(q: torch.Tensor, kv: torch.Tensor, dropout_p: float = 0.0,
+                             softmax_scale: float | None = None, causal: bool = False,
+                             window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                             alibi_slopes: torch.Tensor | None = None, deterministic: bool = False,
+                             return_attn_probs: bool = False) -> AttnOutput:
     """flash-attn 2's `flash_attn_kvpacked_func`: q (batch, seqlen_q, nheads, headdim), kv (batch, seqlen_k, 2,
     nheads_k, headdim). Returns as flash_attn_func.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ioaware.flash_attn_interface import flash_attn_kvpacked_func
         >>> flash_attn_kvpacked_func(torch.randn(1, 5, 4, 8), torch.randn(1, 6, 2, 2, 8)).shape
@@ -179,15 +196,18 @@ def _gather_paged(op: str, k: torch.Tensor, v: torch.Tensor, cu_seqlens_k: torch
     return k[pages, pos % page], v[pages, pos % page]
 
 
-def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, block_table=None):
+def flash_attn_varlen_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                           cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
+                           softmax_scale: float | None = None, causal: bool = False,
+                           window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                           alibi_slopes: torch.Tensor | None = None, deterministic: bool = False,
+                           return_attn_probs: bool = False, block_table: torch.Tensor | None = None) -> AttnOutput:
     """flash-attn 2's `flash_attn_varlen_func` on packed sequences: q (total_q, nheads, headdim), k and v (total_k,
     nheads_k, headdim), cu_seqlens_* int32 (batch + 1,). softmax_lse is (nheads, total_q). With block_table
     (batch, max_num_blocks_per_seq), k and v are a paged cache (num_blocks, page_block_size, nheads_k, headdim) and
     sequence b's keys are its first cu_seqlens_k[b+1] - cu_seqlens_k[b] tokens (gathered, then attended).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ioaware.flash_attn_interface import flash_attn_varlen_func
         >>> cu = torch.tensor([0, 3, 8], dtype=torch.int32); q = k = v = torch.randn(8, 2, 16)
@@ -201,13 +221,15 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                    causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs)
 
 
-def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
-                                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
-                                     return_attn_probs=False):
+def flash_attn_varlen_qkvpacked_func(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                                     dropout_p: float = 0.0, softmax_scale: float | None = None, causal: bool = False,
+                                     window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                                     alibi_slopes: torch.Tensor | None = None, deterministic: bool = False,
+                                     return_attn_probs: bool = False) -> AttnOutput:
     """flash-attn 2's `flash_attn_varlen_qkvpacked_func`: qkv (total, 3, nheads, headdim), one cu_seqlens for
     queries and keys. Returns as flash_attn_varlen_func.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ioaware.flash_attn_interface import flash_attn_varlen_qkvpacked_func
         >>> cu = torch.tensor([0, 4, 9], dtype=torch.int32)
@@ -220,13 +242,16 @@ def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
                    window_size, softcap, alibi_slopes, deterministic, return_attn_probs)
 
 
-def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                                    softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                                    alibi_slopes=None, deterministic=False, return_attn_probs=False):
+def flash_attn_varlen_kvpacked_func(q: torch.Tensor, kv: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                                    cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                                    dropout_p: float = 0.0, softmax_scale: float | None = None, causal: bool = False,
+                                    window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                                    alibi_slopes: torch.Tensor | None = None, deterministic: bool = False,
+                                    return_attn_probs: bool = False) -> AttnOutput:
     """flash-attn 2's `flash_attn_varlen_kvpacked_func`: q (total_q, nheads, headdim), kv (total_k, 2, nheads_k,
     headdim). Returns as flash_attn_varlen_func.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ioaware.flash_attn_interface import flash_attn_varlen_kvpacked_func
         >>> cu = torch.tensor([0, 2, 5], dtype=torch.int32)

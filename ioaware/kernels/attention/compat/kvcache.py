@@ -34,7 +34,7 @@ MAX_DECODE_TQ = 16  # flash_decode packs GROUP x Tq query rows into one tile; mo
 MAX_DECODE_PAGE = 256
 
 
-def _int_vec(name: str, t, B: int, device) -> torch.Tensor | None:
+def _int_vec(name: str, t: object, B: int, device: torch.device) -> torch.Tensor | None:
     if t is None:
         return None
     if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64) or tuple(t.shape) != (B,):
@@ -137,7 +137,7 @@ def _append(cache, new, lens, batch_idx, block_table):
         cache[torch.gather(block_table.long(), 1, pos // page), pos % page] = new.to(cache.dtype)
 
 
-def _paged_view(cache: torch.Tensor, batch_idx: torch.Tensor):
+def _paged_view(cache: torch.Tensor, batch_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A contiguous cache (rows, S, Hkv, D) as pages of P | S tokens and the block table that maps row b to cache
     row batch_idx[b]: cache_batch_idx without copying. None if the memory cannot be viewed so."""
     rows, S = cache.shape[:2]
@@ -158,10 +158,16 @@ def _gather_live(cache, batch_idx, block_table, b_idx, pos):
     return cache[block_table.long()[b_idx, pos // page], pos % page]
 
 
-def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None, rotary_sin=None,
-                            cache_seqlens=None, cache_batch_idx=None, cache_leftpad=None, block_table=None,
-                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                            rotary_interleaved=True, alibi_slopes=None, num_splits=0, return_softmax_lse=False):
+def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            k: torch.Tensor | None = None, v: torch.Tensor | None = None,
+                            rotary_cos: torch.Tensor | None = None, rotary_sin: torch.Tensor | None = None,
+                            cache_seqlens: int | torch.Tensor | None = None,
+                            cache_batch_idx: torch.Tensor | None = None, cache_leftpad: torch.Tensor | None = None,
+                            block_table: torch.Tensor | None = None, softmax_scale: float | None = None,
+                            causal: bool = False, window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                            rotary_interleaved: bool = True, alibi_slopes: torch.Tensor | None = None,
+                            num_splits: int = 0, return_softmax_lse: bool = False
+                            ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """flash-attn 2's `flash_attn_with_kvcache`: attention of q (batch, seqlen_q, nheads, headdim) against a KV cache,
     appending k/v (batch, seqlen_new, nheads_k, headdim) in place at cache_seqlens first.
 
@@ -173,7 +179,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     else at cache_seqlens. Masks (causal, window_size) are bottom-right aligned on the live keys. Inference only.
     Returns out, or (out, softmax_lse (batch, nheads, seqlen_q)) with return_softmax_lse=True.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from ioaware.flash_attn_interface import flash_attn_with_kvcache
         >>> kc = torch.zeros(2, 32, 2, 16); vc = torch.zeros(2, 32, 2, 16)
@@ -202,6 +208,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             raise ValueError(f"{OP}: appending k and v needs cache_seqlens (where they go)")
         cache_seqlens = torch.full((B,), cap, dtype=torch.int32, device=dev)
     lens = _int_vec("cache_seqlens", cache_seqlens, B, dev)
+    assert lens is not None  # cache_seqlens was filled in above; for the type checker
     batch_idx = _int_vec("cache_batch_idx", cache_batch_idx, B, dev)
     leftpad = _int_vec("cache_leftpad", cache_leftpad, B, dev)
     if not isinstance(num_splits, int) or num_splits < 0:
@@ -227,6 +234,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     _raise_or_assert(bad, on_host and not torch.compiler.is_compiling())  # a traced step cannot read values
 
     if rotary_cos is not None:
+        # _check_shapes made sure rotary_sin, k and v come with rotary_cos; for the type checker:
+        assert rotary_sin is not None and k is not None
         t = torch.arange(max(Tq, Tnew), device=dev)[None, :]
         k_pos = lens.long()[:, None] + t[:, :Tnew]
         q_pos = lens.long()[:, None] + (t[:, :Tq] if (causal or local) else 0 * t[:, :Tq])
@@ -236,11 +245,11 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     if decode:
         kc, vc, bt = k_cache, v_cache, block_table
         if batch_idx is not None:
-            views = (_paged_view(k_cache, batch_idx), _paged_view(v_cache, batch_idx))
-            if views[0] is None or views[1] is None:
+            kview, vview = _paged_view(k_cache, batch_idx), _paged_view(v_cache, batch_idx)
+            if kview is None or vview is None:
                 decode = False
             else:
-                (kc, bt), (vc, _) = views
+                (kc, bt), (vc, _) = kview, vview
         if decode:
             out, lse = flash_decode(q, kc, vc, lens, bt, k_new=k, v_new=v, softmax_scale=scale, causal=causal,
                                     num_splits=num_splits or None, return_lse=True)

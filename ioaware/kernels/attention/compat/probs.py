@@ -31,7 +31,8 @@ def _probs(q, k, lse, scale, causal, window, slopes, softcap):
     return torch.exp(s - lse.float()[..., None]).nan_to_num(0.0)
 
 
-def _keep(device, shape: tuple[int, ...], rows: int, max_k: int, dropout_p: float, seed: int) -> torch.Tensor:
+def _keep(device: torch.device, shape: tuple[int, ...], rows: int, max_k: int, dropout_p: float,
+          seed: int) -> torch.Tensor:
     if backend_for(device.type) == "reference":  # as the reference backend draws its mask
         g = torch.Generator(device).manual_seed(seed)
         return torch.rand(shape, generator=g, device=device) >= dropout_p
@@ -42,7 +43,9 @@ def _slopes(alibi, b):
     return None if alibi is None else (alibi[b] if alibi.dim() == 2 else alibi)
 
 
-def dropout_probs(q, k, lse, scale, causal, window, alibi, softcap, dropout_p, seed) -> torch.Tensor:
+def dropout_probs(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float, causal: bool,
+                  window: tuple[int, int], alibi: torch.Tensor | None, softcap: float, dropout_p: float,
+                  seed: int) -> torch.Tensor:
     """Batched: q (B, Tq, Hq, D), k (B, Tk, Hkv, D), lse (B, Hq, Tq) -> S_dmask (B, Hq, Tq, Tk) in q's dtype."""
     B, Tq, Hq = q.shape[:3]
     Tk = k.shape[1]
@@ -51,8 +54,9 @@ def dropout_probs(q, k, lse, scale, causal, window, alibi, softcap, dropout_p, s
     return torch.where(keep, p, -p).to(q.dtype)
 
 
-def dropout_probs_varlen(q, k, lse, cu_q, cu_k, max_q, max_k, scale, causal, window, alibi, softcap, dropout_p,
-                         seed) -> torch.Tensor:
+def dropout_probs_varlen(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                         max_q: int, max_k: int, scale: float, causal: bool, window: tuple[int, int],
+                         alibi: torch.Tensor | None, softcap: float, dropout_p: float, seed: int) -> torch.Tensor:
     """Packed: q (total_q, Hq, D), k (total_k, Hkv, D), lse (Hq, total_q) -> S_dmask (B, Hq, max_q, max_k),
     sequence b in its top-left corner, zeros around it."""
     total_q, Hq = q.shape[:2]

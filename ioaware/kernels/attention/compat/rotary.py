@@ -13,7 +13,20 @@ import torch
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                  interleaved: bool) -> torch.Tensor:
-    """x (B, T, H, D) rotated at positions (B, T) (int64 row indices into cos and sin). Returns a new tensor."""
+    """x (B, T, H, D) rotated at positions (B, T) (int64 row indices into cos and sin). Returns a new tensor.
+
+    cos, sin: (seqlen_ro, rotary_dim / 2); the first rotary_dim features rotate, pairs (2i, 2i+1) when interleaved
+    (GPT-J), else (i, i + rotary_dim/2) (GPT-NeoX); the rest pass through.
+
+    Examples:
+        >>> import torch
+        >>> from ioaware.kernels.attention.compat import apply_rotary
+        >>> x = torch.randn(1, 3, 2, 8); ang = torch.rand(16, 2)
+        >>> pos = torch.arange(3)[None]
+        >>> y = apply_rotary(x, ang.cos(), ang.sin(), pos, interleaved=False)
+        >>> torch.allclose(y[..., :4].norm(dim=-1), x[..., :4].norm(dim=-1)), torch.equal(y[..., 4:], x[..., 4:])
+        (True, True)
+    """
     rd = 2 * cos.shape[1]
     c = cos[positions].float()[:, :, None, :]  # (B, T, 1, rd/2)
     s = sin[positions].float()[:, :, None, :]

@@ -7,6 +7,7 @@ cache_seqlens + Tnew - 1); attention then covers cache_seqlens + Tnew tokens. In
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
 import torch
 
@@ -16,7 +17,8 @@ from ..._validate import check_dtypes_and_device
 from .reference import decode_ref
 
 _KERNEL = "ioaware.kernels.attention.decode.kernel"
-stats = {"fallbacks": 0}  # unified-max splits that fell back to the exact online softmax, last call
+# unified-max splits that fell back to the exact online softmax, last call
+stats: dict[str, int | torch.Tensor] = {"fallbacks": 0}
 
 
 def _check(q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new):
@@ -63,7 +65,7 @@ def _capacity(k_cache, block_table):
     return block_table.shape[1] * k_cache.shape[1]
 
 
-def _append(cache: torch.Tensor, new: torch.Tensor, seqlens: torch.Tensor, block_table) -> None:
+def _append(cache: torch.Tensor, new: torch.Tensor, seqlens: torch.Tensor, block_table: torch.Tensor | None) -> None:
     """Write new (B, Tnew, Hkv, D) at positions seqlens[b] + t of each row, in place."""
     B, Tn = new.shape[:2]
     pos = seqlens.long()[:, None] + torch.arange(Tn, device=new.device)[None, :]  # (B, Tn)
@@ -75,7 +77,8 @@ def _append(cache: torch.Tensor, new: torch.Tensor, seqlens: torch.Tensor, block
         cache[pages, pos % page] = new.to(cache.dtype)
 
 
-def _check_values(k_cache, cache_seqlens, block_table, Tnew: int, cap: int, B: int) -> int:
+def _check_values(k_cache: torch.Tensor, cache_seqlens: torch.Tensor, block_table: torch.Tensor | None, Tnew: int,
+                  cap: int, B: int) -> int:
     lens = cache_seqlens.detach()
     if int(lens.min()) < 0 or int(lens.max()) + Tnew > cap:
         raise ShapeError(f"flash_decode: cache_seqlens + Tnew exceeds the cache capacity {cap} (or is negative): "
@@ -101,6 +104,7 @@ def _flash_decode_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     record("flash_decode", backend)
     if backend == "reference":
         if k_new is not None:
+            assert v_new is not None  # _check: both or neither
             _append(k_cache, k_new, cache_seqlens, block_table)
             _append(v_cache, v_new, cache_seqlens, block_table)
         seqlens = (cache_seqlens + Tnew).to(torch.int32)
@@ -116,7 +120,7 @@ def _flash_decode_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return out, lse, fb if unified_max is not None else _no_count(q, None)
 
 
-def _no_count(q, unified_max) -> torch.Tensor:
+def _no_count(q: torch.Tensor, unified_max: float | None) -> torch.Tensor:
     return torch.zeros(1 if unified_max is not None else 0, dtype=torch.int32, device=q.device)
 
 
@@ -128,10 +132,31 @@ def _(q, k_cache, v_cache, cache_seqlens, block_table, k_new, v_new, scale, caus
             q.new_empty((1 if unified_max is not None else 0,), dtype=torch.int32))
 
 
+# Overloads so a type checker knows the result from `return_lse` (a tensor, or (out, lse)); return_lse=True is
+# written as a keyword in practice, so the overloads take it as one.
+@overload
+def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                 block_table: torch.Tensor | None = ..., k_new: torch.Tensor | None = ...,
+                 v_new: torch.Tensor | None = ..., softmax_scale: float | None = ..., causal: bool = ...,
+                 unified_max: float | None = ..., num_splits: int | None = ...,
+                 return_lse: Literal[False] = ...) -> torch.Tensor: ...
+@overload
+def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                 block_table: torch.Tensor | None = ..., k_new: torch.Tensor | None = ...,
+                 v_new: torch.Tensor | None = ..., softmax_scale: float | None = ..., causal: bool = ...,
+                 unified_max: float | None = ..., num_splits: int | None = ..., *,
+                 return_lse: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                 block_table: torch.Tensor | None = ..., k_new: torch.Tensor | None = ...,
+                 v_new: torch.Tensor | None = ..., softmax_scale: float | None = ..., causal: bool = ...,
+                 unified_max: float | None = ..., num_splits: int | None = ..., *,
+                 return_lse: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                  block_table: torch.Tensor | None = None, k_new: torch.Tensor | None = None,
                  v_new: torch.Tensor | None = None, softmax_scale: float | None = None, causal: bool = True,
-                 unified_max: float | None = None, num_splits: int | None = None, return_lse: bool = False):
+                 unified_max: float | None = None, num_splits: int | None = None,
+                 return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of q (B, Tq <= 16, Hq, D) against a KV cache, split over the key sequence.
 
     Args:
@@ -145,7 +170,7 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
             (`ioaware.kernels.attention.decode.interface.stats["fallbacks"]` counts them).
         num_splits: how many programs share one row's keys (default: enough to fill the GPU).
 
-    Example:
+    Examples:
         >>> import torch, ioaware
         >>> kc = torch.zeros(2, 64, 2, 32); vc = torch.zeros(2, 64, 2, 32)
         >>> q = torch.randn(2, 1, 4, 32); lens = torch.tensor([10, 3], dtype=torch.int32)

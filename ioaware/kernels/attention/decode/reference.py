@@ -19,7 +19,14 @@ from ..flash.reference import attention_ref
 
 
 def gather_cache(cache: torch.Tensor, b: int, L: int, block_table: torch.Tensor | None) -> torch.Tensor:
-    """The first L tokens of batch row b as (L, Hkv, D)."""
+    """The first L tokens of batch row b as (L, Hkv, D), from a contiguous (B, S, Hkv, D) cache or a paged one
+    (num_pages, page_size, Hkv, D) through `block_table`.
+
+    Examples:
+        >>> pages = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 2, 1, 1)   # page p holds the value p
+        >>> gather_cache(pages, 0, 3, torch.tensor([[2, 0]])).flatten().tolist()
+        [2.0, 2.0, 0.0]
+    """
     if block_table is None:
         return cache[b, :L]
     page = cache.shape[1]
@@ -31,7 +38,14 @@ def gather_cache(cache: torch.Tensor, b: int, L: int, block_table: torch.Tensor 
 def decode_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seqlens: torch.Tensor,
                block_table: torch.Tensor | None = None, softmax_scale: float | None = None,
                causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns out (B, Tq, Hq, D) in q's dtype and lse (B, Hq, Tq) fp32. seqlens counts the tokens in the cache."""
+    """Returns out (B, Tq, Hq, D) in q's dtype and lse (B, Hq, Tq) fp32. seqlens counts the tokens in the cache.
+
+    Examples:
+        >>> q = torch.randn(2, 1, 4, 8); kc = torch.randn(2, 16, 2, 8); vc = torch.randn(2, 16, 2, 8)
+        >>> out, lse = decode_ref(q, kc, vc, torch.tensor([5, 16]))
+        >>> out.shape, lse.shape
+        (torch.Size([2, 1, 4, 8]), torch.Size([2, 4, 1]))
+    """
     B, Tq, Hq, D = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
     outs, lses = [], []

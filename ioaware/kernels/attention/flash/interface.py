@@ -10,6 +10,8 @@ directly: the custom op's dispatch costs tens of microseconds of host time per c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, Literal, overload
 
 import torch
 
@@ -19,6 +21,8 @@ from ..._validate import check_dtypes_and_device
 from .reference import attention_masked_ref, attention_ref, attention_varlen_ref
 
 MAX_HEAD_DIM = 256
+# a forward: the custom op, or its body called directly (_direct); both return (out, lse)
+_Fwd = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 _KERNEL = "ioaware.kernels.attention.flash.kernel"
 
 
@@ -52,7 +56,7 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _direct(*ts) -> bool:
+def _direct(*ts: torch.Tensor | None) -> bool:
     """True when the forward may skip the custom op: no autograd graph to record and no tracer watching."""
     if torch.compiler.is_compiling():
         return False
@@ -65,7 +69,8 @@ def _flash_attn_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
     return _flash_attn_fwd_impl(q, k, v, causal, softmax_scale)
 
 
-def _flash_attn_fwd_impl(q, k, v, causal: bool, softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _flash_attn_fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                         softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     backend = backend_for(q.device.type)
     record("flash_attn", backend)
     if backend == "reference":
@@ -87,8 +92,10 @@ def _flash_attn_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: to
     backend = backend_for(q.device.type)
     record("flash_attn_bwd", backend)
     if backend == "reference":  # torch.func: autograd's dispatch key is excluded inside a custom op
-        _, vjp = torch.func.vjp(lambda q, k, v: attention_ref(q, k, v, causal, softmax_scale)[0], q, k, v)
-        return tuple(g.contiguous() for g in vjp(do))
+        # torch.func.vjp's result is (output, vjp_fn[, aux]); its annotation does not say which, so index it
+        vjp = torch.func.vjp(lambda q, k, v: attention_ref(q, k, v, causal, softmax_scale)[0], q, k, v)[1]
+        dq, dk, dv = (g.contiguous() for g in vjp(do))
+        return dq, dk, dv
     return load_kernel_module(_KERNEL).flash_attn_bwd(do, q, k, v, o, lse, causal, softmax_scale)
 
 
@@ -117,8 +124,9 @@ _flash_attn_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 _MASKED = "ioaware.kernels.attention.flash.masked"
 
 
-def _spec(cu_q, cu_k, max_q, max_k, batch, scale, causal, wl, wr, alibi, softcap, dropout_p, seed, prefix, block_mask,
-          bq, bk) -> dict:
+def _spec(cu_q: torch.Tensor | None, cu_k: torch.Tensor | None, max_q: int, max_k: int, batch: int, scale: float,
+          causal: bool, wl: int, wr: int, alibi: torch.Tensor | None, softcap: float, dropout_p: float, seed: int,
+          prefix: torch.Tensor | None, block_mask: torch.Tensor | None, bq: int, bk: int) -> dict[str, Any]:
     return dict(cu_q=cu_q, cu_k=cu_k, max_q=max_q, max_k=max_k, batch=batch, scale=scale, causal=causal, wl=wl,
                 wr=wr, alibi=alibi, softcap=softcap, dropout_p=dropout_p, seed=seed, prefix=prefix,
                 block_mask=block_mask, block_size=(bq, bk))
@@ -156,8 +164,11 @@ def _flash_attn_masked_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                        dropout_p, seed, prefix, block_mask, bq, bk)
 
 
-def _flash_attn_masked_fwd_impl(q, k, v, cu_q, cu_k, max_q, max_k, batch, scale, causal, wl, wr, alibi, softcap,
-                                dropout_p, seed, prefix, block_mask, bq, bk) -> tuple[torch.Tensor, torch.Tensor]:
+def _flash_attn_masked_fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor | None,
+                                cu_k: torch.Tensor | None, max_q: int, max_k: int, batch: int, scale: float,
+                                causal: bool, wl: int, wr: int, alibi: torch.Tensor | None, softcap: float,
+                                dropout_p: float, seed: int, prefix: torch.Tensor | None,
+                                block_mask: torch.Tensor | None, bq: int, bk: int) -> tuple[torch.Tensor, torch.Tensor]:
     spec = _spec(cu_q, cu_k, max_q, max_k, batch, scale, causal, wl, wr, alibi, softcap, dropout_p, seed, prefix,
                  block_mask, bq, bk)
     backend = backend_for(q.device.type)
@@ -186,8 +197,9 @@ def _flash_attn_masked_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     backend = backend_for(q.device.type)
     record("flash_attn_bwd", backend)
     if backend == "reference":
-        _, vjp = torch.func.vjp(lambda q, k, v: _masked_ref(q, k, v, spec)[0], q, k, v)
-        return tuple(g.contiguous() for g in vjp(do))
+        vjp = torch.func.vjp(lambda q, k, v: _masked_ref(q, k, v, spec)[0], q, k, v)[1]  # (output, vjp_fn)
+        dq, dk, dv = (g.contiguous() for g in vjp(do))
+        return dq, dk, dv
     return load_kernel_module(_MASKED).flash_attn_masked_bwd(do, q, k, v, o, lse, spec)
 
 
@@ -213,11 +225,34 @@ def _masked_backward(ctx, do, dlse):
 _flash_attn_masked_fwd_op.register_autograd(_masked_backward, setup_context=_masked_setup_context)
 
 
+# Overloads so a type checker knows the result from `return_lse` (a tensor, or (out, lse)); the implementation
+# below is the one definition that runs.
+@overload
+def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = ...,
+               softmax_scale: float | None = ..., return_lse: Literal[False] = ..., window_size: tuple[int, int] = ...,
+               alibi_slopes: torch.Tensor | None = ..., softcap: float = ..., dropout_p: float = ...,
+               seed: int | None = ..., deterministic: bool = ..., prefix_lens: int | torch.Tensor | None = ...,
+               block_mask: torch.Tensor | None = ..., block_size: tuple[int, int] = ...) -> torch.Tensor: ...
+@overload
+def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = ...,
+               softmax_scale: float | None = ..., return_lse: Literal[True], window_size: tuple[int, int] = ...,
+               alibi_slopes: torch.Tensor | None = ..., softcap: float = ..., dropout_p: float = ...,
+               seed: int | None = ..., deterministic: bool = ..., prefix_lens: int | torch.Tensor | None = ...,
+               block_mask: torch.Tensor | None = ..., block_size: tuple[int, int] = ...
+               ) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = ...,
+               softmax_scale: float | None = ..., return_lse: bool, window_size: tuple[int, int] = ...,
+               alibi_slopes: torch.Tensor | None = ..., softcap: float = ..., dropout_p: float = ...,
+               seed: int | None = ..., deterministic: bool = ..., prefix_lens: int | torch.Tensor | None = ...,
+               block_mask: torch.Tensor | None = ..., block_size: tuple[int, int] = ...
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-               softmax_scale: float | None = None, return_lse: bool = False, window_size=(-1, -1),
+               softmax_scale: float | None = None, return_lse: bool = False, window_size: tuple[int, int] = (-1, -1),
                alibi_slopes: torch.Tensor | None = None, softcap: float = 0.0, dropout_p: float = 0.0,
-               seed: int | None = None, deterministic: bool = False, prefix_lens=None,
-               block_mask: torch.Tensor | None = None, block_size=(128, 128)):
+               seed: int | None = None, deterministic: bool = False, prefix_lens: int | torch.Tensor | None = None,
+               block_mask: torch.Tensor | None = None, block_size: tuple[int, int] = (128, 128)
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Exact attention softmax(q k^T * scale) v without materialising the Tq x Tk matrix.
 
     Every option is keyword-only: flash-attn's flash_attn_func takes dropout_p fourth, so a positional port
@@ -226,23 +261,23 @@ def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: boo
 
     Args:
         q: (batch, seqlen_q, heads_q, head_dim); k, v: (batch, seqlen_k, heads_kv, head_dim), heads_q a
-           multiple of heads_kv (GQA/MQA). float16, bfloat16 or float32; head_dim up to 256.
+            multiple of heads_kv (GQA/MQA). float16, bfloat16 or float32; head_dim up to 256.
         causal: mask aligned bottom-right: query row r sees keys c <= r + seqlen_k - seqlen_q.
         softmax_scale: defaults to 1 / sqrt(head_dim).
         return_lse: also return the row log-sum-exp (batch, heads_q, seqlen_q), fp32, natural log; -inf for
-           rows that see no key (their output is 0). The LSE is not differentiable.
+            rows that see no key (their output is 0). The LSE is not differentiable.
         window_size: (left, right) local attention: row r sees keys r + off - left .. r + off + right
-           (off = seqlen_k - seqlen_q); -1 = unbounded on that side. With causal, right is 0.
+            (off = seqlen_k - seqlen_q); -1 = unbounded on that side. With causal, right is 0.
         alibi_slopes: fp32 (heads_q,) or (batch, heads_q): score -= slope * |r + off - c|.
         softcap: > 0 caps the scaled scores: s = softcap * tanh(s / softcap) (with its backward).
         dropout_p, seed: dropout on the attention probabilities, drawn in the kernel (Philox, counter = element);
-           the backward regenerates the same mask. seed=None draws one from torch's default generator.
+            the backward regenerates the same mask. seed=None draws one from torch's default generator.
         deterministic: accepted for flash-attn compatibility; the backward is always bitwise reproducible (every
-           dQ, dK, dV element is written by one program, in a fixed order, without atomics).
+            dQ, dK, dV element is written by one program, in a fixed order, without atomics).
         prefix_lens: prefix-LM (needs causal=True): the first prefix_lens[b] keys are seen by every query of
-           sequence b (an int for all). block_mask: block-sparse attention, bool (batch|1, heads_q|1,
-           cdiv(seqlen_q, bq), cdiv(seqlen_k, bk)) for block_size=(bq, bk) (powers of two, 16..128); only the
-           non-empty blocks are loaded and computed, forward and backward; combines with every other option.
+            sequence b (an int for all). block_mask: block-sparse attention, bool (batch|1, heads_q|1,
+            cdiv(seqlen_q, bq), cdiv(seqlen_k, bk)) for block_size=(bq, bk) (powers of two, 16..128); only the
+            non-empty blocks are loaded and computed, forward and backward; combines with every other option.
 
     Masks are a fixed vocabulary (causal, window, prefix-LM, document boundaries through flash_attn_varlen,
     block mask, ALiBi, softcap), not FlexAttention-style callables: each kind is a constexpr flag, so the
@@ -252,7 +287,7 @@ def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: boo
     need a block-mask pass over the whole Tq x Tk grid to find the empty tiles, autograd through user code in the
     kernel, and a compiler front end; arbitrary patterns are covered, at block granularity, by block_mask.
 
-    Example:
+    Examples:
         >>> import torch, ioaware
         >>> q = torch.randn(1, 97, 4, 59); k = v = torch.randn(1, 97, 2, 59)
         >>> ioaware.flash_attn(q, k, v, causal=True).shape
@@ -269,27 +304,52 @@ def flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: boo
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     direct = _direct(q, k, v)
     if opts is None and block_mask is None:  # plain or causal: kernel.py, unchanged
-        o, lse = (_flash_attn_fwd_impl if direct else _flash_attn_fwd_op)(q, k, v, bool(causal), scale)
+        plain: _Fwd = _flash_attn_fwd_impl if direct else _flash_attn_fwd_op
+        o, lse = plain(q, k, v, bool(causal), scale)
         return (o, lse) if return_lse else o
     opts = opts or _options("flash_attn", q, B, Hq, causal, (-1, -1), None, 0.0, 0.0, None, False, None, force=True)
     bq, bk = block_size if block_mask is not None else (0, 0)
-    fwd = _flash_attn_masked_fwd_impl if direct else _flash_attn_masked_fwd_op
+    fwd: _Fwd = _flash_attn_masked_fwd_impl if direct else _flash_attn_masked_fwd_op
     o, lse = fwd(q, k, v, None, None, Tq, Tk, B, scale, *opts, block_mask, bq, bk)
     return (o, lse) if return_lse else o
 
 
+@overload
+def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = ...,
+                      softmax_scale: float | None = ..., return_lse: Literal[False] = ...,
+                      window_size: tuple[int, int] = ..., alibi_slopes: torch.Tensor | None = ...,
+                      softcap: float = ..., dropout_p: float = ..., seed: int | None = ..., deterministic: bool = ...,
+                      prefix_lens: int | torch.Tensor | None = ...) -> torch.Tensor: ...
+@overload
+def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = ...,
+                      softmax_scale: float | None = ..., return_lse: Literal[True],
+                      window_size: tuple[int, int] = ..., alibi_slopes: torch.Tensor | None = ...,
+                      softcap: float = ..., dropout_p: float = ..., seed: int | None = ..., deterministic: bool = ...,
+                      prefix_lens: int | torch.Tensor | None = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                      cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = ...,
+                      softmax_scale: float | None = ..., return_lse: bool,
+                      window_size: tuple[int, int] = ..., alibi_slopes: torch.Tensor | None = ...,
+                      softcap: float = ..., dropout_p: float = ..., seed: int | None = ..., deterministic: bool = ...,
+                      prefix_lens: int | torch.Tensor | None = ...) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ...
 def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                       cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, *, causal: bool = False,
-                      softmax_scale: float | None = None, return_lse: bool = False, window_size=(-1, -1),
-                      alibi_slopes: torch.Tensor | None = None, softcap: float = 0.0, dropout_p: float = 0.0,
-                      seed: int | None = None, deterministic: bool = False, prefix_lens=None):
+                      softmax_scale: float | None = None, return_lse: bool = False,
+                      window_size: tuple[int, int] = (-1, -1), alibi_slopes: torch.Tensor | None = None,
+                      softcap: float = 0.0, dropout_p: float = 0.0, seed: int | None = None,
+                      deterministic: bool = False, prefix_lens: int | torch.Tensor | None = None
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """flash_attn on packed sequences without padding: q (total_q, heads_q, head_dim), k, v (total_k, heads_kv,
     head_dim); sequence b is rows cu_seqlens_q[b]:cu_seqlens_q[b+1] of q and cu_seqlens_k[b]:cu_seqlens_k[b+1] of
     k and v (int32, length batch + 1, starting at 0). With causal=True and the same cu_seqlens for q and k this is
     document-causal attention over a packed batch. Every option of flash_attn except block_mask; the LSE is
     (heads_q, total_q). Masks are per sequence (bottom-right aligned within each).
 
-    Example:
+    Examples:
         >>> import torch, ioaware
         >>> cu = torch.tensor([0, 5, 12], dtype=torch.int32); q = k = v = torch.randn(12, 2, 16)
         >>> ioaware.flash_attn_varlen(q, k, v, cu, cu, 7, 7, causal=True).shape
@@ -301,12 +361,12 @@ def flash_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     opts = _options("flash_attn_varlen", q, B, Hq, causal, window_size, alibi_slopes, softcap, dropout_p, seed,
                     deterministic, prefix_lens, force=True)
     q, k, v = (_last_dim_contiguous(t)[None] for t in (q, k, v))
-    fwd = _flash_attn_masked_fwd_impl if _direct(q, k, v) else _flash_attn_masked_fwd_op
+    fwd: _Fwd = _flash_attn_masked_fwd_impl if _direct(q, k, v) else _flash_attn_masked_fwd_op
     o, lse = fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), B, scale, *opts, None, 0, 0)
     return (o[0], lse[0]) if return_lse else o[0]
 
 
-def _scale(softmax_scale, D: int) -> float:
+def _scale(softmax_scale: float | None, D: int) -> float:
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(D)
     if not math.isfinite(scale):
         raise ValueError(f"flash_attn: softmax_scale must be finite, got {softmax_scale}")
@@ -392,7 +452,8 @@ def _check_block_mask(block_mask, block_size, B, Hq, Tq, Tk, device):
     return block_mask, (bq, bk)
 
 
-def _check_varlen(q, k, v, cu_q, cu_k, max_q, max_k) -> None:
+def _check_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                  max_q: int, max_k: int) -> None:
     for name, t in (("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"flash_attn_varlen: {name} must be a torch.Tensor, got {type(t).__name__}")

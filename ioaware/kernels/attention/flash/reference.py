@@ -20,8 +20,14 @@ import math
 import torch
 
 
-def causal_mask(Tq: int, Tk: int, device=None) -> torch.Tensor:
-    """(Tq, Tk) bool, True where query row r may see key c: c <= r + Tk - Tq."""
+def causal_mask(Tq: int, Tk: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(Tq, Tk) bool, True where query row r may see key c: c <= r + Tk - Tq.
+
+    Examples:
+        >>> causal_mask(2, 4).int()
+        tensor([[1, 1, 1, 0],
+                [1, 1, 1, 1]], dtype=torch.int32)
+    """
     r = torch.arange(Tq, device=device)[:, None]
     c = torch.arange(Tk, device=device)[None, :]
     return c <= r + (Tk - Tq)
@@ -33,6 +39,15 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
 
     upcast=True computes in fp32 (fp64 stays fp64): the reference. upcast=False computes in the inputs'
     own precision: the "plain PyTorch" baseline whose error sets the tolerance rule.
+
+    Examples:
+        >>> import torch, ioaware
+        >>> q = torch.randn(1, 6, 4, 8, dtype=torch.float64); k = v = torch.randn(1, 6, 2, 8, dtype=torch.float64)
+        >>> o, lse = ioaware.attention_ref(q, k, v, causal=True)
+        >>> o.shape, lse.shape
+        (torch.Size([1, 6, 4, 8]), torch.Size([1, 4, 6]))
+        >>> torch.allclose(o[:, 0], v[:, 0].repeat_interleave(2, dim=1))   # row 0 sees key 0 only
+        True
     """
     B, Tq, Hq, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
@@ -53,8 +68,8 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     return o.to(dtype_out), lse
 
 
-def visible_mask(Tq: int, Tk: int, causal: bool = False, window_size=(-1, -1), prefix_len: int | None = None,
-                 device=None) -> torch.Tensor:
+def visible_mask(Tq: int, Tk: int, causal: bool = False, window_size: tuple[int, int] = (-1, -1),
+                 prefix_len: int | None = None, device: torch.device | str | None = None) -> torch.Tensor:
     """(Tq, Tk) bool, True where query row r sees key c (bottom-right aligned, off = Tk - Tq):
     c <= r + off + right (right = 0 when causal; none when -1), raised to c < prefix_len by a prefix-LM, and
     c >= r + off - left (none when left = -1)."""

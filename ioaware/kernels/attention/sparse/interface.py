@@ -10,6 +10,8 @@ under Triton's interpreter with IOAWARE_INTERPRET=1, else the PyTorch reference 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, Literal, TypeAlias, overload
 
 import torch
 
@@ -29,13 +31,16 @@ from .reference import (
 )
 
 MAX_HEAD_DIM = 256
+# NSA's compression function phi: blocks (B, n_cmp, block_size, Hkv, D) -> (B, n_cmp, Hkv, D); a pair = (keys, values)
+_Phi: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
+Compress: TypeAlias = _Phi | tuple[_Phi, _Phi] | None
 ORDERS = ("auto", "fsa", "nsa")
 _KERNEL = "ioaware.kernels.attention.sparse.kernel"
 _COMPRESSED = "ioaware.kernels.attention.sparse.compressed"
 
 
 # ------------------------------------------------------------------------------------------------ validation
-def _int(op: str, name: str, x, lo: int) -> int:
+def _int(op: str, name: str, x: object, lo: int) -> int:
     if isinstance(x, bool) or not isinstance(x, int):
         raise TypeError(f"{op}: {name} must be an int, got {x!r}")
     if x < lo:
@@ -43,7 +48,7 @@ def _int(op: str, name: str, x, lo: int) -> int:
     return x
 
 
-def _check_qkv(op: str, q, k, v) -> None:
+def _check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -76,7 +81,7 @@ def _check_select_size(op: str, select_size: int) -> None:
                                f"kernel tile), got {select_size}")
 
 
-def _check_indices(op: str, idx, B: int, T: int, Hkv: int, n: int, ns: int, device,
+def _check_indices(op: str, idx: object, B: int, T: int, Hkv: int, n: int, ns: int, device: torch.device,
                    values: bool = True) -> torch.Tensor:
     if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int32, torch.int64):
         raise DTypeError(f"{op}: block_indices must be an int32 or int64 tensor, got "
@@ -143,7 +148,7 @@ def _check(q, k, v, gates, block_size, stride, select_blocks, select_size, windo
     return block_indices
 
 
-def _scale(softmax_scale, D: int) -> float:
+def _scale(softmax_scale: float | None, D: int) -> float:
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(D)
     if not math.isfinite(scale):
         raise ValueError(f"nsa: softmax_scale must be finite, got {softmax_scale}")
@@ -159,7 +164,8 @@ class NSACompressedFunction(torch.autograd.Function):
     """(q, k_cmp, v_cmp) -> (o_cmp, lse_cmp): attention over the compressed keys; the LSE feeds the selection."""
 
     @staticmethod
-    def forward(ctx, q, k_cmp, v_cmp, block_size: int, stride: int, causal: bool, scale: float):
+    def forward(ctx: Any, q: torch.Tensor, k_cmp: torch.Tensor, v_cmp: torch.Tensor, block_size: int, stride: int,
+                causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         o, lse = load_kernel_module(_COMPRESSED).nsa_cmp_fwd(q, k_cmp, v_cmp, block_size, stride, causal, scale)
         ctx.save_for_backward(q, k_cmp, v_cmp, o, lse)
         ctx.args = (block_size, stride, causal, scale)
@@ -178,7 +184,8 @@ class NSASelectedFunction(torch.autograd.Function):
     """(q, k, v, block_indices) -> o_slc: attention over each token's selected blocks, in FSA's or NSA's order."""
 
     @staticmethod
-    def forward(ctx, q, k, v, idx, select_size: int, causal: bool, scale: float, order: str):
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, select_size: int,
+                causal: bool, scale: float, order: str) -> torch.Tensor:
         kern = load_kernel_module(_KERNEL)
         o, lse, lists = kern.nsa_slc_fwd(q, k, v, idx, select_size, causal, scale, order)
         keep = () if lists is None else (lists["tok"], lists["pos"], lists["cnt"], lists["start"])
@@ -200,8 +207,9 @@ class NSASelectedFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
-def _select(q, k_cmp, lse_cmp, *, block_size, stride, select_size, select_blocks, init_blocks, local_blocks, causal,
-            scale) -> torch.Tensor:
+def _select(q: torch.Tensor, k_cmp: torch.Tensor, lse_cmp: torch.Tensor, *, block_size: int, stride: int,
+            select_size: int, select_blocks: int, init_blocks: int, local_blocks: int, causal: bool,
+            scale: float) -> torch.Tensor:
     with torch.no_grad():
         scores = load_kernel_module(_COMPRESSED).nsa_select_scores(
             q, k_cmp, lse_cmp, block_size=block_size, stride=stride, select_size=select_size,
@@ -210,42 +218,73 @@ def _select(q, k_cmp, lse_cmp, *, block_size, stride, select_size, select_blocks
 
 
 # ---------------------------------------------------------------------------------------------------- public
+# Overloads so a type checker knows the result from `return_indices` (a tensor, or (out, indices)).
+@overload
+def nsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g_cmp: torch.Tensor, g_slc: torch.Tensor,
+        g_swa: torch.Tensor, *, block_size: int = ..., stride: int = ..., select_blocks: int = ...,
+        select_size: int = ..., window: int = ..., causal: bool = ..., softmax_scale: float | None = ...,
+        compress: Compress = ..., block_indices: torch.Tensor | None = ..., init_blocks: int = ...,
+        local_blocks: int = ..., order: str = ..., return_indices: Literal[False] = ...,
+        check_indices: bool = ...) -> torch.Tensor: ...
+@overload
+def nsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g_cmp: torch.Tensor, g_slc: torch.Tensor,
+        g_swa: torch.Tensor, *, block_size: int = ..., stride: int = ..., select_blocks: int = ...,
+        select_size: int = ..., window: int = ..., causal: bool = ..., softmax_scale: float | None = ...,
+        compress: Compress = ..., block_indices: torch.Tensor | None = ..., init_blocks: int = ...,
+        local_blocks: int = ..., order: str = ..., return_indices: Literal[True],
+        check_indices: bool = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def nsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g_cmp: torch.Tensor, g_slc: torch.Tensor,
+        g_swa: torch.Tensor, *, block_size: int = ..., stride: int = ..., select_blocks: int = ...,
+        select_size: int = ..., window: int = ..., causal: bool = ..., softmax_scale: float | None = ...,
+        compress: Compress = ..., block_indices: torch.Tensor | None = ..., init_blocks: int = ...,
+        local_blocks: int = ..., order: str = ..., return_indices: bool,
+        check_indices: bool = ...) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 def nsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g_cmp: torch.Tensor, g_slc: torch.Tensor,
         g_swa: torch.Tensor, *, block_size: int = 64, stride: int = 16, select_blocks: int = 16, select_size: int = 64,
-        window: int = 512, causal: bool = True, softmax_scale: float | None = None, compress=None,
+        window: int = 512, causal: bool = True, softmax_scale: float | None = None, compress: Compress = None,
         block_indices: torch.Tensor | None = None, init_blocks: int = 1, local_blocks: int = 2, order: str = "auto",
-        return_indices: bool = False, check_indices: bool = True):
+        return_indices: bool = False, check_indices: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Native Sparse Attention (Yuan et al., arXiv:2502.11089): o = g_cmp o_cmp + g_slc o_slc + g_swa o_swa.
 
     Args:
         q: (batch, seqlen, heads_q, head_dim); k, v: (batch, seqlen, heads_kv, head_dim), heads_q a multiple of
-           heads_kv (GQA: the query heads of a KV head share its selected blocks). float16, bfloat16 or float32.
+            heads_kv (GQA: the query heads of a KV head share its selected blocks). float16, bfloat16 or float32.
         g_cmp, g_slc, g_swa: per-head gates (batch, seqlen, heads_q), e.g. sigmoid outputs.
         block_size, stride: compression blocks of block_size tokens every stride tokens (stride divides both
-           block_size and select_size). compress: the compression function phi, called on the blocks
-           (batch, n_cmp, block_size, heads_kv, head_dim) -> (batch, n_cmp, heads_kv, head_dim); None = mean-pool;
-           a pair = (keys, values). select_size (power of two, 16..256), select_blocks: n blocks per query,
-           including init_blocks first and local_blocks local (ending with the query's own) blocks always kept.
+            block_size and select_size). compress: the compression function phi, called on the blocks
+            (batch, n_cmp, block_size, heads_kv, head_dim) -> (batch, n_cmp, heads_kv, head_dim); None = mean-pool;
+            a pair = (keys, values). select_size (power of two, 16..256), select_blocks: n blocks per query,
+            including init_blocks first and local_blocks local (ending with the query's own) blocks always kept.
         window: sliding-window length (keys t - window < s <= t when causal). causal: False lets every query see
-           every compressed key and block, and the window |t - s| < window.
+            every compressed key and block, and the window |t - s| < window.
         block_indices: (batch, seqlen, heads_kv, select_blocks) int, -1 for unused slots: reuse a selection instead
-           of computing one (no gradient flows through the selection either way). return_indices: also return the
-           indices used (int32, ascending, -1 last). check_indices=False skips the value checks of block_indices
-           (range, repeats: one device sync) for indices this library made.
+            of computing one (no gradient flows through the selection either way). return_indices: also return the
+            indices used (int32, ascending, -1 last). check_indices=False skips the value checks of block_indices
+            (range, repeats: one device sync) for indices this library made.
         order: the selected branch's loop order: "fsa" (KV-block-outer), "nsa" (query-outer) or "auto".
 
     NSA is exact with respect to its definition (reference.py): each branch is exact attention over its keys; the
     sparsity is NSA's own choice of keys, not an approximation of the kernels. Rows that see no key (the compressed
     branch before the first block ends) contribute 0.
+
+    Examples:
+        >>> import torch, ioaware
+        >>> q = torch.randn(1, 64, 4, 16); k = v = torch.randn(1, 64, 1, 16)
+        >>> g = torch.full((1, 64, 4), 1 / 3)
+        >>> o, idx = ioaware.nsa(q, k, v, g, g, g, block_size=16, stride=16, select_size=16, select_blocks=3,
+        ...                      window=16, return_indices=True)
+        >>> o.shape, idx.shape
+        (torch.Size([1, 64, 4, 16]), torch.Size([1, 64, 1, 3]))
     """
     block_indices = _check(q, k, v, (g_cmp, g_slc, g_swa), block_size, stride, select_blocks, select_size, window,
                            init_blocks, local_blocks, block_indices, order, compress, check_indices)
     B, T, Hq, D = q.shape
     Hkv = k.shape[2]
     scale = _scale(softmax_scale, D)
-    kw = dict(block_size=block_size, stride=stride, select_blocks=select_blocks, select_size=select_size,
-              window=window, causal=bool(causal), softmax_scale=scale, init_blocks=init_blocks,
-              local_blocks=local_blocks)
+    kw: dict[str, Any] = dict(block_size=block_size, stride=stride, select_blocks=select_blocks,
+                              select_size=select_size, window=window, causal=bool(causal), softmax_scale=scale,
+                              init_blocks=init_blocks, local_blocks=local_blocks)
     backend = backend_for(q.device.type)
     record("nsa", backend)
     if backend == "reference":
@@ -277,7 +316,16 @@ def nsa_selected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_indice
                  order: str = "auto", check_indices: bool = True) -> torch.Tensor:
     """NSA's selected branch alone: attention of every query over the raw tokens of its KV head's selected blocks
     (block_indices (batch, seqlen, heads_kv, n), -1 unused; keys <= t when causal). Differentiable in q, k, v.
-    check_indices=False skips the indices' value checks (one device sync), as in nsa()."""
+    check_indices=False skips the indices' value checks (one device sync), as in nsa().
+
+    Examples:
+        >>> import torch
+        >>> from ioaware.kernels.attention.sparse import nsa_selected
+        >>> q = k = v = torch.randn(1, 32, 1, 16)
+        >>> idx = torch.tensor([0, 1], dtype=torch.int32).view(1, 1, 1, 2).expand(1, 32, 1, 2).contiguous()
+        >>> nsa_selected(q, k, v, idx, select_size=16).shape          # every query sees blocks 0 and 1 (causally)
+        torch.Size([1, 32, 1, 16])
+    """
     op = "nsa_selected"
     _check_qkv(op, q, k, v)
     _check_select_size(op, select_size)
@@ -300,15 +348,25 @@ def nsa_selected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_indice
 
 def nsa_select(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_size: int = 64, stride: int = 16,
                select_blocks: int = 16, select_size: int = 64, causal: bool = True,
-               softmax_scale: float | None = None, compress=None, init_blocks: int = 1,
+               softmax_scale: float | None = None, compress: Compress = None, init_blocks: int = 1,
                local_blocks: int = 2) -> torch.Tensor:
-    """NSA's block selection alone: the indices (batch, seqlen, heads_kv, select_blocks) int32 nsa() would use."""
+    """NSA's block selection alone: the indices (batch, seqlen, heads_kv, select_blocks) int32 nsa() would use.
+
+    Examples:
+        >>> import torch
+        >>> from ioaware.kernels.attention.sparse import nsa_select
+        >>> q = torch.randn(1, 64, 2, 16); k = v = torch.randn(1, 64, 1, 16)
+        >>> idx = nsa_select(q, k, v, block_size=16, stride=16, select_size=16, select_blocks=3)
+        >>> idx.shape, idx[0, -1, 0].tolist()[0]       # the first block is always kept (init_blocks=1)
+        (torch.Size([1, 64, 1, 3]), 0)
+    """
     ones = q.new_ones(q.shape[:3])
     _check(q, k, v, (ones, ones, ones), block_size, stride, select_blocks, select_size, 1, init_blocks,
            local_blocks, None, "auto", compress)
     scale = _scale(softmax_scale, q.shape[-1])
-    kw = dict(block_size=block_size, stride=stride, select_size=select_size, select_blocks=select_blocks,
-              init_blocks=init_blocks, local_blocks=local_blocks, causal=bool(causal))
+    kw: dict[str, Any] = dict(block_size=block_size, stride=stride, select_size=select_size,
+                              select_blocks=select_blocks, init_blocks=init_blocks, local_blocks=local_blocks,
+                              causal=bool(causal))
     with torch.no_grad():
         k_cmp, _ = compress_kv(k, v, block_size, stride, compress)
         backend = backend_for(q.device.type)

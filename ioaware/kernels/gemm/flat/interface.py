@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,8 +24,13 @@ _DATA = Path(__file__).parent
 
 
 @functools.cache
-def tile_table(card: str) -> dict:
-    """{"N,K": [{"max_m": int, "path": str, "params": {...}}, ...]} for a card, or {} if not measured."""
+def tile_table(card: str) -> dict[str, list[dict[str, Any]]]:
+    """{"N,K": [{"max_m": int, "path": str, "params": {...}}, ...]} for a card, or {} if not measured.
+
+    Examples:
+        >>> tile_table("no-such-card")
+        {}
+    """
     f = _DATA / f"dataflow_{card}.json"
     return json.loads(f.read_text())["shapes"] if f.exists() else {}
 
@@ -35,15 +41,27 @@ def _card(index: int) -> str:
     return "h100" if "h100" in name else "h200" if "h200" in name else name.replace(" ", "_")
 
 
-def choose(M: int, N: int, K: int, card: str) -> tuple[str, dict]:
+def choose(M: int, N: int, K: int, card: str) -> tuple[str, dict[str, Any]]:
+    """The path ('gemv', 'flat' or 'torch') and its tile parameters for an (M, N, K) product on `card`, from the
+    card's measured table; 'torch' (cuBLAS) where the table has no rule."""
     for rule in tile_table(card).get(f"{N},{K}", []):
         if M <= rule["max_m"]:
             return rule["path"], rule.get("params", {})
     return "torch", {}
 
 
-def flat_linear(x: torch.Tensor, w: torch.Tensor, path: str | None = None, **params) -> torch.Tensor:
-    """y = x @ w.T for x (M, K), w (N, K); `path` forces 'gemv', 'flat' or 'torch'."""
+def flat_linear(x: torch.Tensor, w: torch.Tensor, path: str | None = None, **params: int) -> torch.Tensor:
+    """y = x @ w.T for x (M, K), w (N, K); `path` forces 'gemv', 'flat' or 'torch'.
+
+    On CUDA the path and its tiles come from the card's measured table (`choose`); `params` override the tiles
+    of a forced path (the kernel's bn, bk, split_k, num_stages, num_warps).
+
+    Examples:
+        >>> import torch, ioaware
+        >>> x, w = torch.randn(3, 64), torch.randn(32, 64)
+        >>> torch.allclose(ioaware.flat_linear(x, w), x @ w.T, atol=1e-4)
+        True
+    """
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ShapeError(f"flat_linear: x must be (M, K) and w (N, K), got {tuple(x.shape)} and {tuple(w.shape)}")
     check_dtypes_and_device("flat_linear", {"x": x, "w": w})
