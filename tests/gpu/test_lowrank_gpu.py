@@ -3,6 +3,8 @@
 Tolerance rule: the kernel's error against an fp32 reference is at most 2x (+ a floor) the error of plain PyTorch
 running the same factors unfused in bf16."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -110,7 +112,8 @@ def test_compressed_model_on_cuda_matches_cpu():
     from ioaware.runtime.compress import build_lowrank_model, factorize_checkpoint
 
     a = ModelArgs(dim=576, n_layers=2, n_heads=9, n_kv_heads=3, hidden_dim=1536, vocab_size=1000, max_seq_len=512)
-    tensors, ranks, _ = factorize_checkpoint(SimpleNamespace(args=a, state_dict=_hf_state_dict(a)), 0.6)
+    tensors, ranks, _ = factorize_checkpoint(
+        SimpleNamespace(args=a, state_dict=_hf_state_dict(a), format="hf", path=Path("synthetic")), 0.6)
     ids = torch.randint(0, a.vocab_size, (1, 300))
     cpu = build_lowrank_model(a, ranks, tensors, "cpu", torch.float32)
     gpu = build_lowrank_model(a, ranks, tensors, "cuda", torch.float32)

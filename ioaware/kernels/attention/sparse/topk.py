@@ -138,6 +138,13 @@ def _nsa_topk_fwd_kernel(Q, K, LSE, IDX, s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_i
              mask=m_m[:, None] & (o_s[None, :] < N))
 
 
+def topk_fits(block_size: int, stride: int, select_size: int, select_blocks: int) -> bool:
+    """Whether a row's running top-n (at most 4 tiles' worth of slots) can hold `select_blocks`; otherwise the
+    caller takes the scores-then-top_blocks path."""
+    _, _, bj = select_tiles(block_size, stride, select_size)
+    return max(bj, triton.next_power_of_2(select_blocks)) <= 4 * bj
+
+
 def nsa_topk(q: torch.Tensor, k_cmp: torch.Tensor, lse_cmp: torch.Tensor, *, block_size: int, stride: int,
              select_size: int, select_blocks: int, init_blocks: int, local_blocks: int, causal: bool, scale: float,
              tiles: dict | None = None, network: str = "bitonic") -> torch.Tensor:
@@ -190,4 +197,4 @@ def nsa_topk(q: torch.Tensor, k_cmp: torch.Tensor, lse_cmp: torch.Tensor, *, blo
     return idx
 
 
-__all__ = ["nsa_topk"]
+__all__ = ["nsa_topk", "topk_fits"]
