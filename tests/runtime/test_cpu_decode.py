@@ -42,7 +42,7 @@ def _ids(n=19, seed=0):
 def test_cached_path_equals_uncached_exactly(tmp_path):
     g = _gguf(tmp_path)
     ck = load_checkpoint(g)
-    assert not hasattr(ck, "packed")  # first load: no cache yet
+    assert ck.packed is None  # first load: no cache yet
     built = build_model(ck, "cpu", weights="quantized")
     assert built.packed_cache["state"] == "written"
     assert not ck.state_dict.materialized  # the packed path never dequantised the file
@@ -87,7 +87,7 @@ def test_cache_rebuilt_when_gguf_changes(tmp_path):
     assert len(old) == 1
     _gguf(tmp_path, seed=2)  # same path, new weights (new size or mtime and content)
     ck = load_checkpoint(g)
-    assert not hasattr(ck, "packed")  # the old cache is not used
+    assert ck.packed is None  # the old cache is not used
     m = build_model(ck, "cpu", weights="quantized")
     assert m.packed_cache["state"] == "written"
     now = list((tmp_path / "cache" / "packed").glob("*.safetensors"))
@@ -109,7 +109,7 @@ def test_truncated_cache_is_rebuilt(tmp_path, cut):
     os.truncate(f, 100 if cut == "header" else size - cut)
     assert pc.read_cache(f, f.stem.rsplit("-", 1)[1]) is None
     ck = load_checkpoint(g)
-    assert not hasattr(ck, "packed")
+    assert ck.packed is None
     m = build_model(ck, "cpu", weights="quantized")
     assert m.packed_cache["state"] == "written" and f.stat().st_size == size
     assert load_checkpoint(g).packed_cache["state"] == "hit"
