@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     if on_gpu and not cuda:
         raise ValueError("--device cuda: no CUDA GPU is visible")
     tiles = a.tiles if a.tiles == "auto" else int(a.tiles)
+    # from here the launcher has bench/ring_attn.py's shape (world sizes, a config dict, spawned runs under one
+    # progress bar) over different arguments; the spawn helper itself is shared (distributed.launch)
     ws = a.world_sizes or ([n for n in (1, 2, 4) if n <= torch.cuda.device_count()] if on_gpu else [1, 2])
     if any(n < 1 for n in ws) or min(a.steps, a.prompt, a.repeats, a.overlap_rows) < 1 or 1 not in a.tile_counts:
         raise ValueError("--world-sizes, --steps, --prompt, --repeats, --overlap-rows must be positive and "

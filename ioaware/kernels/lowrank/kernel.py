@@ -56,6 +56,9 @@ def _rope(b_x, b_xr, COS, SIN, s_c, o_pos, m_pos, o_d, D: tl.constexpr, HALF: tl
     return b_x * b_c + b_xr * b_s
 
 
+# The online-softmax update below is flash/kernel.py's _attn_fwd_inner step for step; what differs is that the key
+# and value tiles are rebuilt on chip from the rank-r factors (and rotated) first. Triton cannot pass the tile loads
+# in as a function, so the two loops stay separate.
 @triton.jit
 def _lowrank_attn_fwd_inner(b_acc, b_m, b_l, b_q, pk_base, pv_base, s_pkt, s_pvt, b_vk, b_vkr, b_vv, CK, SK, s_c,
                             o_m, o_n, o_d, o_rk, o_rv, lo, hi, tk, offset, scale_log2,

@@ -4,7 +4,7 @@ Flash-LLM (Tiled-CSL) stores, per 128x64 tile of the weight, a list of 32-bit wo
 position) and scatters them into a shared-memory tile. Triton exposes no scatter into on-chip memory, so our kernel
 expands a tile the other way round: every dense element computes where its value lives (a *gather*). That needs, per
 element, "is it non-zero" and "how many non-zeros precede it in its row", which a bitmap answers with one shift and
-one popcount. So the in-tile positions are kept in one of two compact index types, whichever is smaller:
+one popcount. So the in-tile positions are kept in one of two compact index types (`choose_index` says which):
 
 - ``bitmap``: one 32-bit word per tile row (bit c set <=> column c of that row is non-zero): M*K/8 bytes in all,
   i.e. 1/(8*density) bytes per non-zero (0.625 at 80% sparsity, 1.0 at 87.5%);
@@ -25,8 +25,10 @@ Layout (all tensors flat and contiguous, in the order the kernel streams them, s
 - ``header`` (int64): format version, shape, tile sizes, index type, nnz: a packed tensor from another format
   version is refused with a one-line error.
 
-Bytes per non-zero (fp16 values): 2 + 1/(8 d) + 1/(64 d) (bitmap) or 3 + 1/(64 d) (csl), for density d; the smaller
-is chosen, so it stays <= 4 for any density >= 1/64 (sparsity <= 98.4%). Flash-LLM's Tiled-CSL is 4 + padding.
+Bytes per non-zero (fp16 values): 2 + 1/(8 d) + 1/(64 d) (bitmap) or 3 + 1/(64 d) (csl), for density d. The bitmap
+is the smaller below 87.5% sparsity, csl above; "auto" keeps the bitmap while it is <= 4 bytes per non-zero (~93%),
+since csl's kernel is much slower (choose_index), so bytes per non-zero stay <= 4 for any density >= 1/64.
+Flash-LLM's Tiled-CSL is 4 + padding.
 """
 
 from __future__ import annotations
@@ -78,13 +80,16 @@ def packed_nbytes(M: int, K: int, nnz: int, elem_bytes: int = 2, index: str = "b
 
 
 def choose_index(M: int, K: int, nnz: int) -> str:
-    """The smaller index: bitmap (1 bit per weight) unless csl (1 byte per non-zero) is smaller.
+    """The index `pack(..., index="auto")` uses: bitmap while it costs at most 4 bytes per non-zero (up to ~93%
+    sparsity), csl beyond. Not simply the smaller: csl's kernel rebuilds each mask word from a row's next column
+    entries, and on the H200 at 90% sparsity it ran 23-50x slower than the bitmap kernel for 8% fewer bytes
+    (benchmarks/results/spmm-h200-2026-12-03.json).
 
     Examples:
-        >>> choose_index(4096, 4096, 4096 * 4096 // 2), choose_index(4096, 4096, 4096 * 4096 // 100)
+        >>> choose_index(4096, 4096, 4096 * 4096 // 10), choose_index(4096, 4096, 4096 * 4096 // 20)
         ('bitmap', 'csl')
     """
-    return "bitmap" if packed_nbytes(M, K, nnz, 2, "bitmap") <= packed_nbytes(M, K, nnz, 2, "csl") else "csl"
+    return "bitmap" if packed_nbytes(M, K, nnz, 2, "bitmap") <= 4 * nnz else "csl"
 
 
 @dataclass

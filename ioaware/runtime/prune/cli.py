@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                     help="packed values and the dense tensors in the file (default float16, Flash-LLM's)")
     ap.add_argument("--index", choices=["auto", "bitmap", "csl"], default="auto",
-                    help="in-tile position index (auto: the smaller; bitmap below 87.5%% sparsity)")
+                    help="in-tile position index (auto: bitmap up to 4 bytes per non-zero, ~93%% sparsity, csl above; "
+                         "csl's kernel is slower)")
     ap.add_argument("--calib-tokens", type=int, default=8192, help="calibration tokens for wanda")
     ap.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens for --eval / --sweep")
     ap.add_argument("--seq-len", type=int, default=256, help="tokens per calibration / evaluation sequence")

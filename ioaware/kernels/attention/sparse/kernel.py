@@ -280,6 +280,8 @@ def _nsa_slc_dq_reduce_kernel(DQP, POS, IDX, DQ, s_ib, s_it, s_ih, s_qb, s_qt, s
              mask=m_m[:, None] & (o_d < D)[None, :])
 
 
+# Its prologue (program ids, the query tile and its block list) repeats _nsa_slc_fwd_kernel's: the two kernels take
+# different pointer sets, and a shared @triton.jit helper returning a dozen tensors reads worse than the lines.
 @triton.jit
 def _nsa_slc_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, IDX, s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_db, s_dt, s_dh,
                            s_ib, s_it, s_ih, T, scale, scale_log2, HQ: tl.constexpr, HKV: tl.constexpr,
