@@ -34,7 +34,7 @@ from torch import nn
 
 from ..env import settings
 from ..files import write_json_atomic
-from ..hardware.probe_disk import throughput_at
+from ..hardware.probe_disk import probe_file, throughput_at
 from ..iomodel.io import predict_read_seconds
 from ..report import print_table
 from ..runtime import generate
@@ -51,7 +51,7 @@ class Clock:
     """Per-token accumulators of a baseline FFN."""
 
     def __init__(self):
-        self.io_s = self.pred_s = 0.0
+        self.io_s = self.pred_s = self.pred_cached_s = 0.0
         self.bytes = 0
         self.forwards = 0
         self.decode = False
@@ -60,7 +60,7 @@ class Clock:
         self.decode = self.forwards > 0
         self.forwards += 1
         if self.forwards == 2:  # the first decode step: reset what the prefill accumulated
-            self.io_s = self.pred_s = 0.0
+            self.io_s = self.pred_s = self.pred_cached_s = 0.0
             self.bytes = 0
 
 
@@ -71,9 +71,9 @@ def dense_ffn(x, gate, up, down):
 
 
 class NaiveFFN(nn.Module):
-    def __init__(self, reader: NeuronReader, layer: int, clock: Clock, curve):
+    def __init__(self, reader: NeuronReader, layer: int, clock: Clock, curve, cached_curve=None):
         super().__init__()
-        self.r, self.layer, self.clock, self.curve = [reader], layer, clock, curve
+        self.r, self.layer, self.clock, self.curve, self.cached = [reader], layer, clock, curve, cached_curve
 
     def forward(self, x):
         r = self.r[0]
@@ -83,6 +83,8 @@ class NaiveFFN(nn.Module):
         self.clock.io_s += res.stats.seconds
         self.clock.bytes += res.stats.bytes
         self.clock.pred_s += predict_read_seconds(res.stats.chunk_sizes, self.curve, r.threads, r.direct)
+        if self.cached is not None:
+            self.clock.pred_cached_s += predict_read_seconds(res.stats.chunk_sizes, self.cached, r.threads, r.direct)
         b = res.bundles
         return dense_ffn(x, b[:, 0], b[:, 1], b[:, 2].T)
 
@@ -169,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                     "text shipped in ioaware/runtime/offload/data)")
     ap.add_argument("--trace", default=None, help="save the predicted neuron ids per decode step (npz) for "
                     "`ioaware bench offload-replay`")
+    ap.add_argument("--curve", choices=["same-run", "cached"], default="same-run",
+                    help="price reads with a ~2 s curve measured on the store file right before each case (default; "
+                         "this VM's disk drifts between a cached probe and a run) or with the cached probe alone; "
+                         "the cached curve's prediction is reported beside either way")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
@@ -177,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     text = Path(args.calibration).read_text() if args.calibration else None
     model, rt, acct, tok, store = open_streamed(args.model, args.budget, None, args.window, args.threads,
                                                 args.sparsity, calibration_text=text, prefetch=args.prefetch)
-    curve = rt.curve
-    if curve is None:
+    cached_curve = rt.curve
+    if cached_curve is None:
         raise SystemExit("no disk curve for this disk: run `ioaware probe disk` first")
+
+    def curve_now(path):
+        return probe_file(path) if args.curve == "same-run" else cached_curve
     model.set_attention("sdpa")
     ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}]))
     a = store.args
@@ -194,7 +203,18 @@ def main(argv: list[str] | None = None) -> int:
             reset_runtime(rt)
         rt.prefetch = pf
         rt.trace = [] if args.trace and not pf else None
+        rt.curve = curve_now(store.path)
+        priced = {"cached_s": 0.0}
+        same_run_price = rt._price
+
+        def both_prices(chunk_sizes, _same=same_run_price, _acc=priced):  # the cached curve's price, kept aside
+            if rt.counting:
+                _acc["cached_s"] += predict_read_seconds(chunk_sizes, cached_curve, rt.reader.threads, rt.reader.direct)
+            return _same(chunk_sizes)
+
+        rt._price = both_prices
         res, wall = run_case(name, model, tok, ids, args.tokens, files)
+        del rt._price  # back to the class's method
         if rt.trace is not None:
             np.savez_compressed(args.trace, layers=np.array([t[0] for t in rt.trace]), hidden=a.hidden_dim,
                                 **{f"ids{i}": t[1] for i, t in enumerate(rt.trace)})
@@ -206,18 +226,21 @@ def main(argv: list[str] | None = None) -> int:
             "ffn_frac_predicted_per_token": fs_["ffn_frac_predicted_per_token"],
             "stall_s_per_token": fs_["flash_stall_s_per_token"], "prefetch_used_frac": fs_["prefetch_used_frac"],
             "overflow_neurons": fs_["overflow_neurons"], "resident_bytes": acct["resident_total"], "text": res.text,
-            "detail": fs_}
+            "predicted_cached_curve_io_s_per_token": priced["cached_s"] / max(rt.stats.tokens, 1),
+            "curve": rt.curve, "detail": fs_}
     ffns = [layer.feed_forward for layer in model.layers]
 
     # (a) naive: same resident model, FFN read whole per layer per token
     clock = Clock()
     reader = NeuronReader(store, args.threads, rt.reader.chunk, rt.reader.direct, slots=1)
+    curve = curve_now(store.path)
     for i, layer in enumerate(model.layers):
-        layer.feed_forward = NaiveFFN(reader, i, clock, curve)
+        layer.feed_forward = NaiveFFN(reader, i, clock, curve, cached_curve)
     res, wall = run_case("naive", model, tok, ids, args.tokens, files)
     n = res.summary["decode_tokens"]
     cases["naive"] = {"io_s_per_token": clock.io_s / n, "bytes_per_token": clock.bytes / n,
                       "predicted_io_s_per_token": clock.pred_s / n, "tok_s": res.summary["decode_tok_s"],
+                      "predicted_cached_curve_io_s_per_token": clock.pred_cached_s / n, "curve": curve,
                       "GBps": clock.bytes / clock.io_s / 1e9, "resident_bytes": acct["resident_measured"] +
                       reader.buffer_bytes, "text": res.text}
     reader.close()
@@ -229,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     fd = os.open(dense_path, os.O_RDONLY)
     raw = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
     mm = np.frombuffer(raw, dtype=np.float16)
+    curve = curve_now(dense_path)
     for i, layer in enumerate(model.layers):
         layer.feed_forward = MmapFFN(mm, raw, fd, i, a, pinned, clock)
     res, wall = run_case("mmap", model, tok, ids, args.tokens, files)
@@ -238,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     readahead = 128 << 10  # the kernel's default readahead window: the size mmap's faults read in
     cases["mmap"] = {"io_s_per_token": clock.io_s / n, "bytes_per_token": clock.bytes / n,
                      "predicted_io_s_per_token": clock.bytes / n / throughput_at(curve, readahead, 1, False),
+                     "predicted_cached_curve_io_s_per_token": clock.bytes / n / throughput_at(cached_curve, readahead,
+                                                                                               1, False),
+                     "curve": curve,
                      "tok_s": n / dec_s if dec_s > 0 else 0.0, "GBps": clock.bytes / max(clock.io_s, 1e-9) / 1e9,
                      "pinned_layers": int(pinned), "resident_bytes": acct["resident_measured"] + pinned * layer_bytes,
                      "text": res.text}
@@ -251,10 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     for k, c in cases.items():
         p = c["predicted_io_s_per_token"]
         c["measured_vs_predicted"] = c["io_s_per_token"] / p if p else None
-        rows.append([k, c["io_s_per_token"] * 1e3, p * 1e3, c["measured_vs_predicted"], human_bytes(
+        pc = c["predicted_cached_curve_io_s_per_token"]
+        c["measured_vs_predicted_cached_curve"] = c["io_s_per_token"] / pc if pc else None
+        rows.append([k, c["io_s_per_token"] * 1e3, p * 1e3, c["measured_vs_predicted"],
+                     c["measured_vs_predicted_cached_curve"], human_bytes(
             c["bytes_per_token"]), c["GBps"], c["tok_s"], human_bytes(c["resident_bytes"])])
     print_table(f"bench_flash: {store.header['source']} at budget {args.budget} ({human_bytes(acct['budget'])} of "
                 f"{human_bytes(acct['weight_bytes'])})", ["case", "I/O ms/token", "predicted ms", "meas/pred",
+                                                          "meas/pred (cached curve)",
                                                           "read/token", "GB/s", "tok/s", "resident"], rows)
     bar = {"io_vs_naive": naive["io_s_per_token"] / io["io_s_per_token"] if io["io_s_per_token"] else None,
            "io_vs_mmap": mm_["io_s_per_token"] / io["io_s_per_token"] if io["io_s_per_token"] else None,
@@ -275,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
            "store": str(store.path), "weights": "real (SmolLM2 GGUF dequantised to fp16)" if args.model is None else
            "real", "budget": args.budget, "memory": acct, "tokens": args.tokens, "sparsity": args.sparsity,
            "window": args.window, "read_threads": args.threads, "direct_io": rt.reader.direct,
-           "chunk": rt.reader.chunk, "disk_peak_GBps": curve["peak_GBps"], "curve_date": curve["date"],
+           "chunk": rt.reader.chunk, "disk_peak_GBps": cached_curve["peak_GBps"], "curve_date": cached_curve["date"],
+           "curve_mode": args.curve,
            "loadavg_after": os.getloadavg(), "calibration": args.calibration or "shipped",
            "cases": cases, "bar": bar}
     dest = Path(args.out) if args.out else RESULTS_DIR / f"flash-cpu-{time.strftime('%Y-%m-%d')}.json"

@@ -182,8 +182,9 @@ def test_probe_curve_format_and_iomodel(tmp_path, monkeypatch):
     synth = {"version": 1, "points": [{"chunk": 4096, "threads": 8, "direct": True, "GBps": 0.2},
                                       {"chunk": 16384, "threads": 8, "direct": True, "GBps": 0.6}]}
     assert throughput_at(synth, 8192, 8, True) == pytest.approx(0.4e9)
-    # 10 reads of 4 KiB at 0.2 GB/s, then 1 read of 16 KiB alone (1 thread: clamped to the 8-thread curve here)
-    assert predict_read_seconds([4096] * 10, synth, threads=8) == pytest.approx(10 * 4096 / 0.2e9)
+    # 10 chunks dealt round-robin to 8 threads: two rounds, each chunk at 1/8 of the 8-thread throughput
+    assert predict_read_seconds([4096] * 10, synth, threads=8) == pytest.approx(2 * 4096 * 8 / 0.2e9)
+    assert predict_read_seconds([4096] * 16, synth, threads=8) == pytest.approx(16 * 4096 / 0.2e9)
     assert predict_read_seconds([], synth) == 0.0
     assert os.path.exists(tmp_path / "cache" / "probe")
     # --cached reports the same curve without probing again, and plots it
@@ -257,3 +258,21 @@ def test_bundle_checksums_rows_and_bytes_agree():
     rows[5, 17] ^= 1
     changed = fs.bundle_checksums(rows, 96) != fast
     assert changed.tolist() == [i == 5 for i in range(13)]
+
+
+def test_probe_file_measures_an_existing_file_without_writing(tmp_path):
+    """The bench's same-run curve: read-only random reads of the file itself, both modes where O_DIRECT works, and
+    a curve the iomodel can price with."""
+    from ioaware.hardware.probe_disk import probe_file, throughput_at
+    from ioaware.iomodel import predict_read_seconds
+
+    f = tmp_path / "data.bin"
+    f.write_bytes(os.urandom(1 << 20))
+    before = f.stat().st_mtime_ns, sorted(p.name for p in tmp_path.iterdir())
+    c = probe_file(f, chunks=(4096, 65536), threads=(1, 2), seconds_per_case=0.01, buffered_chunks=(65536,))
+    assert (f.stat().st_mtime_ns, sorted(p.name for p in tmp_path.iterdir())) == before  # nothing written
+    modes = {(p["direct"], p["threads"], p["chunk"]) for p in c["points"]}
+    assert (False, 1, 65536) in modes
+    assert ({(True, t, k) for t in (1, 2) for k in (4096, 65536)} <= modes) == c["direct_supported"]
+    assert all(p["GBps"] > 0 for p in c["points"]) and c["of_file"]
+    assert predict_read_seconds([65536] * 3, c, threads=2) > 0 < throughput_at(c, 65536, 1, False)
