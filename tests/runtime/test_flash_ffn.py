@@ -39,6 +39,22 @@ class PredictAll:
         return 0
 
 
+def seed_disk_curve(cache):
+    """A small synthetic disk curve where `generate --memory-budget` looks for one, so these tests do not spend
+    ~15 s probing the disk in a child process (the probe and its cache are tested in test_flash_store.py)."""
+    import os
+
+    from ioaware.files import write_json_atomic
+
+    cache.mkdir(parents=True, exist_ok=True)
+    pts = [{"chunk": c, "threads": t, "direct": d, "GBps": g} for c, g in ((4096, 0.2), (1 << 20, 1.0))
+           for t in (1, 8) for d in (False, True)]
+    curve = {"version": 1, "path": str(cache), "device": os.stat(cache).st_dev, "file_bytes": 1 << 20,
+             "date": "2026-12-03 00:00:00", "direct_supported": True, "seconds_per_case": 0.25, "points": pts,
+             "peak_GBps": 1.0, "best": pts[-1]}
+    write_json_atomic(cache / "probe" / f"disk-{os.stat(cache).st_dev}.json", curve)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("ffn")
@@ -97,6 +113,7 @@ def test_generate_cli_memory_budget(tiny, tmp_path, monkeypatch, capsys):
 
     g, ck, dense, th, st = tiny
     monkeypatch.setenv("IOAWARE_CACHE_DIR", str(tmp_path / "cache"))
+    seed_disk_curve(tmp_path / "cache")
     # predictors trained here on random tokens (the shipped text is for the real model), saved where the run looks
     fp = fs.model_fingerprint(g)
     pr = train_predictors(dense, [torch.randint(0, VOCAB, (1, 32))], th, rank=8, epochs=1, progress=False)
@@ -175,6 +192,7 @@ def test_budget_bounds_the_process_rss(tiny, tmp_path):
 
     g, ck, dense, th, st = tiny
     env = dict(os.environ, IOAWARE_CACHE_DIR=str(tmp_path / "cache"))
+    seed_disk_curve(tmp_path / "cache")
     fp = fs.model_fingerprint(g)
     pr = train_predictors(dense, [torch.randint(0, VOCAB, (1, 32))], th, rank=8, epochs=1, progress=False)
     pr.save(tmp_path / "cache" / "predictors" / f"{fp[:16]}-s0.5-r{PREDICTOR_RANK}.safetensors", fp)
