@@ -1,4 +1,4 @@
-"""`ioaware cost attention`: FLOPs, HBM traffic, arithmetic intensity and roofline time of attention."""
+"""`ioaware cost attention` / `ioaware cost nsa`: FLOPs, HBM traffic, arithmetic intensity and roofline time."""
 
 from __future__ import annotations
 
@@ -28,6 +28,27 @@ def add_parser(sp) -> None:
     a.add_argument("--plot", default=None, metavar="FILE.png",
                    help="draw HBM traffic against N and against M (log-log) with the lower bound")
     a.set_defaults(func=run_attention)
+
+    n = sub.add_parser("nsa", help="native sparse attention branch by branch, beside dense FlashAttention-2",
+                       description="NSA's FLOPs and HBM bytes per branch (compression, compressed attention, "
+                                   "block selection, selected attention in FSA or NSA order, sliding window, gates) "
+                                   "from the kernels' schedules (kernels/attention/sparse/cost.py), forward and "
+                                   "backward, with dense causal FlashAttention-2 at the same shape")
+    n.add_argument("--t", "--seqlen", dest="t", type=int, default=65536, help="sequence length")
+    n.add_argument("--d", "--head-dim", dest="d", type=int, default=128)
+    n.add_argument("--batch", type=int, default=1)
+    n.add_argument("--heads", type=int, default=64, help="query heads")
+    n.add_argument("--kv-heads", type=int, default=4, help="key/value heads (a GQA group is heads / kv-heads)")
+    n.add_argument("--block-size", type=int, default=64)
+    n.add_argument("--stride", type=int, default=16)
+    n.add_argument("--select-blocks", type=int, default=16)
+    n.add_argument("--select-size", type=int, default=64)
+    n.add_argument("--window", type=int, default=512)
+    n.add_argument("--order", choices=["fsa", "nsa"], default="fsa", help="the selected branch's loop order")
+    n.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16", "float32"])
+    n.add_argument("--hardware", default="h200", help="spec for the roofline: h100, h200, a100, v100")
+    n.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON ('-' for stdout)")
+    n.set_defaults(func=run_nsa)
 
 
 def attention_rows(args) -> tuple[list[dict], dict]:
@@ -138,3 +159,56 @@ def plot_attention(args, meta: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def nsa_rows(args) -> tuple[list[dict], dict]:
+    from ..hardware import get_spec
+    from ..iomodel import Cost, flash_attention_cost, roofline
+    from ..kernels.attention.sparse.cost import nsa_branch_costs
+
+    if min(args.t, args.d, args.batch, args.heads, args.kv_heads, args.block_size, args.stride, args.select_blocks,
+           args.select_size, args.window) <= 0:
+        raise ValueError("--t, --d, --batch, --heads, --kv-heads, --block-size, --stride, --select-blocks, "
+                         "--select-size and --window must be positive")
+    if args.heads % args.kv_heads:
+        raise ValueError(f"--heads {args.heads} is not a multiple of --kv-heads {args.kv_heads}")
+    if args.block_size % args.stride or args.select_size % args.stride:
+        raise ValueError(f"--block-size {args.block_size} and --select-size {args.select_size} must be multiples of "
+                         f"--stride {args.stride}")
+    spec = get_spec(args.hardware)
+    e = {"float16": 2, "bfloat16": 2, "float32": 4}[args.dtype]
+    rows = []
+    for bwd in (False, True):
+        parts = nsa_branch_costs(args.batch, args.t, args.heads, args.d, args.kv_heads, block_size=args.block_size,
+                                 stride=args.stride, select_blocks=args.select_blocks, select_size=args.select_size,
+                                 window=args.window, causal=True, elem_bytes=e, backward=bwd, order=args.order)
+        total = Cost()
+        for c in parts.values():
+            total = total + c
+        dense = flash_attention_cost(args.batch, args.heads, args.t, args.t, args.d, Hkv=args.kv_heads, elem_bytes=e,
+                                     causal=True, backward=bwd, sram_bytes=spec.sram_bytes)
+        for name, c in [*parts.items(), ("nsa total", total), ("dense flash-attention-2", dense)]:
+            r = roofline(c, spec, args.dtype)
+            rows.append({"part": name, "pass": "bwd" if bwd else "fwd", "hbm_bytes": c.bytes("hbm"), "flops": c.flops,
+                         "intensity": r.intensity, "roofline_ms": r.time_s * 1e3, "bound": r.bound})
+        t_nsa, t_dense = rows[-2]["roofline_ms"], rows[-1]["roofline_ms"]
+        rows[-2]["dense_over_nsa"] = t_dense / t_nsa if t_nsa else None
+    meta = {"t": args.t, "d": args.d, "batch": args.batch, "heads": args.heads, "kv_heads": args.kv_heads,
+            "block_size": args.block_size, "stride": args.stride, "select_blocks": args.select_blocks,
+            "select_size": args.select_size, "window": args.window, "order": args.order, "dtype": args.dtype,
+            "hardware": spec.name}
+    return rows, meta
+
+
+def run_nsa(args) -> int:
+    rows, meta = nsa_rows(args)
+    title = (f"NSA cost: B={meta['batch']} T={meta['t']} Hq={meta['heads']} Hkv={meta['kv_heads']} d={meta['d']} "
+             f"{meta['dtype']}, {meta['select_blocks']} blocks of {meta['select_size']}, window {meta['window']}, "
+             f"{meta['order'].upper()} order, on {meta['hardware']} (roofline: the time at the spec's peak rates; "
+             "measured speed-ups: benchmarks/results/nsa-*.json)")
+    print_table(title, ["part", "pass", "HBM bytes", "GFLOP", "FLOP/B", "roofline ms", "bound", "dense / nsa"],
+                [[r["part"], r["pass"], human_bytes(r["hbm_bytes"]), r["flops"] / 1e9, r["intensity"],
+                  r["roofline_ms"], r["bound"], "" if r.get("dense_over_nsa") is None else r["dense_over_nsa"]]
+                 for r in rows])
+    emit_json({"meta": meta, "rows": rows}, args.json)
+    return 0

@@ -78,6 +78,29 @@ def test_cost_bad_input_is_one_line(capsys):
     assert "measured on the H100 only" in capsys.readouterr().err
 
 
+def test_cost_nsa_parts_sum_and_dense_beside(tmp_path, capsys):
+    """`ioaware cost nsa`: the parts add up to the total, the selected branch's NSA order reads more than the FSA
+    order at a small group (FSA's point), and dense attention at the same shape costs more FLOPs."""
+    out = tmp_path / "nsa.json"
+    assert main(["cost", "nsa", "--t", "8192", "--heads", "8", "--kv-heads", "4", "--json", str(out)]) == 0
+    fsa = {(r["part"], r["pass"]): r for r in json.loads(out.read_text())["rows"]}
+    for p in ("fwd", "bwd"):
+        parts = [r for (n, q), r in fsa.items() if q == p and n not in ("nsa total", "dense flash-attention-2")]
+        total = fsa[("nsa total", p)]
+        assert sum(r["flops"] for r in parts) == pytest.approx(total["flops"])
+        assert sum(r["hbm_bytes"] for r in parts) == pytest.approx(total["hbm_bytes"])
+        assert fsa[("dense flash-attention-2", p)]["flops"] > total["flops"]
+        assert total["dense_over_nsa"] > 0
+    assert main(["cost", "nsa", "--t", "8192", "--heads", "8", "--kv-heads", "4", "--order", "nsa", "--json",
+                 str(out)]) == 0
+    nsa = {(r["part"], r["pass"]): r for r in json.loads(out.read_text())["rows"]}
+    assert nsa[("slc", "fwd")]["hbm_bytes"] > fsa[("slc", "fwd")]["hbm_bytes"]
+    assert "nsa total" in capsys.readouterr().out
+    assert main(["cost", "nsa", "--heads", "6", "--kv-heads", "4"]) == 2
+    assert "not a multiple" in capsys.readouterr().err
+    assert main(["cost", "nsa", "--stride", "24"]) == 2
+
+
 def test_bench_without_gpu_says_so(capsys):
     import torch
 
