@@ -132,17 +132,19 @@ def probe(path: str | Path | None = None, size: int = 512 << 20, chunks=CHUNKS, 
 
 def probe_file(path: str | Path, chunks=CHUNKS[:-1], threads=(1, 4, 8, 16), seconds_per_case: float = 0.08,
                buffered_chunks=(64 << 10, 256 << 10)) -> dict:
-    """A quick curve measured on an existing file (a store), nothing written: O_DIRECT random reads of `chunks` x
-    `threads` (where the filesystem allows), plus single-thread buffered reads of `buffered_chunks` (mmap's
-    readahead). About (len(chunks) * len(threads) + len(buffered_chunks)) * seconds_per_case: ~2 s by default.
+    """A quick curve measured on an existing file (a store), nothing written: random reads of `chunks` x `threads`
+    (O_DIRECT where the filesystem allows, else buffered), plus single-thread buffered reads of `buffered_chunks`
+    (mmap's readahead). About (len(chunks) * len(threads) + len(buffered_chunks)) * seconds_per_case: ~2 s by default.
     `ioaware bench offload` takes one right before each case, because this VM's disk drifts between a cached probe
     and a run (dev/offload/NOTES.md)."""
     path = Path(path)
     size = path.stat().st_size
     direct = direct_io_supported(path)
-    pts = [measure(path, size, c, t, True, seconds_per_case) for c in chunks if c <= size for t in threads] \
-        if direct else []
+    # the grid with O_DIRECT where the filesystem allows it (as the reader reads), else buffered
+    pts = [measure(path, size, c, t, direct, seconds_per_case) for c in chunks if c <= size for t in threads]
     pts += [measure(path, size, c, 1, False, seconds_per_case) for c in buffered_chunks if c <= size]
+    if not pts:
+        raise ValueError(f"{path}: {size} bytes, smaller than every chunk asked for ({min(chunks)} and up)")
     best = max(pts, key=lambda p: p["GBps"])
     return {"version": CURVE_VERSION, "path": str(path), "device": os.stat(path).st_dev, "file_bytes": size,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "direct_supported": direct,

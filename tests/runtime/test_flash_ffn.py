@@ -129,6 +129,7 @@ def test_generate_cli_memory_budget(tiny, tmp_path, monkeypatch, capsys):
     m = s["memory"]
     assert m["resident_total"] + m["other"] <= m["budget"] and m["budget"] == 40 * 2**20
     assert s["decode_tokens_counted"] == s["decode_tokens"] and "window hit rate" in out
+    assert "GB/s" in s["disk_recheck"] and s["disk_curve"].startswith("2026-12-03")  # re-measured; cached kept
     assert list((tmp_path / "cache" / "stores").glob("*.store"))  # converted on first use
     rc = main(["generate", "--model", str(g), "--prompt", "x", "--memory-budget", "10%"])
     assert rc == 2 and "below the minimum" in capsys.readouterr().err
