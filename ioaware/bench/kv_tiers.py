@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -247,6 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=8, help="decode steps per variant")
     ap.add_argument("--sparf", type=float, default=0.0, help="also run SparF on the SSD tier at this fraction of "
                     "its bytes (e.g. 0.125)")
+    ap.add_argument("--sparf-r", type=int, default=None, help="SparF: channels read per KV head (the most, with "
+                    "--sparf-r-share; default head_dim // 16)")
+    ap.add_argument("--sparf-r-share", type=float, default=None, help="SparF: per KV head, the fewest channels "
+                    "holding this share of |q|'s L1 norm (SparQ's rule; default 0: a fixed r)")
+    ap.add_argument("--sparf-sinks", type=int, default=None, help="SparF: first pages of the tier always read "
+                    "(attention sinks; default 1)")
+    ap.add_argument("--sparf-recent-pages", type=int, default=None, help="SparF: last pages of the tier always read "
+                    "(default 0)")
+    ap.add_argument("--sparf-top-k", type=int, default=None, help="SparF: tokens kept of the read pages per KV head "
+                    "(default: all)")
+    ap.add_argument("--sparf-correction", choices=("none", "mean"), default=None, help="SparF: 'mean' adds the "
+                    "paper's mean-value correction; 'none' (default) renormalises over the tokens read")
     ap.add_argument("--warm-ssd", action="store_true", help="leave the KV file in the page cache between steps "
                     "(default: dropped before every step, so the SSD tier reads the disk)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
@@ -260,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                     "similarity to exact and bytes read, every layer of SmolLM2 at one decode step after --context "
                     "tokens of real text (default 2048), whole context and with the newest tokens exact")
     a = ap.parse_args(argv)
+    a.argv_rest = [x for x in (sys.argv[1:] if argv is None else argv) if x != "--sparf-quality"]
     if a.sparf_quality:
         return _sparf_quality(a)
 
@@ -316,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         res["tiered"], pos = _variant(model, tiers, pos, a.steps, choice["modes"], cold)
         res["move_all"], pos = _variant(model, tiers, pos, a.steps, {"dram": "move", "ssd": "move"}, cold)
         if a.sparf:
-            tiers.spec.sparf = SparFConfig(bytes_frac=a.sparf)
+            tiers.spec.sparf = SparFConfig(bytes_frac=a.sparf, **_sparf_knobs(a))
             nb_s = _per_layer_bytes(tiers)
             ch = choose_modes(nb_s, rates)
             res["tiered_sparf"], pos = _variant(model, tiers, pos, a.steps, ch["modes"], cold)
@@ -376,10 +390,42 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _sparf_knobs(a) -> dict:
+    """The SparF options given on the command line (the rest keep SparFConfig's defaults)."""
+    given = {"r": a.sparf_r, "r_share": a.sparf_r_share, "sink_pages": a.sparf_sinks,
+             "recent_pages": a.sparf_recent_pages, "top_k": a.sparf_top_k, "correction": a.sparf_correction}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _sparf_variants(D: int, knobs: dict) -> list[tuple[str, dict]]:
+    """The variants measured: the paper's correction and attention sinks, the split of the budget between channel
+    rows and pages (fixed r, SparQ's |q|-share rule), always-read recent pages; the old and new defaults; the
+    command line's own options last. Each is labelled by its whole configuration."""
+    from ..runtime.kvtiers import SparFConfig
+
+    r0, r8 = max(1, D // 16), max(1, D // 8)
+    kws = [dict(r=r0, correction=c, sink_pages=n, recent_pages=0) for c in ("mean", "none") for n in (0, 1, 2)]
+    kws += [dict(r=r8, correction="mean", sink_pages=0, recent_pages=0)]  # the old default (the paper's r = D/8)
+    kws += [dict(r=r, correction="none", sink_pages=1, recent_pages=0) for r in sorted({max(1, D // 32), r8})]
+    kws += [dict(r=r8, r_share=x, correction="none", sink_pages=1, recent_pages=0) for x in (0.3, 0.4)]
+    kws += [dict(r=r0, correction="none", sink_pages=1, recent_pages=n) for n in (1, 2, 4)]
+    kws += [dict(r=r0, correction="mean", sink_pages=1, recent_pages=2), {}]  # {}: SparFConfig's defaults
+    if knobs:
+        kws.append(knobs)
+    out = []
+    for kw in kws:
+        c = SparFConfig(**kw)
+        label = (f"r={c.channels(D)}{f' r_share={c.r_share:g}' if c.r_share else ''} sinks={c.sink_pages} "
+                 f"recent={c.recent_pages} corr={c.correction}{f' top_k={c.top_k}' if c.top_k else ''}")
+        out.append((label + (" (old default)" if kw.get("r") == r8 and kw.get("sink_pages") == 0 else "")
+                    + (" (default)" if not kw else "") + (" (command line)" if knobs and kw is knobs else ""), kw))
+    return out
+
+
 def _sparf_quality(a) -> int:
     from ..runtime import build_model, load_checkpoint
     from ..runtime.kvtiers import SparFConfig
-    from ..runtime.kvtiers.quality import capture, sparf_quality
+    from ..runtime.kvtiers.quality import capture, oracle_quality, sparf_quality
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -391,16 +437,26 @@ def _sparf_quality(a) -> int:
     rows, cases = [], []
     D = model.args.head_dim
     for recent in (0, ctx // 8, ctx // 4):
-        for r in sorted({max(1, D // 32), max(1, D // 16), max(1, D // 8)}):
-            q = sparf_quality(acts, SparFConfig(frac, r=r), exact_recent=recent)
-            cases.append(q)
-            rows.append([recent, r, f"{q['bytes_frac']:.3f}", f"{q['cos_mean']:.4f}", f"{q['cos_p05']:.4f}",
-                         f"{q['cos_min']:.4f}"])
+        for name, kw in _sparf_variants(D, _sparf_knobs(a)):
+            q = sparf_quality(acts, SparFConfig(frac, **kw), exact_recent=recent)
+            cases.append({"variant": name, **q})
+            rows.append([recent, name, f"{q['bytes_frac']:.3f}", f"{q['cos_mean']:.4f}", f"{q['cos_p05']:.4f}",
+                         f"{q['cos_min']:.4f}", f"{q['alpha_hat_mean']:.2f} / {q['alpha_true_mean']:.2f}"])
+        for kw in ({}, {"correction": "mean"}, {"sink_pages": 0, "recent_pages": 0},
+                   {"sink_pages": 0, "recent_pages": 0, "correction": "mean"}):  # the ceiling of the page choice
+            c = SparFConfig(frac, **kw)
+            q = oracle_quality(acts, c, exact_recent=recent)
+            name = (f"oracle pages: r={c.channels(D)} sinks={c.sink_pages} recent={c.recent_pages} "
+                    f"corr={c.correction}{' (exact α)' if c.correction == 'mean' else ''}")
+            cases.append({"variant": name, **q})
+            rows.append([recent, name, "", f"{q['cos_mean']:.4f}", f"{q['cos_p05']:.4f}", f"{q['cos_min']:.4f}", ""])
     print_table(f"SparF on SmolLM2-135M activations, context {ctx}, budget {frac:g} of the SSD tier's bytes "
                 "(cosine similarity of each layer's and head's attention output to exact)",
-                ["exact newest tokens", "r channels", "bytes read / exact", "cos mean", "cos p05", "cos min"], rows)
+                ["exact newest tokens", "variant", "bytes read / exact", "cos mean", "cos p05", "cos min",
+                 "α̂ / true α"], rows)
     out = {"machine": {**machine_info(), "cpu": _cpu_name()}, "model": "SmolLM2-135M-Instruct (real weights, fp32)",
-           "context": ctx,
+           "command": "ioaware bench kv-tiers --sparf-quality " + " ".join(a.argv_rest), "context": ctx,
+           "defaults": SparFConfig(frac).__dict__,
            "text": "ioaware/runtime/data/heldout.txt", "bytes_frac_budget": frac, "page_tokens": 16,
            "bar": "cos >= 0.99 at 1/8 of the KV bytes", "cases": cases}
     dest = Path(a.out) if a.out else RESULTS_DIR / f"kvtiers-sparf-smollm2-cpu-{dt.date.today().isoformat()}.json"
