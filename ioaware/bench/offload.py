@@ -13,8 +13,13 @@ The page cache is dropped (posix_fadvise DONTNEED) on the store and the dense fi
 the same resident part (embeddings, attention, norms in fp16) under the same budget and generate the same number
 of tokens greedily from the same prompt; (a) and (b) compute the dense FFN, (c) the thresholded sparse one.
 
-    ioaware bench offload [--budget 50%] [--tokens 24] [--sparsity 0.5]
+    ioaware bench offload [--budget 50%] [--tokens 24] [--sparsity 0.5] [--checksum-compare N] [--checksum-replay N]
         -> benchmarks/results/flash-cpu-<date>.json and .png
+
+--checksum-compare N adds N rounds of the ioaware case in each bundle-checksum mode of the reader ("after": the earlier
+path, "fused", "threads": the default, "off"), interleaved in a rotating order so that load from other jobs falls on
+every mode alike; --checksum-replay N replays the decode steps' reads on the reader alone, modes interleaved token by
+token, and reports each mode's I/O time paired with "off"'s.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from ..hardware.probe_disk import probe_file, throughput_at
 from ..iomodel.io import predict_read_seconds
 from ..report import print_table
 from ..runtime import generate
-from ..runtime.offload.reader import NeuronReader, drop_page_cache
+from ..runtime.offload.reader import VERIFY_MODES, NeuronReader, drop_page_cache
 from ..runtime.offload.session import open_streamed
 from ..runtime.offload.streamed_ffn import stream_summary
 from ..units import human_bytes
@@ -175,14 +180,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="price reads with a ~2 s curve measured on the store file right before each case (default; "
                          "this VM's disk drifts between a cached probe and a run) or with the cached probe alone; "
                          "the cached curve's prediction is reported beside either way")
+    ap.add_argument("--checksum", choices=list(VERIFY_MODES), default="threads",
+                    help="how the ioaware cases check bundle checksums: in the read 'threads' as chunks land (the "
+                         "runtime's default), 'fused' with the gather after the reads, 'after' all reads and the "
+                         "gather (the earlier path), or 'off' (see runtime/offload/reader.py)")
+    ap.add_argument("--checksum-compare", type=int, default=0, metavar="N",
+                    help="also run N interleaved rounds of the ioaware case in each checksum mode")
+    ap.add_argument("--checksum-replay", type=int, default=0, metavar="N",
+                    help="replay the ioaware case's decode reads N times per token in each checksum mode, modes "
+                         "interleaved token by token (the reader alone: differences are paired per token)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    loadavg_before = os.getloadavg()
     torch.set_num_threads(args.torch_threads)
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # the read-only memmap
 
     text = Path(args.calibration).read_text() if args.calibration else None
     model, rt, acct, tok, store = open_streamed(args.model, args.budget, None, args.window, args.threads,
                                                 args.sparsity, calibration_text=text, prefetch=args.prefetch)
+    rt.reader.verify = args.checksum
     cached_curve = rt.curve
     if cached_curve is None:
         raise SystemExit("no disk curve for this disk: run `ioaware probe disk` first")
@@ -213,8 +229,19 @@ def main(argv: list[str] | None = None) -> int:
             return _same(chunk_sizes)
 
         rt._price = both_prices
+        if not pf:  # the decode steps' reads, kept for --checksum-replay
+            reads, real_read = [], rt.reader.read
+
+            def recording(layer, nids, _read=real_read, _out=reads):
+                if rt.counting:
+                    _out.append((rt.stats.tokens, layer, np.array(nids, dtype=np.int64)))
+                return _read(layer, nids)
+
+            rt.reader.read = recording
         res, wall = run_case(name, model, tok, ids, args.tokens, files)
         del rt._price  # back to the class's method
+        if not pf:
+            del rt.reader.read
         if rt.trace is not None:
             np.savez_compressed(args.trace, layers=np.array([t[0] for t in rt.trace]), hidden=a.hidden_dim,
                                 **{f"ids{i}": t[1] for i, t in enumerate(rt.trace)})
@@ -228,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             "overflow_neurons": fs_["overflow_neurons"], "resident_bytes": acct["resident_total"], "text": res.text,
             "predicted_cached_curve_io_s_per_token": priced["cached_s"] / max(rt.stats.tokens, 1),
             "curve": rt.curve, "detail": fs_}
+    checksum_compare = compare_checksum_modes(rt, acct, model, tok, ids, args, files) if args.checksum_compare \
+        else None
+    checksum_replay = replay_checksum_modes(rt, store, reads, args.checksum_replay) if args.checksum_replay else None
+    rt.reader.verify = args.checksum
     ffns = [layer.feed_forward for layer in model.layers]
 
     # (a) naive: same resident model, FFN read whole per layer per token
@@ -307,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
            "real", "budget": args.budget, "memory": acct, "tokens": args.tokens, "sparsity": args.sparsity,
            "window": args.window, "read_threads": args.threads, "direct_io": rt.reader.direct,
            "chunk": rt.reader.chunk, "disk_peak_GBps": cached_curve["peak_GBps"], "curve_date": cached_curve["date"],
-           "curve_mode": args.curve,
+           "curve_mode": args.curve, "checksum": args.checksum, "checksum_compare": checksum_compare,
+           "checksum_replay": checksum_replay,
+           "loadavg_before": loadavg_before,
            "loadavg_after": os.getloadavg(), "calibration": args.calibration or "shipped",
            "cases": cases, "bar": bar}
     dest = Path(args.out) if args.out else RESULTS_DIR / f"flash-cpu-{time.strftime('%Y-%m-%d')}.json"
@@ -315,6 +348,103 @@ def main(argv: list[str] | None = None) -> int:
     plot(out, dest.with_suffix(".png"))
     print(f"wrote {dest}")
     return 0
+
+
+def compare_checksum_modes(rt, acct, model, tok, ids, args, files) -> dict:
+    """N rounds of the ioaware case (no read-ahead) in each checksum mode, the order rotated every round. Per mode:
+    I/O and the time the decode step waited on checksums after its reads, per token. "threads" hashes mostly inside
+    the read threads; what that costs shows as I/O time above "off" and as process CPU time, not as waiting."""
+    modes = ["after", "fused", "threads", "off"]
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    rt.prefetch, rt.trace = False, None
+    for r in range(args.checksum_compare):
+        for m in modes[r % len(modes):] + modes[:r % len(modes)]:
+            reset_runtime(rt)
+            rt.reader.verify = m
+            hashed0, cpu0 = rt.reader.total.verify_thread_s, time.process_time()
+            res, _ = run_case(f"ioaware/{m}", model, tok, ids, args.tokens, files)
+            cpu = time.process_time() - cpu0  # all threads, prefill + decode: hashing costs CPU wherever it runs
+            s = stream_summary(rt, acct, res.summary["decode_s"])
+            n = max(rt.stats.tokens, 1)
+            runs[m].append({"round": r, "loadavg": os.getloadavg()[0], "io_s_per_token": s["flash_io_s_per_token"],
+                            "verify_wait_s_per_token": s["flash_verify_s_per_token"],
+                            "verify_thread_s_per_token_incl_prefill": (rt.reader.total.verify_thread_s - hashed0) / n,
+                            "bytes_per_token": s["flash_bytes_read_per_token"], "tok_s": res.summary["decode_tok_s"],
+                            "process_cpu_s_per_token_incl_prefill": cpu / n,
+                            "text": res.text})
+    keys = ("io_s_per_token", "verify_wait_s_per_token", "verify_thread_s_per_token_incl_prefill", "tok_s",
+            "process_cpu_s_per_token_incl_prefill")
+    med = {m: {k: float(np.median([x[k] for x in v])) for k in keys} for m, v in runs.items()}
+    off = med["off"]["io_s_per_token"]
+    for m in ("after", "fused", "threads"):
+        d = med[m]
+        d["verify_wait_share_of_io"] = d["verify_wait_s_per_token"] / d["io_s_per_token"]
+        d["io_above_off_s_per_token"] = d["io_s_per_token"] - off
+        d["io_above_off_share"] = (d["io_s_per_token"] - off) / d["io_s_per_token"]
+    rows = [[m, d["io_s_per_token"] * 1e3, d["verify_wait_s_per_token"] * 1e3,
+             d["verify_thread_s_per_token_incl_prefill"] * 1e3, (d["io_s_per_token"] - off) * 1e3,
+             d["process_cpu_s_per_token_incl_prefill"] * 1e3] for m, d in med.items()]
+    print_table(f"checksums: medians of {args.checksum_compare} interleaved rounds", [
+        "mode", "I/O ms/token", "waited on checksums ms", "hashed in threads ms", "I/O above off ms",
+        "process CPU ms/token"], rows)
+    same_text = len({x["text"] for v in runs.values() for x in v}) == 1
+    return {"rounds": args.checksum_compare, "order": "rotated per round", "median": med, "runs": runs,
+            "same_text_every_run": same_text}
+
+
+def replay_checksum_modes(rt, store, reads, rounds: int) -> dict:
+    """The reader alone, on the exact reads of the ioaware case's decode steps: for each round and each token, that
+    token's reads once in every checksum mode (order rotated), page cache dropped before each. Model compute and
+    its noise are left out, and each mode's time is paired with "off"'s on the same token in the same round, so a
+    few ms stand out of a loaded machine's drift. Reports means per token and the paired differences."""
+    modes = ["after", "fused", "threads", "off"]
+    by_tok: dict[int, list] = {}
+    for t, layer, nids in reads:
+        by_tok.setdefault(t, []).append((layer, nids))
+    toks = sorted(by_tok)
+    r0 = rt.reader
+    rec = {m: [] for m in modes}  # per (round, token): (I/O s, waited on checksums s, hashed in threads s, CPU s)
+    with NeuronReader(store, r0.threads, r0.chunk, r0.direct, slots=1, max_neurons=r0.max_neurons,
+                      max_gap=r0.max_gap) as r:
+        for rnd in range(rounds):
+            for k, t in enumerate(toks):
+                j = (rnd * len(toks) + k) % len(modes)
+                for m in modes[j:] + modes[:j]:
+                    r.verify = m
+                    drop_page_cache(store.path)
+                    io = wait = hashed = 0.0
+                    c0 = time.process_time()
+                    for layer, nids in by_tok[t]:
+                        st = r.read(layer, nids).stats
+                        io, wait, hashed = io + st.seconds, wait + st.verify_s, hashed + st.verify_thread_s
+                    rec[m].append((io, wait, hashed, time.process_time() - c0))
+    a = {m: np.array(v) for m, v in rec.items()}
+    out: dict = {"rounds": rounds, "tokens": len(toks), "reads_per_token": len(reads) / max(len(toks), 1),
+                 "order": "modes rotated per (round, token)", "modes": {}}
+    rows = []
+    for m in modes:
+        x = a[m]
+        d = {"io_s_per_token": float(x[:, 0].mean()), "io_s_per_token_median": float(np.median(x[:, 0])),
+             "verify_wait_s_per_token": float(x[:, 1].mean()), "verify_thread_s_per_token": float(x[:, 2].mean()),
+             "cpu_s_per_token": float(x[:, 3].mean())}
+        for base in ("off", "after"):
+            if m != base:
+                diff = x[:, 0] - a[base][:, 0]  # paired: same token, same round
+                d[f"io_minus_{base}_s"] = float(diff.mean())
+                d[f"io_minus_{base}_stderr_s"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+                d[f"cpu_minus_{base}_s"] = float((x[:, 3] - a[base][:, 3]).mean())
+        if m != "off":
+            d["verify_wait_share_of_io"] = d["verify_wait_s_per_token"] / d["io_s_per_token"]
+            d["io_above_off_share"] = d["io_minus_off_s"] / d["io_s_per_token"]
+        out["modes"][m] = d
+        rows.append([m, d["io_s_per_token"] * 1e3, d["verify_wait_s_per_token"] * 1e3,
+                     d["verify_thread_s_per_token"] * 1e3,
+                     f"{d['io_minus_off_s'] * 1e3:+.2f} ± {d['io_minus_off_stderr_s'] * 1e3:.2f}" if m != "off" else "",
+                     d["cpu_s_per_token"] * 1e3])
+    print_table(f"checksums, reader replay: {len(toks)} tokens x {rounds} rounds per mode, means per token", [
+        "mode", "I/O ms", "waited on checksums ms", "hashed in threads ms", "I/O minus off ms (± s.e.)",
+        "CPU ms"], rows)
+    return out
 
 
 def plot(out: dict, path: Path) -> None:

@@ -285,7 +285,9 @@ def _run_streamed(args, sampling) -> int:
         ["flash read / token", human_bytes(s["flash_bytes_read_per_token"])],
         ["I/O time / token: measured vs iomodel", f"{s['flash_io_s_per_token'] * 1e3:.2f} ms vs "
          + (f"{pred * 1e3:.2f} ms" if pred == pred else "n/a (run `ioaware probe disk`)")],
-        ["  of it, checking bundle checksums", f"{s['flash_verify_s_per_token'] * 1e3:.2f} ms"],
+        ["  checksums: the wait after the reads / hashing inside the read threads",
+         f"{s['flash_verify_s_per_token'] * 1e3:.2f} ms / {s['flash_verify_thread_s_per_token'] * 1e3:.2f} ms of CPU "
+         "(its cost in I/O time: benchmarks/results/flash-checksum-*.json)"],
         ["I/O wait / token (reads not hidden behind compute)", f"{s['flash_stall_s_per_token'] * 1e3:.2f} ms"
          + (f" (prefetch: {s['prefetch_used_frac']:.0%} of read-ahead neurons used)"
             if s["prefetch_used_frac"] is not None else "")],

@@ -276,3 +276,109 @@ def test_probe_file_measures_an_existing_file_without_writing(tmp_path):
     assert ({(True, t, k) for t in (1, 2) for k in (4096, 65536)} <= modes) == c["direct_supported"]
     assert all(p["GBps"] > 0 for p in c["points"]) and c["of_file"]
     assert predict_read_seconds([65536] * 3, c, threads=2) > 0 < throughput_at(c, 65536, 1, False)
+
+
+
+
+def _poison(r: NeuronReader) -> None:
+    for s in r.slots:  # 0xFFFF is a NaN in fp16: a row the read forgot to fill cannot pass as weights
+        s.out[:] = b"\xff" * len(s.out)
+
+
+@pytest.mark.parametrize("direct", [False, None])
+def test_verify_modes_return_the_same_bundles(tiny, direct):
+    """Every verify mode hands back the very rows the store holds: "fused" gathers and hashes piece by piece,
+    "threads" gathers and hashes each chunk's bundles in the thread that read it and the straddling ones after.
+    Small chunks (4096 B, bundles of 384 B) make many bundles straddle chunks; the merge gap adds strided gathers."""
+    _, out, ck = tiny
+    st = fs.open_store(out)
+    H = ck.args.hidden_dim
+    rng = np.random.default_rng(3)
+    sets = [np.arange(H), np.arange(0, H, 4), np.sort(rng.choice(H, 41, replace=False)), np.arange(5, 60),
+            np.array([H - 1]), np.array([], dtype=np.int64)]
+    for chunk, gap in ((4096, 0), (4096, 8192), (1 << 20, 0)):
+        for layer in range(ck.args.n_layers):
+            want = st.read_layer_bundles(layer)
+            for ids in sets:
+                for mode in ("after", "fused", "threads", "off"):
+                    with NeuronReader(st, threads=3, chunk=chunk, direct=direct, max_gap=gap, verify=mode) as r:
+                        _poison(r)
+                        res = r.read(layer, ids)
+                        assert torch.equal(res.bundles, want[ids]), (mode, chunk, gap, layer, ids)
+                        assert res.stats.verify_thread_s == 0.0 or mode == "threads"
+
+
+def test_where_each_mode_hashes(tiny, monkeypatch):
+    """True means "threads": most bundles are hashed in the pool's threads, the straddling ones by the caller;
+    "fused": by the caller, in pieces of at most _HASH_PIECE bytes. Either way each bundle asked for exactly once."""
+    import threading
+
+    from ioaware.runtime.offload import reader as rd
+
+    _, out, ck = tiny
+    st = fs.open_store(out)
+    H, B = ck.args.hidden_dim, st.bundle_bytes
+    calls: list[tuple[str, int]] = []
+    real = rd._row_hashes
+
+    def spy(rows):
+        calls.append((threading.current_thread().name, len(rows)))
+        return real(rows)
+
+    monkeypatch.setattr(rd, "_row_hashes", spy)
+    monkeypatch.setattr(rd, "_HASH_PIECE", 8 * B)  # 8 bundles a piece: 97 bundles make 13 pieces
+    for direct in (False, None):
+        with NeuronReader(st, threads=3, chunk=4096, direct=direct) as r:
+            assert r.verify == "threads"
+            r.verify = "fused"
+            calls.clear()
+            r.read(0, np.arange(H))
+            assert sum(k for _, k in calls) == H and all(not n.startswith("ioaware-read") for n, _ in calls)
+            if r.direct:
+                assert max(k for _, k in calls) <= 8 and len(calls) >= 13
+            r.verify = "threads"
+            calls.clear()
+            res = r.read(0, np.arange(H))
+            in_pool = sum(k for n, k in calls if n.startswith("ioaware-read"))
+            assert sum(k for _, k in calls) == H and 0.6 * H <= in_pool < H  # straddlers are hashed after
+            assert res.stats.verify_thread_s > 0 and res.stats.chunks > 3
+
+
+@pytest.mark.parametrize("direct", [False, None])
+@pytest.mark.parametrize("mode", ["fused", "threads"])
+def test_flip_in_any_bundle_is_caught_in_every_mode(tiny, tmp_path, direct, mode):
+    """One flipped byte in each neuron in turn (at a different byte each time), read among all the layer's neurons
+    in 4096-byte chunks, so some bundles lie inside a chunk and some straddle two (hashed in a pool thread or by the
+    caller with "threads"): the read raises naming that neuron every time. Read without that neuron, the same flip
+    is no error (its bytes may be read through as a gap, never used); verify "off" does not look."""
+    _, out, _ = tiny
+    bad = tmp_path / "flip.store"
+    bad.write_bytes(out.read_bytes())
+    st = fs.open_store(bad)
+    H, B, layer = st.args.hidden_dim, st.bundle_bytes, 1
+    straddle = [(i * B) // 4096 != (i * B + B - 1) // 4096 for i in range(H)]
+    assert any(straddle) and not all(straddle)  # both paths of "threads" are exercised
+    want = st.read_layer_bundles(layer).clone()
+    fd = os.open(bad, os.O_RDWR)
+    try:
+        with NeuronReader(st, threads=3, chunk=4096, direct=direct, verify=mode) as r, \
+                NeuronReader(st, threads=3, chunk=4096, direct=direct, verify="off") as r_off:
+            for i in range(H):
+                pos = st.layers[layer]["offset"] + i * B + (i * 37) % B
+                byte = os.pread(fd, 1, pos)
+                os.pwrite(fd, bytes([byte[0] ^ 0x10]), pos)
+                with pytest.raises(fs.StoreError, match=f"layer {layer}, neuron {i} "):
+                    r.read(layer, np.arange(H))
+                others = np.setdiff1d(np.arange(H), [i])
+                assert torch.equal(r.read(layer, others).bundles, want[others])
+                r_off.read(layer, np.arange(H))
+                os.pwrite(fd, byte, pos)
+            r.read(layer, np.arange(H))  # all restored
+    finally:
+        os.close(fd)
+
+
+def test_bad_verify_mode_is_refused(tiny):
+    _, out, _ = tiny
+    with pytest.raises(ValueError, match="verify must be"):
+        NeuronReader(fs.open_store(out), verify="sometimes")

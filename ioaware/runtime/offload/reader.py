@@ -6,6 +6,16 @@ thread pool (preadv releases the GIL, so the threads give the disk real queue de
 widened to 4096-byte pages and land in a page-aligned staging buffer, from which the bundles are gathered; without
 it (tmpfs, some overlay filesystems refuse O_DIRECT) each run is read straight into its place in the output.
 Buffers are anonymous mmaps: page-aligned, as O_DIRECT needs, and allocated once.
+
+Every bundle read is checked against the store's xxh3-64 (`verify`), so a flipped byte is reported, never computed
+with. The check is memory-bound hashing (~140 MB per SmolLM2 token); the modes differ in where it runs:
+- "threads" (default): each read thread, as soon as one of its chunks lands, gathers the bundles lying wholly inside
+  it (O_DIRECT) and hashes them; the caller hashes the few that straddle two chunks and compares. Gather and hash
+  run in the pool on both cores (xxh3 releases the GIL); little hides behind reads, since a read's few chunks land
+  together. Measured: more CPU than hashing after the reads, the least I/O time per token (dev/offload/NOTES.md).
+  ReadStats.verify_s is then only the caller's wait; the hashing done in the threads is verify_thread_s.
+- "fused": after the reads, gather and hash piece by piece (~512 KiB), each piece while it is still in L2.
+- "after": the earlier path (gather everything, then hash everything); "off": no check.
 """
 
 from __future__ import annotations
@@ -19,11 +29,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import xxhash
 
 from ...files import direct_io_supported
-from .store import ALIGN, WeightStore
+from .store import ALIGN, StoreError, WeightStore
 
 DEFAULT_CHUNK = 256 << 10  # used when no probe curve is given: the knee of the measured curves (offload.md §5)
+VERIFY_MODES = ("fused", "threads", "after", "off")  # how and where bundle checksums run: module docstring
 
 
 @dataclass
@@ -33,7 +45,8 @@ class ReadStats:
     chunks: int = 0
     seconds: float = 0.0
     chunk_sizes: list[int] = field(default_factory=list)
-    verify_s: float = 0.0  # of `seconds`, the time spent checking bundles against their checksums
+    verify_s: float = 0.0  # of `seconds`, the time the caller waited on checksums after the reads were done
+    verify_thread_s: float = 0.0  # hashing done inside the read threads (summed over threads; not in verify_s)
 
     def add(self, o: ReadStats) -> None:
         self.bytes += o.bytes
@@ -42,6 +55,7 @@ class ReadStats:
         self.seconds += o.seconds
         self.chunk_sizes.extend(o.chunk_sizes)
         self.verify_s += o.verify_s
+        self.verify_thread_s += o.verify_thread_s
 
 
 @dataclass
@@ -107,9 +121,9 @@ class NeuronReader:
     because one more small request costs more than streaming the gap (`iomodel.io.merge_gap_bytes` prices it)."""
 
     def __init__(self, store: WeightStore, threads: int = 8, chunk: int | None = None, direct: bool | None = None,
-                 slots: int = 2, max_neurons: int | None = None, max_gap: int = 0, verify: bool = True):
+                 slots: int = 2, max_neurons: int | None = None, max_gap: int = 0, verify: bool | str = True):
         self.store = store
-        self.verify = verify  # check every bundle read against the store's xxh3 (costs a hash per bundle)
+        self.verify = verify  # True/"threads", "fused", "after", False/"off": see the module docstring
         self.threads = threads
         self.chunk = max(ALIGN, (chunk or DEFAULT_CHUNK) // ALIGN * ALIGN)
         can = direct_io_supported(store.path)
@@ -132,6 +146,17 @@ class NeuronReader:
         self._coord = ThreadPoolExecutor(1, thread_name_prefix="ioaware-prefetch")  # runs prefetch() bodies
         self._lock = threading.Lock()
         self.total = ReadStats()
+
+    @property
+    def verify(self) -> str:
+        return self._verify
+
+    @verify.setter
+    def verify(self, v: bool | str) -> None:
+        m = {True: "threads", False: "off"}.get(v, v) if isinstance(v, bool) else v
+        if m not in VERIFY_MODES:
+            raise ValueError(f"verify must be True, False or one of {', '.join(VERIFY_MODES)}; got {v!r}")
+        self._verify = m
 
     @property
     def buffer_bytes(self) -> int:
@@ -172,67 +197,166 @@ class NeuronReader:
                 stage_pos.append(pos)
                 pos += k
             views = [memoryview(slot.stage)[p:p + k] for p, (_, k) in zip(stage_pos, chunks, strict=True)]
-            self._issue(chunks, views)
-            self._gather(ids, chunks, stage_pos, slot, out, layer)
         else:
-            views, dst = [], 0
+            stage_pos, dst = [], 0
             outb = memoryview(slot.out)
             for _off, k in chunks:
-                views.append(outb[dst:dst + k])
+                stage_pos.append(dst)
                 dst += k
+            views = [outb[p:p + k] for p, (_, k) in zip(stage_pos, chunks, strict=True)]
+        verify_s = verify_thread_s = 0.0
+        if not n:
+            pass
+        elif self.verify == "fused":  # all reads; then, piece by piece, gather and hash while the piece is in L2
             self._issue(chunks, views)
-        t1 = time.perf_counter()
-        if n and self.verify:
+            got = np.empty(n, dtype=np.uint64)
+            if self.direct:
+                verify_s = self._gather(ids, chunks, stage_pos, slot, out, layer, got)
+            else:
+                t1 = time.perf_counter()
+                got[:] = _row_hashes(out.reshape(n, -1).view(np.uint8))
+                verify_s = time.perf_counter() - t1
+            t1 = time.perf_counter()
+            self._compare(layer, ids, got)
+            verify_s += time.perf_counter() - t1
+        elif self.verify == "after":  # the earlier path: all reads, then the gather, then every hash
+            self._issue(chunks, views)
+            if self.direct:
+                self._gather(ids, chunks, stage_pos, slot, out, layer)
+            t1 = time.perf_counter()
             self.store.check_bundles(layer, ids, out.reshape(n, -1).view(np.uint8))
-        verify_s = time.perf_counter() - t1
+            verify_s = time.perf_counter() - t1
+        else:
+            verify_s, verify_thread_s = self._read_landing(layer, ids, chunks, stage_pos, views, slot, out)
         st = ReadStats(sum(k for _, k in chunks), n * self.bundle, len(chunks), time.perf_counter() - t0,
-                       [k for _, k in chunks], verify_s)
+                       [k for _, k in chunks], verify_s, verify_thread_s)
         with self._lock:
             self.total.add(st)
         return ReadResult(layer, ids, torch.from_numpy(out), st)
+
+    def _read_landing(self, layer, ids, chunks, stage_pos, views, slot, out) -> tuple[float, float]:
+        """Issue the reads; as each chunk lands, its read thread gathers (O_DIRECT) the bundles lying wholly inside
+        it and, with verify "threads", hashes them. Then, here: the bundles straddling two chunks and the compare.
+        Returns (seconds waited on checksums after the reads, seconds hashed inside the threads)."""
+        n, B = len(ids), self.bundle
+        hashing = self.verify == "threads"
+        if not hashing and not self.direct:  # nothing to do as chunks land: the reads fill `out` in place
+            self._issue(chunks, views)
+            return 0.0, 0.0
+        outb = out.reshape(n, -1).view(np.uint8)  # (n, B)
+        # the landing buffer (the stage, or `out` itself) and each bundle's position in it, increasing with j
+        if self.direct:
+            r_off, r_pos = _file_ranges(chunks, stage_pos)
+            land_buf = np.frombuffer(slot.stage, dtype=np.uint8)
+            src = self._stage_src(ids, r_off, r_pos, layer)[0]
+        else:
+            land_buf = None
+            src = np.arange(n, dtype=np.int64) * B
+        cpos = np.asarray(stage_pos, dtype=np.int64)
+        cend = cpos + np.array([k for _, k in chunks], dtype=np.int64)
+        lo = np.searchsorted(src, cpos, side="left")  # chunk c holds rows lo[c]:hi[c] whole
+        hi = np.maximum(np.searchsorted(src + B, cend, side="right"), lo)
+        got = np.zeros(n, dtype=np.uint64)
+        spent: list[float] = []  # list.append is atomic: the threads record their hashing time here
+
+        def land(c: int) -> None:
+            a, b = int(lo[c]), int(hi[c])
+            if b <= a:
+                return
+            if land_buf is not None:
+                s0 = int(src[a])
+                if int(src[b - 1]) - s0 == (b - a - 1) * B:  # consecutive bundles: one slice
+                    outb[a:b] = land_buf[s0:s0 + (b - a) * B].reshape(b - a, B)
+                else:  # a merged range with gaps: a fixed-stride view, then a row gather
+                    rows = (src[a:b] - s0) // B
+                    view = np.lib.stride_tricks.as_strided(land_buf[s0:], shape=(int(rows[-1]) + 1, B),
+                                                           strides=(B, 1), writeable=False)
+                    outb[a:b] = view[rows]
+            if hashing:
+                t = time.perf_counter()
+                got[a:b] = _row_hashes(outb[a:b])
+                spent.append(time.perf_counter() - t)
+
+        self._issue(chunks, views, land)
+        covered = np.zeros(n + 1, dtype=np.int64)
+        np.add.at(covered, lo, 1)
+        np.add.at(covered, hi, -1)
+        left = np.flatnonzero(np.cumsum(covered[:n]) == 0)  # rows straddling a chunk boundary
+        if land_buf is not None and len(left):
+            outb[left] = land_buf[src[left, None] + np.arange(B)]  # adjacent chunks lie back to back in the stage
+        if not hashing:
+            return 0.0, 0.0
+        t1 = time.perf_counter()
+        if len(left):
+            got[left] = _row_hashes(outb[left])
+        self._compare(layer, ids, got)
+        return time.perf_counter() - t1, sum(spent)
 
     def prefetch(self, layer: int, ids) -> Future:
         """Start `read(layer, ids)` in the background; `.result()` gives the ReadResult."""
         return self._coord.submit(self.read, layer, ids)
 
-    def _issue(self, chunks, views) -> None:
+    def _issue(self, chunks, views, land=None) -> None:
+        """Read chunks[c] into views[c]; land(c), if given, runs in the reading thread right after chunk c."""
         if len(chunks) == 1:
             _pread_full(self.fd, views[0], chunks[0][0])
+            if land is not None:
+                land(0)
             return
         # one task per pool thread, each reading every threads-th chunk: a pool future costs ~10 us of Python, as
         # much as a small read itself, so hundreds of scattered chunks must not each be a task
         k = min(self.threads, len(chunks))
-        futs = [self.pool.submit(_pread_many, self.fd, views[i::k], [o for o, _ in chunks[i::k]]) for i in range(k)]
+        futs = [self.pool.submit(_pread_many, self.fd, views[i::k], [o for o, _ in chunks[i::k]],
+                                 range(i, len(chunks), k), land) for i in range(k)]
         for f in futs:
             f.result()
 
-    def _gather(self, ids: np.ndarray, chunks, stage_pos, slot, out: np.ndarray, layer: int) -> None:
+    def _compare(self, layer: int, ids: np.ndarray, got: np.ndarray) -> None:
+        bad = np.flatnonzero(got != self.store.checksums[layer, ids])
+        if len(bad):
+            i = int(ids[bad[0]])
+            raise StoreError(f"{self.store.path}: corrupt data in layer {layer}, neuron {i} ({len(bad)} of "
+                             f"{len(ids)} bundles read fail their checksum); run `ioaware verify {self.store.path}`,"
+                             " then convert the model again")
+
+    def _gather(self, ids: np.ndarray, chunks, stage_pos, slot, out: np.ndarray, layer: int,
+                got: np.ndarray | None = None) -> float:
         """Copy each neuron's bundle from the page-aligned staging buffer to its row of `out` (ids sorted).
 
         Chunks lie back to back in the stage, so chunks that are adjacent in the file form one contiguous range
         there too; inside a range the bundles sit at a fixed stride, so each range is one strided view and one
         row gather (a few numpy calls per range instead of Python work per run of neurons)."""
         if not len(ids):
-            return
+            return 0.0
         B = self.bundle
+        piece = max(1, _HASH_PIECE // B)
+        hash_s = 0.0
         stage = np.frombuffer(slot.stage, dtype=np.uint8)
         outb = out.reshape(len(ids), -1).view(np.uint8)  # (n, B)
-        c_off = np.array([o for o, _ in chunks], dtype=np.int64)
-        c_len = np.array([k for _, k in chunks], dtype=np.int64)
-        first = np.ones(len(chunks), dtype=bool)
-        first[1:] = c_off[1:] != c_off[:-1] + c_len[:-1]
-        r_off = c_off[first]
-        r_pos = np.asarray(stage_pos, dtype=np.int64)[first]
-        f = self.store.layers[layer]["offset"] + ids.astype(np.int64) * B  # each bundle's file offset
-        j = np.searchsorted(r_off, f, side="right") - 1
-        src = r_pos[j] + (f - r_off[j])  # its position in the stage
+        r_off, r_pos = _file_ranges(chunks, stage_pos)
+        src, j = self._stage_src(ids, r_off, r_pos, layer)
         bounds = np.flatnonzero(np.diff(j)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ids)], strict=True):
             s0 = int(src[lo])
             rows = (src[lo:hi] - s0) // B
             view = np.lib.stride_tricks.as_strided(stage[s0:], shape=(int(rows[-1]) + 1, B), strides=(B, 1),
                                                    writeable=False)
-            outb[lo:hi] = view[rows]
+            if got is None:
+                outb[lo:hi] = view[rows]
+                continue
+            for a in range(lo, hi, piece):  # gather a piece, hash it while it is still in L2
+                b = min(a + piece, hi)
+                outb[a:b] = view[rows[a - lo:b - lo]]
+                t = time.perf_counter()
+                got[a:b] = _row_hashes(outb[a:b])
+                hash_s += time.perf_counter() - t
+        return hash_s
+
+    def _stage_src(self, ids: np.ndarray, r_off: np.ndarray, r_pos: np.ndarray, layer: int):
+        """Each bundle's position in the stage (ids sorted) and the index of the contiguous file range holding it."""
+        f = self.store.layers[layer]["offset"] + ids.astype(np.int64) * self.bundle  # each bundle's file offset
+        j = np.searchsorted(r_off, f, side="right") - 1
+        return r_pos[j] + (f - r_off[j]), j
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -250,6 +374,24 @@ class NeuronReader:
         self.close()
 
 
+_HASH_PIECE = 512 << 10  # bytes gathered then hashed at a time: well inside a core's L2
+
+
+def _row_hashes(rows: np.ndarray) -> np.ndarray:
+    """xxh3-64 of each row of a (n, bytes) uint8 array. map() over the rows: no generator frame per bundle."""
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, rows), dtype=np.uint64, count=len(rows))
+
+
+def _file_ranges(chunks, stage_pos) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks laid back to back in the stage -> (file offset, stage position) of the start of each run of chunks
+    that are adjacent in the file: such a run is one contiguous range in the stage too."""
+    c_off = np.array([o for o, _ in chunks], dtype=np.int64)
+    c_end = c_off + np.array([k for _, k in chunks], dtype=np.int64)
+    first = np.ones(len(chunks), dtype=bool)
+    first[1:] = c_off[1:] != c_end[:-1]
+    return c_off[first], np.asarray(stage_pos, dtype=np.int64)[first]
+
+
 def _page_ranges(ranges: list[tuple[int, int]], max_gap: int = 0) -> list[tuple[int, int]]:
     """Widen byte ranges to whole pages and merge those that then touch or lie within `max_gap` bytes (O_DIRECT
     reads whole pages anyway)."""
@@ -264,9 +406,11 @@ def _page_ranges(ranges: list[tuple[int, int]], max_gap: int = 0) -> list[tuple[
     return [(a, b - a) for a, b in out]
 
 
-def _pread_many(fd: int, views, offsets) -> None:
-    for v, off in zip(views, offsets, strict=True):
+def _pread_many(fd: int, views, offsets, idx=None, land=None) -> None:
+    for c, (v, off) in enumerate(zip(views, offsets, strict=True)):
         _pread_full(fd, v, off)
+        if land is not None:
+            land(idx[c])
 
 
 def _pread_full(fd: int, view: memoryview, off: int) -> int:

@@ -62,7 +62,8 @@ class StreamStats:
     useful_bytes: int = 0
     chunks: int = 0
     io_s: float = 0.0  # busy time of the reads (each read's wall time; prefetches overlap attention)
-    verify_s: float = 0.0  # of io_s, checking streamed bundles against the store's checksums
+    verify_s: float = 0.0  # of io_s, the decode step's wait on checksums after its reads were done
+    verify_thread_s: float = 0.0  # hashing done inside the read threads as chunks land (CPU time, summed over threads)
     stall_s: float = 0.0  # time the decode step waited on reads (= io_s without prefetch)
     prefetched: int = 0  # neurons read ahead by speculation
     prefetch_used: int = 0  # of those, the ones the exact prediction then asked for
@@ -181,6 +182,7 @@ class StreamingRuntime:
         st.chunks += rs.chunks
         st.io_s += rs.seconds
         st.verify_s += rs.verify_s
+        st.verify_thread_s += rs.verify_thread_s
         st.predicted_io_s += self._price(rs.chunk_sizes)
 
     @staticmethod
@@ -306,6 +308,7 @@ def stream_summary(rt: StreamingRuntime, acct: dict, decode_s: float) -> dict:
     return {
         "flash_bytes_read_per_token": s.bytes_read / n, "flash_useful_bytes_per_token": s.useful_bytes / n,
         "flash_io_s_per_token": s.io_s / n, "flash_verify_s_per_token": s.verify_s / n,
+        "flash_verify_thread_s_per_token": s.verify_thread_s / n,
         "verify_share_of_io": s.verify_s / s.io_s if s.io_s > 0 else None,
         "flash_predicted_io_s_per_token": s.predicted_io_s / n,
         "flash_io_vs_predicted": (s.io_s / s.predicted_io_s) if s.predicted_io_s else None,
