@@ -14,6 +14,7 @@ from .compress import check_ratio, check_source, factorize_checkpoint
 from .evaluate import perplexity
 from .factors import FactorCheckpoint, load_factors, save_factors
 from .model import LowRankTransformer, build_lowrank_model
+from .update import DEFAULT_LR, check_update, dense_targets, update_factors
 
 SEQ_LEN = 256  # tokens per calibration and evaluation chunk, as `ioaware bench sparsity` uses
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -49,17 +50,37 @@ def heldout_batches(tok: Tokenizer, max_tokens: int | None = None) -> list[torch
     return token_batches(tok, load_text("heldout"), SEQ_LEN, max_tokens=max_tokens)
 
 
+def updated_tensors(ckpt: Checkpoint, ranks: list[dict[str, int]], tensors: dict[str, torch.Tensor], dense,
+                    steps: int, lr: float = DEFAULT_LR, seed: int = 0, loss: str = "kl",
+                    calib_tokens: int | None = None, progress: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """The factors after SVD-LLM's parameter update (update.py) on the calibration text, in float32, and its
+    report. `tensors` (float32, factorize_checkpoint's) are not modified."""
+    model = build_lowrank_model(ckpt.args, ranks, tensors, "cpu", torch.float32)
+    rep = update_factors(model, dense, calibration_batches(ckpt.tokenizer, calib_tokens), steps, lr, seed, loss,
+                         progress)
+    params = dict(model.named_parameters())
+    return {k: params[k].detach().clone() for k in tensors}, rep
+
+
 def compress_file(model: str | Path | None, out: str | Path, ratio: float, whiten: bool = False,
                   dtype: torch.dtype = torch.bfloat16, calib_tokens: int | None = None, progress: bool = False,
-                  ckpt: Checkpoint | None = None) -> dict:
+                  ckpt: Checkpoint | None = None, update: int = 0, update_lr: float = DEFAULT_LR,
+                  update_seed: int = 0, update_loss: str = "kl") -> dict:
     """Factor `model` (a GGUF file or HF folder; None: the default model) and write OUT atomically. Inputs are
-    checked before any work; the report says what was kept and how much was lost."""
+    checked before any work; the report says what was kept and how much was lost. `update` > 0: then train the
+    factors that many steps by distillation from the dense model (update.py); the report's and the file's
+    `update` entry holds the settings and the losses."""
     check_ratio(ratio)
+    check_update(update, update_lr, update_loss)
     out = check_out(out)
     ckpt = ckpt or load_checkpoint(model)
     check_source(ckpt)
-    covs, n_calib = calibration_covariances(ckpt, calib_tokens, progress) if whiten else (None, 0)
+    dense = dense_model(ckpt) if whiten or update else None
+    covs, n_calib = calibration_covariances(ckpt, calib_tokens, progress, dense) if whiten else (None, 0)
     tensors, ranks, report = factorize_checkpoint(ckpt, ratio, covs, progress)
+    if update:
+        tensors, report["update"] = updated_tensors(ckpt, ranks, tensors, dense, update, update_lr, update_seed,
+                                                    update_loss, calib_tokens, progress)
     tensors = {k: v.to(dtype) for k, v in tensors.items()}
     report.update(source=str(ckpt.path), calibration_tokens=n_calib, dtype=str(dtype).replace("torch.", ""))
     save_factors(out, ckpt.args, ranks, tensors, ckpt.tokenizer, report)
@@ -75,24 +96,51 @@ def load_factor_model(path: str | Path, device: str | torch.device = "cpu", dtyp
 
 
 def sweep(ckpt: Checkpoint, ratios: list[float], dtype: torch.dtype = torch.bfloat16, calib_tokens: int | None = None,
-          eval_tokens: int | None = None, progress: bool = False) -> dict:
-    """Held-out perplexity of the dense model and of its factors at each ratio, plain and whitened. The factors
-    are rounded to `dtype` (what a file holds) and run in float32 on the CPU."""
+          eval_tokens: int | None = None, progress: bool = False, whiten_only: bool = False, update: int = 0,
+          update_lr: float = DEFAULT_LR, update_seed: int = 0, update_loss: str = "kl") -> dict:
+    """Held-out perplexity of the dense model and of its factors at each ratio, plain and whitened (only whitened
+    with `whiten_only`). The factors are rounded to `dtype` (what a file holds) and run in float32 on the CPU.
+    `update` > 0 adds, after each whitened row, the same factors after the parameter update (update.py), and
+    to those rows (and the dense model) the perplexity on the training text: the overfitting check."""
     for r in ratios:
         check_ratio(r)
+    check_update(update, update_lr, update_loss)
     check_source(ckpt)
     dense = dense_model(ckpt)
     held = heldout_batches(ckpt.tokenizer, eval_tokens)
     base = perplexity(dense, held, progress, "dense perplexity")
     covs, n_calib = calibration_covariances(ckpt, calib_tokens, progress, model=dense)
+    train = calibration_batches(ckpt.tokenizer, calib_tokens) if update else []
+    base_train = perplexity(dense, train, progress, "dense perplexity (training text)") if update else None
     rows = []
-    for whiten in (False, True):
+
+    def measure(tensors, ranks, rep, label):
+        m = build_lowrank_model(ckpt.args, ranks, {k: v.to(dtype) for k, v in tensors.items()}, "cpu", torch.float32)
+        res = perplexity(m, held, progress, label)
+        row = {**rep, "ppl": res["ppl"], "ppl_ratio": res["ppl"] / base["ppl"]}
+        if update:
+            tr = perplexity(m, train, progress, label + " (training text)")
+            row.update(ppl_train=tr["ppl"], ppl_train_ratio=tr["ppl"] / base_train["ppl"])
+        rows.append(row)
+
+    targets = None
+    for whiten in ((True,) if whiten_only else (False, True)):
         for r in ratios:
             tensors, ranks, rep = factorize_checkpoint(ckpt, r, covs if whiten else None, progress)
-            tensors = {k: v.to(dtype) for k, v in tensors.items()}
-            m = build_lowrank_model(ckpt.args, ranks, tensors, "cpu", torch.float32)
-            res = perplexity(m, held, progress, f"perplexity at {r}" + (" (whitened)" if whiten else ""))
-            rows.append({**rep, "ppl": res["ppl"], "ppl_ratio": res["ppl"] / base["ppl"]})
-            del m, tensors
-    return {"ppl_dense": base["ppl"], "eval_tokens": base["tokens"], "calibration_tokens": n_calib,
-            "factor_dtype": str(dtype).replace("torch.", ""), "rows": rows}
+            label = f"perplexity at {r}" + (" (whitened)" if whiten else "")
+            measure(tensors, ranks, {**rep, "update": None}, label)
+            if whiten and update:
+                if targets is None:  # the dense model's targets, once for all ratios
+                    targets = dense_targets(dense, train, update_loss, progress)
+                m = build_lowrank_model(ckpt.args, ranks, tensors, "cpu", torch.float32)
+                urep = update_factors(m, dense, train, update, update_lr, update_seed, update_loss, progress, targets)
+                params = dict(m.named_parameters())
+                del m
+                measure({k: params[k].detach() for k in tensors}, ranks, {**rep, "update": urep},
+                        label + f", updated {update} steps")
+            del tensors
+    res = {"ppl_dense": base["ppl"], "eval_tokens": base["tokens"], "calibration_tokens": n_calib,
+           "factor_dtype": str(dtype).replace("torch.", ""), "rows": rows}
+    if update:
+        res.update(ppl_dense_train=base_train["ppl"], train_tokens=base_train["tokens"])
+    return res

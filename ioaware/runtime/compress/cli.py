@@ -2,12 +2,16 @@
 
     ioaware compress svd default smollm2-0.6.safetensors --rank-ratio 0.6 --whiten --eval
     ioaware compress svd default --sweep 1.0,0.8,0.6,0.4 --json results.json --plot results.png
+    ioaware compress svd default smollm2-0.6u.safetensors --rank-ratio 0.6 --whiten --update 300
+    ioaware compress svd default --sweep 0.6 --whiten --update 300 --json results.json
 
 MODEL is a GGUF file, a Hugging Face folder, or `default` (the embedded SmolLM2-135M-Instruct). OUT is one
 .safetensors file holding the factors, the dense embeddings and norms, the config and the tokenizer, written
 atomically. --whiten truncates in the coordinates of the layer inputs measured on the shipped calibration text
 (SVD-LLM). --eval adds held-out perplexity, dense vs compressed. --sweep writes nothing but the report: perplexity
-at each ratio, plain and whitened.
+at each ratio, plain and whitened (--whiten: whitened only). --update STEPS then trains the factors (SVD-LLM's
+parameter update) by distillation from the dense model on the calibration text; with --sweep it adds an updated
+row after each whitened one, and perplexity on the training text (the overfitting check).
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default: all ~3k)")
     ap.add_argument("--sweep", type=_ratios, default=None, metavar="R1,R2,...",
                     help="no OUT: perplexity vs rank ratio, plain and whitened")
+    ap.add_argument("--update", type=int, default=0, metavar="STEPS",
+                    help="after truncation, train the factors this many steps (one 256-token chunk each) by "
+                    "distillation from the dense model on the calibration text (default 0: off)")
+    ap.add_argument("--update-lr", type=float, default=None, help="the update's peak AdamW learning rate "
+                    "(default 1e-4)")
+    ap.add_argument("--update-seed", type=int, default=None, help="the update's seed (chunk order; default 0)")
+    ap.add_argument("--update-loss", choices=["kl", "mse"], default=None,
+                    help="kl: of the next-token distributions (default); mse: of every block's output")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     ap.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON (- for stdout)")
     ap.add_argument("--plot", default=None, metavar="FILE", help="with --sweep: perplexity vs ratio as a PNG")
@@ -57,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _validate(args) -> None:
     from .api import check_out
     from .compress import check_ratio
+    from .update import DEFAULT_LR, check_update
+
+    if args.update == 0 and any(getattr(args, n) is not None for n in ("update_lr", "update_seed", "update_loss")):
+        raise ValueError("--update-lr/--update-seed/--update-loss set the parameter update; add --update STEPS")
+    args.update_lr = DEFAULT_LR if args.update_lr is None else args.update_lr
+    args.update_seed = 0 if args.update_seed is None else args.update_seed
+    args.update_loss = args.update_loss or "kl"
+    check_update(args.update, args.update_lr, args.update_loss)
 
     for n in ("calib_tokens", "eval_tokens", "threads"):
         v = getattr(args, n)
@@ -72,8 +92,8 @@ def _validate(args) -> None:
         return
     if args.plot:
         raise ValueError("--plot draws the --sweep table; run with --sweep")
-    if not args.whiten and args.calib_tokens is not None:
-        raise ValueError("--calib-tokens sets the whitening's calibration text; add --whiten")
+    if not args.whiten and not args.update and args.calib_tokens is not None:
+        raise ValueError("--calib-tokens sets the whitening's (and the update's) calibration text; add --whiten")
     if args.out is None:
         raise ValueError("give OUT, the .safetensors file to write (or --sweep for a perplexity table)")
     if args.rank_ratio is None:
@@ -105,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         return _sweep(args, ckpt, dtype, t0)
     from .api import compress_file
 
-    rep = compress_file(None, args.out, args.rank_ratio, args.whiten, dtype, args.calib_tokens, True, ckpt=ckpt)
+    rep = compress_file(None, args.out, args.rank_ratio, args.whiten, dtype, args.calib_tokens, True, ckpt=ckpt,
+                        update=args.update, update_lr=args.update_lr, update_seed=args.update_seed,
+                        update_loss=args.update_loss)
     rows = [["source", f"{ckpt.path.name} ({ckpt.format})"], ["written", rep["out"]],
             ["rank ratio", f"{args.rank_ratio}" + (" (whitened)" if args.whiten else "")],
             ["ranks (layer 0)", " ".join(f"{k}={v}" for k, v in rep["ranks_layer0"].items())],
@@ -115,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
              " ".join(f"{k}={v:.3f}" for k, v in rep["relative_error_mean"].items())],
             ["file size", f"{rep['out_bytes'] / 1e6:.1f} MB ({rep['dtype']}; source "
              f"{rep['source_bytes'] / 1e6:.1f} MB)"]]
+    if args.update:
+        u = rep["update"]
+        rows.append(["parameter update", f"{u['steps']} steps, lr {u['lr']:g}, seed {u['seed']}, {u['loss']} on "
+                     f"{u['text']} ({u['text_tokens']} tokens): loss {u['loss_train_before']:.4f} -> "
+                     f"{u['loss_train_after']:.4f} ({u['seconds_per_step']:.1f} s/step)"])
     if args.eval:
         from .api import dense_model, heldout_batches, load_factor_model
         from .evaluate import perplexity
@@ -141,18 +168,23 @@ def _sweep(args, ckpt, dtype, t0) -> int:
     from ...report import emit_json, print_table
     from .api import sweep
 
-    res = sweep(ckpt, args.sweep, dtype, args.calib_tokens, args.eval_tokens, progress=True)
-    rows = [[r["rank_ratio"], "whitened" if r["whiten"] else "plain", f"{r['projection_param_fraction']:.0%}", r["ppl"],
-             f"{r['ppl_ratio']:.3f}x"] for r in res["rows"]]
+    res = sweep(ckpt, args.sweep, dtype, args.calib_tokens, args.eval_tokens, progress=True,
+                whiten_only=args.whiten, update=args.update, update_lr=args.update_lr, update_seed=args.update_seed,
+                update_loss=args.update_loss)
+    rows = [[r["rank_ratio"], "whitened" if r["whiten"] else "plain",
+             f"{r['update']['steps']} steps" if r["update"] else "-", f"{r['projection_param_fraction']:.0%}",
+             r["ppl"], f"{r['ppl_ratio']:.3f}x",
+             f"{r['ppl_train']:.3f} ({r['ppl_train_ratio']:.3f}x)" if "ppl_train" in r else "-"] for r in res["rows"]]
     print_table(f"SVD perplexity on held-out text ({res['eval_tokens']} tokens; dense {res['ppl_dense']:.3f})",
-                ["rank ratio", "whitening", "projection params", "perplexity", "vs dense"], rows)
+                ["rank ratio", "whitening", "update", "projection params", "perplexity", "vs dense",
+                 "training text (vs dense)"], rows)
     res["bar"] = {}
-    for r in res["rows"]:
+    for r in res["rows"]:  # the last whitened 0.6 row: the updated one when there is one
         if r["whiten"] and abs(r["rank_ratio"] - 0.6) < 1e-9:
-            res["bar"] = {"rank_ratio": 0.6, "whiten": True, "ppl_ratio": r["ppl_ratio"], "limit": PPL_BAR,
-                          "met": r["ppl_ratio"] <= PPL_BAR}
-            print(f"bar (ratio 0.6, whitened, within {PPL_BAR - 1:.0%} of dense): "
-                  f"{r['ppl_ratio']:.3f}x -> " + ("met" if r["ppl_ratio"] <= PPL_BAR else "NOT met"))
+            res["bar"] = {"rank_ratio": 0.6, "whiten": True, "update": r["update"]["steps"] if r["update"] else 0,
+                          "ppl_ratio": r["ppl_ratio"], "limit": PPL_BAR, "met": r["ppl_ratio"] <= PPL_BAR}
+            print(f"bar (ratio 0.6, whitened{', updated' if r['update'] else ''}, within {PPL_BAR - 1:.0%} of "
+                  f"dense): {r['ppl_ratio']:.3f}x -> " + ("met" if r["ppl_ratio"] <= PPL_BAR else "NOT met"))
     res.update(model=ckpt.path.name, format=ckpt.format, date=str(dt.date.today()), machine=platform.machine(),
                threads=torch.get_num_threads(), torch=torch.__version__,
                dense_weights="float32 (dequantised " + ",".join(ckpt.tensor_types) + ")",
@@ -171,9 +203,10 @@ def _plot(res: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    names = {False: "plain SVD", True: "whitened (SVD-LLM)"}
-    for mode, style in ((False, "o--"), (True, "s-")):
-        pts = sorted((r["rank_ratio"], r["ppl"]) for r in res["rows"] if r["whiten"] == mode)
+    names = {False: "plain SVD", True: "whitened (SVD-LLM)", "update": "whitened + update"}
+    for mode, style in ((False, "o--"), (True, "s-"), ("update", "^-")):
+        pts = sorted((r["rank_ratio"], r["ppl"]) for r in res["rows"]
+                     if (r.get("update") is not None) == (mode == "update") and r["whiten"] == (mode is not False))
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
                     label=names[mode])
