@@ -319,13 +319,13 @@ def test_where_each_mode_hashes(tiny, monkeypatch):
     st = fs.open_store(out)
     H, B = ck.args.hidden_dim, st.bundle_bytes
     calls: list[tuple[str, int]] = []
-    real = rd._row_hashes
+    real = rd.bundle_checksums
 
-    def spy(rows):
+    def spy(rows, bundle_bytes):
         calls.append((threading.current_thread().name, len(rows)))
-        return real(rows)
+        return real(rows, bundle_bytes)
 
-    monkeypatch.setattr(rd, "_row_hashes", spy)
+    monkeypatch.setattr(rd, "bundle_checksums", spy)
     monkeypatch.setattr(rd, "_HASH_PIECE", 8 * B)  # 8 bundles a piece: 97 bundles make 13 pieces
     for direct in (False, None):
         with NeuronReader(st, threads=3, chunk=4096, direct=direct) as r:

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import xxhash
 
 from ...files import direct_io_supported
-from .store import ALIGN, StoreError, WeightStore
+from .store import ALIGN, WeightStore, bundle_checksums
 
 DEFAULT_CHUNK = 256 << 10  # used when no probe curve is given: the knee of the measured curves (offload.md §5)
 VERIFY_MODES = ("fused", "threads", "after", "off")  # how and where bundle checksums run: module docstring
@@ -214,10 +213,10 @@ class NeuronReader:
                 verify_s = self._gather(ids, chunks, stage_pos, slot, out, layer, got)
             else:
                 t1 = time.perf_counter()
-                got[:] = _row_hashes(out.reshape(n, -1).view(np.uint8))
+                got[:] = bundle_checksums(out.reshape(n, -1).view(np.uint8), self.bundle)
                 verify_s = time.perf_counter() - t1
             t1 = time.perf_counter()
-            self._compare(layer, ids, got)
+            self.store.compare_checksums(layer, ids, got)
             verify_s += time.perf_counter() - t1
         elif self.verify == "after":  # the earlier path: all reads, then the gather, then every hash
             self._issue(chunks, views)
@@ -274,7 +273,7 @@ class NeuronReader:
                     outb[a:b] = view[rows]
             if hashing:
                 t = time.perf_counter()
-                got[a:b] = _row_hashes(outb[a:b])
+                got[a:b] = bundle_checksums(outb[a:b], self.bundle)
                 spent.append(time.perf_counter() - t)
 
         self._issue(chunks, views, land)
@@ -288,8 +287,8 @@ class NeuronReader:
             return 0.0, 0.0
         t1 = time.perf_counter()
         if len(left):
-            got[left] = _row_hashes(outb[left])
-        self._compare(layer, ids, got)
+            got[left] = bundle_checksums(outb[left], self.bundle)
+        self.store.compare_checksums(layer, ids, got)
         return time.perf_counter() - t1, sum(spent)
 
     def prefetch(self, layer: int, ids) -> Future:
@@ -310,14 +309,6 @@ class NeuronReader:
                                  range(i, len(chunks), k), land) for i in range(k)]
         for f in futs:
             f.result()
-
-    def _compare(self, layer: int, ids: np.ndarray, got: np.ndarray) -> None:
-        bad = np.flatnonzero(got != self.store.checksums[layer, ids])
-        if len(bad):
-            i = int(ids[bad[0]])
-            raise StoreError(f"{self.store.path}: corrupt data in layer {layer}, neuron {i} ({len(bad)} of "
-                             f"{len(ids)} bundles read fail their checksum); run `ioaware verify {self.store.path}`,"
-                             " then convert the model again")
 
     def _gather(self, ids: np.ndarray, chunks, stage_pos, slot, out: np.ndarray, layer: int,
                 got: np.ndarray | None = None) -> float:
@@ -348,7 +339,7 @@ class NeuronReader:
                 b = min(a + piece, hi)
                 outb[a:b] = view[rows[a - lo:b - lo]]
                 t = time.perf_counter()
-                got[a:b] = _row_hashes(outb[a:b])
+                got[a:b] = bundle_checksums(outb[a:b], self.bundle)
                 hash_s += time.perf_counter() - t
         return hash_s
 
@@ -375,11 +366,6 @@ class NeuronReader:
 
 
 _HASH_PIECE = 512 << 10  # bytes gathered then hashed at a time: well inside a core's L2
-
-
-def _row_hashes(rows: np.ndarray) -> np.ndarray:
-    """xxh3-64 of each row of a (n, bytes) uint8 array. map() over the rows: no generator frame per bundle."""
-    return np.fromiter(map(xxhash.xxh3_64_intdigest, rows), dtype=np.uint64, count=len(rows))
 
 
 def _file_ranges(chunks, stage_pos) -> tuple[np.ndarray, np.ndarray]:
