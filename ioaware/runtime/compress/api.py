@@ -52,12 +52,15 @@ def heldout_batches(tok: Tokenizer, max_tokens: int | None = None) -> list[torch
 
 def updated_tensors(ckpt: Checkpoint, ranks: list[dict[str, int]], tensors: dict[str, torch.Tensor], dense,
                     steps: int, lr: float = DEFAULT_LR, seed: int = 0, loss: str = "kl",
-                    calib_tokens: int | None = None, progress: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """The factors after SVD-LLM's parameter update (update.py) on the calibration text, in float32, and its
-    report. `tensors` (float32, factorize_checkpoint's) are not modified."""
+                    calib_tokens: int | None = None, progress: bool = False, batches: list | None = None,
+                    targets=None) -> tuple[dict[str, torch.Tensor], dict]:
+    """The factors after SVD-LLM's parameter update (update.py) on the calibration text (or `batches`, with the
+    dense model's `targets` if already computed), in float32, and its report. `tensors` (float32,
+    factorize_checkpoint's) are not modified."""
     model = build_lowrank_model(ckpt.args, ranks, tensors, "cpu", torch.float32)
-    rep = update_factors(model, dense, calibration_batches(ckpt.tokenizer, calib_tokens), steps, lr, seed, loss,
-                         progress)
+    if batches is None:
+        batches = calibration_batches(ckpt.tokenizer, calib_tokens)
+    rep = update_factors(model, dense, batches, steps, lr, seed, loss, progress, targets)
     params = dict(model.named_parameters())
     return {k: params[k].detach().clone() for k in tensors}, rep
 
@@ -132,12 +135,10 @@ def sweep(ckpt: Checkpoint, ratios: list[float], dtype: torch.dtype = torch.bflo
             if whiten and update:
                 if targets is None:  # the dense model's targets, once for all ratios
                     targets = dense_targets(dense, train, update_loss, progress)
-                m = build_lowrank_model(ckpt.args, ranks, tensors, "cpu", torch.float32)
-                urep = update_factors(m, dense, train, update, update_lr, update_seed, update_loss, progress, targets)
-                params = dict(m.named_parameters())
-                del m
-                measure({k: params[k].detach() for k in tensors}, ranks, {**rep, "update": urep},
-                        label + f", updated {update} steps")
+                updated, urep = updated_tensors(ckpt, ranks, tensors, dense, update, update_lr, update_seed,
+                                                update_loss, progress=progress, batches=train, targets=targets)
+                measure(updated, ranks, {**rep, "update": urep}, label + f", updated {update} steps")
+                del updated
             del tensors
     res = {"ppl_dense": base["ppl"], "eval_tokens": base["tokens"], "calibration_tokens": n_calib,
            "factor_dtype": str(dtype).replace("torch.", ""), "rows": rows}
