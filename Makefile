@@ -30,12 +30,12 @@ test: setup
 test-fast: setup
 	IOAWARE_INTERPRET=1 $(VPY) -m pytest -q -x -m "not gpu and not slow"
 
-# the main job: FFN weights streamed from a flash store on disk, the process held to 85% of the model's weight bytes
+# the main job: FFN weights streamed from a flash store on disk, the process held to 50% of the model's weight bytes
 # above its baseline (torch loaded; printed), the KV cache and tokenizer included. The first run says what it will do,
 # then converts the model, trains the sparsity predictors (in a child process) and probes the disk (a few minutes on
 # 2 cores, with progress bars); all are cached for later runs. `make run-memory` keeps every weight in memory.
 run: setup
-	$(VENV)/bin/ioaware generate --chat --max-new-tokens 64 --memory-budget 85% \
+	$(VENV)/bin/ioaware generate --chat --max-new-tokens 64 --memory-budget 50% \
 	    --prompt "Explain in three sentences why reading memory, not arithmetic, limits how fast a language model writes text."
 
 run-memory: setup
@@ -57,6 +57,18 @@ gpu-test:
 
 bench:
 	PYTHONPATH=$(CURDIR) python3 -m ioaware.cli.main bench attention
+
+# benchmark peers, never a dependency of ioaware and never part of `make test`: llama-cpp-python for
+# benchmarks/bench_generate.py and `ioaware bench offload --memory-cap`. From a wheel in wheels/ (git-excluded) when
+# one was built here, else built from source into wheels/ first (~9 min on 2 cores). -DGGML_NATIVE=ON: the wheel uses
+# this CPU's instructions (AVX512/VNNI), so it belongs to this machine; delete wheels/llama_cpp_python-* on another.
+LLAMA_CPP_VERSION ?= 0.3.36
+.PHONY: peers
+peers: setup
+	@$(VPY) -c "import llama_cpp" 2>/dev/null && echo "llama-cpp-python is installed" || { \
+	    ls wheels/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || CMAKE_ARGS="-DGGML_NATIVE=ON" \
+	        nice -n 10 $(PIP) wheel --no-deps "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w wheels/ ; \
+	    $(PIP) install -q --find-links wheels/ "llama-cpp-python==$(LLAMA_CPP_VERSION)" ; }
 
 clean:
 	rm -rf $(VENV) build *.egg-info

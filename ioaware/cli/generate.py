@@ -16,6 +16,12 @@ def add_parser(sp) -> None:
                     "tokenizer.json (default: IOAWARE_MODEL, else the embedded SmolLM2-135M-Instruct GGUF), or a "
                     "single .safetensors file from `ioaware compress svd` (factors: FlashSVD's kernels on CUDA) or "
                     "`ioaware prune` (packed sparse: ioaware.spmm on CUDA)")
+    sp.add_argument("--relufy", default=None, metavar="ADAPTER",
+                    help="a relufy adapter (`ioaware relufy`): LoRA deltas merged into the FFN weights at load and the "
+                    "gate's SiLU replaced by its ReLU, so FFN activations have exact zeros the streamed FFN skips; its "
+                    "base model's SHA-256 is checked (default: the shipped smollm2-relu adapter for the default model, "
+                    "when it exists)")
+    sp.add_argument("--no-relufy", action="store_true", help="run the model as it is (SwiGLU), without any adapter")
     sp.add_argument("--max-new-tokens", type=positive_int, default=128)
     sp.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default)")
     sp.add_argument("--top-p", type=fraction, default=1.0, help="nucleus sampling mass, in (0, 1]")
@@ -59,7 +65,8 @@ def add_parser(sp) -> None:
                     help="read each block's likely FFN neurons ahead, while its attention runs (--memory-budget)")
     sp.add_argument("--ffn-sparsity", type=unit_fraction, default=0.2,
                     help="fraction of FFN neurons the gate threshold zeroes (--memory-budget; default 0.2, the largest "
-                         "within 5%% of dense perplexity on SmolLM2, benchmarks/results/sparsity-smollm2-*.json)")
+                         "within 5%% of dense perplexity on SmolLM2, benchmarks/results/sparsity-smollm2-*.json); "
+                         "a relufied model (--relufy) needs no threshold: its zeros are exact, so this is ignored")
     sp.add_argument("--kv-budget", default=None, type=_kv_budget, metavar="hbm=SIZE,dram=SIZE[,ssd=PATH]",
                     help="tiered KV cache (runtime/kvtiers): the newest pages in device memory up to hbm=, older in "
                     "(pinned) host memory up to dram=, the oldest in a file under ssd=; each tier attends where its "
@@ -106,11 +113,19 @@ def run(args) -> int:
 
     tp = prepare_generate(args)  # under torchrun: join the process group (tensor parallelism); else None
     sampling = SamplingConfig(args.temperature, args.top_p, args.seed)
+    from ..runtime.relufy.apply import resolve_adapter
+
+    args.relufy = resolve_adapter(args.relufy, args.no_relufy, args.model)  # the shipped one for the default model
 
     if args.memory_budget:
         return _run_streamed(args, sampling)
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(args.model, weight_cache=args.weight_cache)
+    if args.relufy is not None:  # hash checked before the model is read
+        from ..runtime.relufy.apply import load_relufied
+
+        ckpt = load_relufied(args.model, args.relufy, weight_cache=args.weight_cache)
+    else:
+        ckpt = load_checkpoint(args.model, weight_cache=args.weight_cache)
     tok = ckpt.tokenizer
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
     ids = tok.encode(text)
@@ -152,13 +167,14 @@ def run(args) -> int:
              load_s=load_s, time_to_first_token_s=load_s + s["prefill_s"],
              weight_cache=getattr(model, "packed_cache", {}).get("state"), chat=bool(args.chat),
              temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-             text=res.text)
+             text=res.text, **_relufy_fields(ckpt.relufy))
     if tiers is not None:
         s["kv_tiers"] = tiers.summary()
     if tp:
         s["tensor_parallel"] = {**{k: v for k, v in model.tp.items() if k != "full_args"}, "tokens": res.tokens}
     rows = [
-        ["model", f"{ckpt.path.name} ({ckpt.format}, {weights} weights, {s['dtype']}, {s['device']})"],
+        ["model", f"{ckpt.path.name} ({ckpt.format}, {weights} weights, {s['dtype']}, {s['device']})"
+         + (f" + {Path(s['relufy']).name} ({s['ffn_activation']})" if s["relufy"] else "")],
         ["prompt tokens", s["prompt_tokens"]],
         ["generated tokens", s["generated_tokens"]],
         ["prefill", f"{s['prefill_tok_s']:.1f} tok/s"],
@@ -183,6 +199,14 @@ def run(args) -> int:
         print_table("ioaware generate", ["", "value"], rows)
     emit_json(s, args.json)
     return 0
+
+
+def _relufy_fields(adapter) -> dict:
+    """What the summary says about the relufy adapter a run used (none: the model's own SwiGLU)."""
+    if adapter is None:
+        return {"relufy": None, "ffn_activation": "silu"}
+    return {"relufy": str(adapter.path), "ffn_activation": adapter.activation, "ffn_activation_shift": adapter.shift,
+            "relufy_rank": adapter.rank, "relufy_meta": {k: v for k, v in adapter.meta.items() if k != "format"}}
 
 
 def _kv_budget(text: str):
@@ -240,7 +264,8 @@ def _run_streamed(args, sampling) -> int:
     model, rt, acct, tok, store = open_streamed(
         args.model, args.memory_budget, args.store, args.window, args.read_threads, args.ffn_sparsity,
         progress=not args.quiet, probe_if_missing=True, prefetch=args.prefetch, convert_missing=args.convert,
-        max_new_tokens=args.max_new_tokens, say=lambda m: print(m, file=sys.stderr))
+        max_new_tokens=args.max_new_tokens, say=lambda m: print(m, file=sys.stderr), relufy=args.relufy,
+        count_prompt=lambda tok: len(tok.encode(_prompt_text(tok, args))))  # KV planned for this prompt
     model.set_attention("sdpa" if args.attention == "auto" else args.attention)
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
     ids = tok.encode(text)
@@ -256,23 +281,26 @@ def _run_streamed(args, sampling) -> int:
 
     try:
         res = generate(model, tok, ids, args.max_new_tokens, sampling, on_text=None if args.quiet else emit)
+        streamed = stream_summary(rt, acct, res.summary["decode_s"])  # before close: naive_reads plans on the reader
     finally:
         rt.close()
     if not args.quiet:
         sys.stdout.write("\n\n")
         _say_context_stop(res.summary)
     s = res.summary
-    s.update(stream_summary(rt, acct, s["decode_s"]))
+    s.update(streamed)
     peak = peak_rss()
     m = acct
     s.update(model=str(args.model or "default"), store=str(store.path), weights=model.weight_format, load_s=load_s,
              text=res.text, memory_budget=args.memory_budget, rss_baseline_bytes=baseline, rss_peak_bytes=peak,
              rss_above_baseline_bytes=peak - baseline, budget_bytes=m["budget"],
              within_budget=peak - baseline <= m["budget"], disk_curve=_curve_note(cached_curve),
-             disk_recheck=_recheck_note(rt.curve) if cached_curve is not None else None)
+             disk_recheck=_recheck_note(rt.curve) if cached_curve is not None else None,
+             relufy=str(args.relufy) if args.relufy else None)
     pred = s["flash_predicted_io_s_per_token"]
     rows = [
-        ["model", f"{Path(store.header['source']).name} → {store.path.name} ({model.weight_format})"],
+        ["model", f"{Path(store.header['source']).name} → {store.path.name} ({model.weight_format})"
+         + (f", relufied: {Path(args.relufy).name}" if args.relufy else "")],
         ["decode", f"{s['decode_tok_s']:.1f} tok/s ({s['decode_tokens']} tokens)"],
         ["process memory above baseline vs cap", f"{human_bytes(peak - baseline)} peak vs {human_bytes(m['budget'])} "
          f"({m['budget'] / m['weight_bytes']:.0%} of {human_bytes(m['weight_bytes'])} of weights)"
@@ -297,6 +325,7 @@ def _run_streamed(args, sampling) -> int:
         ["window hit rate", f"{s['window_hit_rate']:.1%} (k={s['window']})"],
         ["FFN neurons loaded / token", f"{s['ffn_frac_loaded_per_token']:.1%} (predicted "
          f"{s['ffn_frac_predicted_per_token']:.1%})"],
+        *_sparsity_rows(s),
         ["load time", f"{load_s:.1f} s"],
     ]
     if not args.quiet:
@@ -305,6 +334,31 @@ def _run_streamed(args, sampling) -> int:
     return 0
 
 
+
+
+def _sparsity_rows(s: dict) -> list[list[str]]:
+    """FFN sparsity measured while decoding, and the streamed reads against naive whole-FFN reads."""
+    from ..units import human_bytes
+
+    def x(v):
+        return f"{v:.2f}x" if v is not None else "n/a"
+
+    rows = []
+    if s.get("ffn_sparsity_measured") is not None:
+        act = s["ffn_activation"] + (f" shift {s['ffn_activation_shift']:g}" if s["ffn_activation_shift"] else "")
+        rows.append([f"FFN sparsity while decoding ({act})", f"{s['ffn_sparsity_measured']:.1%} of neurons off: "
+                     f"{s['ffn_frac_skipped_per_token']:.1%} never read, {s['ffn_frac_loaded_zero_per_token']:.1%} "
+                     "read and " + ("exactly zero" if s["ffn_activation"] != "silu" else "under the threshold")])
+    naive_s = s.get("naive_predicted_io_s_per_token")
+    rows.append(["naive whole-FFN reads / token (iomodel)", f"{human_bytes(s['naive_bytes_per_token'])}"
+                 + (f", {naive_s * 1e3:.2f} ms" if naive_s is not None else ", n/a (no disk curve)")])
+    rows.append(["speed-up vs naive: bytes / I/O time (iomodel both) / measured vs iomodel's naive",
+                 f"{x(s['bytes_vs_naive'])} / {x(s['io_vs_naive_predicted'])} / {x(s['io_vs_naive_measured'])}"])
+    return rows
+
+
+def _prompt_text(tok, args) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": args.prompt}]) if args.chat else args.prompt
 
 
 def _warm_up_torch() -> None:
@@ -318,6 +372,9 @@ def _warm_up_torch() -> None:
     (x.half() @ x.half()).sum()
     with torch.device("meta"):
         torch.nn.Embedding(2, 2)
+    from ..runtime.offload.packed_resident import warm_up_kernels
+
+    warm_up_kernels()  # the streamed decode step's kernels (int4/int8 matmuls, fp16 SDPA): library code, not model
 
 
 def _status_kib(field: str) -> int | None:

@@ -22,6 +22,7 @@ VERBS = {
 # verbs that are whole programs (cli/_programs.py): the module parses its own flags
 PROGRAMS = {
     "prune": ("ioaware.runtime.prune.cli", "prune a model to unstructured sparsity (magnitude, Wanda) for Flash-LLM"),
+    "relufy": ("ioaware.runtime.relufy.cli", "swap SwiGLU's SiLU for ReLU, distilled from the original (adapter)"),
     "pulsedl": ("ioaware.sim.pulsedl.cli", "PulseDL-II: detector pulse timing/energy with an integer CNN engine"),
 }
 

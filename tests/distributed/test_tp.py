@@ -176,6 +176,7 @@ def _smollm2():
 def test_torchrun_generate_smollm2_matches_one_process(tmp_path):
     """`torchrun --nproc-per-node 2 -m ioaware generate` (KV heads 2 + 1) gives one fp32 process's greedy tokens."""
     from ioaware.runtime import build_model, generate, load_checkpoint
+    from ioaware.runtime.relufy.apply import load_relufied, resolve_adapter
 
     prompt, n = "The three primary colours are", 12
     out = tmp_path / "tp.json"
@@ -186,7 +187,8 @@ def test_torchrun_generate_smollm2_matches_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:  # the one-process reference runs while torchrun starts
-        ck = load_checkpoint()
+        adapter = resolve_adapter()  # the default model runs with the shipped relufy adapter, as generate does
+        ck = load_relufied(None, adapter) if adapter else load_checkpoint()
         m = build_model(ck, "cpu", torch.float32, weights="dense")
         m.set_attention("sdpa")
         ref = generate(m, ck.tokenizer, ck.tokenizer.encode(prompt), n)

@@ -75,7 +75,7 @@ def test_streamed_equals_thresholded_dense(tiny, cache_frac):
     io = sum(ff.slot_sizes(min(ff.MAX_READ_NEURONS, a.hidden_dim), st.bundle_bytes, a.hidden_dim * st.bundle_bytes,
                            direct_io_supported(st.path)))
     cap = int(a.hidden_dim * cache_frac)
-    budget = st.resident_bytes + io + cap * st.bundle_bytes * a.n_layers
+    budget = st.resident_bytes + io + cap * (st.bundle_bytes * a.n_layers + ff.cache_neuron_work_bytes(a))
     model, rt, acct = ff.build_streamed_model(st, PredictAll(a.n_layers, a.dim, a.hidden_dim, th), th, budget,
                                               window=2)
     assert acct["cache_neurons_per_layer"] == cap and acct["resident_total"] <= budget
@@ -158,7 +158,7 @@ def test_prefetch_reads_ahead_and_changes_nothing(tiny, pred):
     # predict-all: every token needs every neuron, so any cache gives the same output: a 30% cache makes it read;
     # random projection: a full cache, so prefetch cannot change what stays cached (window 1 still makes it read)
     cap = int(a.hidden_dim * (0.3 if pred is PredictAll else 1.0))
-    budget = st.resident_bytes + io + cap * st.bundle_bytes * a.n_layers
+    budget = st.resident_bytes + io + cap * (st.bundle_bytes * a.n_layers + ff.cache_neuron_work_bytes(a))
     ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(2))
     outs, rts = [], []
     for prefetch in (False, True):

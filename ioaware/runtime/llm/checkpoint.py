@@ -61,6 +61,10 @@ class Checkpoint:
     variant: Any = None
     packed: dict[str, torch.Tensor] | None = None  # a warm start's packed CPU tensors (packed_cache.py)
     packed_cache: dict[str, Any] | None = None  # and what the packed cache file says about them
+    relufy: Any = None  # a relufy Adapter merged into state_dict (relufy/apply.py): FFN weights W + B @ A
+    # and how its packed CPU model is built, (checkpoint, use_cache) -> model (relufy/apply.py's packed_relufied_model:
+    # the FFN re-quantised from the merged weights); a hook, so this module does not import the relufy package
+    pack_relufied: Any = None
 
 
 VARIANTS = ("factors", "pruned")  # single .safetensors files written by `ioaware compress svd` / `ioaware prune`
@@ -200,6 +204,8 @@ def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: tor
     if ckpt.format in VARIANTS:
         return _build_variant(ckpt, device, dtype, weights)
     fmt = choose_weights(ckpt, device.type, dtype, weights)
+    if fmt == "quantized" and ckpt.pack_relufied is not None:  # the base's packed weights, the FFN re-quantised
+        return ckpt.pack_relufied(ckpt, weight_cache)
     if fmt == "quantized" and not legacy_quant:
         from .packed_cache import packed_model
 

@@ -9,7 +9,8 @@ the same math in ~22 calls a layer, no module calls, and reads the KV cache the 
 - RoPE on q and k together, HF's rotate-half layout: x·cos + flip_halves(x)·sin±, the sign folded into the table,
   and 1/sqrt(D) folded into q's rows: 3 calls for both.
 - attention: SDPA on the cache's filled prefix (GQA without repeating K/V).
-- SwiGLU: silu(gate)·up in fp32 on the fused w13 output, as the module path does.
+- SwiGLU: act(gate)·up in fp32 on the fused w13 output, as the module path does (act: the FFN's gate activation,
+  SiLU, or a relufied model's ReLU).
 
 The projections call the packed int4 kernel directly (`_weight_int4pack_mm_for_cpu`); any other projection module
 (dense, bf16, int8) is called as a module. Logits agree with the module path to fp32 rounding order
@@ -79,7 +80,7 @@ class CPUDecodeStep:
             at = b.attention
             self.layers.append((b.attention_norm.weight, _proj(at.wqkv), _proj(at.wo), b.ffn_norm.weight,
                                 _proj(b.feed_forward.w13), _proj(b.feed_forward.w2), at.n_heads, at.n_kv, at.hd,
-                                b.feed_forward.hidden))
+                                b.feed_forward.hidden, b.feed_forward.act))
         self.embed, self.head, self.norm_w = model.tok_embeddings, _proj(model.output), model.norm.weight
         self._tables = None  # (cache id, cos, sin) built from the model's RoPE tables after setup_cache
 
@@ -88,7 +89,7 @@ class CPUDecodeStep:
         m = self.model
         key = (id(m.layers[0].attention.cache), m.sin.data_ptr())
         if self._tables is None or self._tables[0] != key:  # once per setup_cache
-            _, _, _, _, _, _, H, Hkv, D, _ = self.layers[0]
+            _, _, _, _, _, _, H, Hkv, D, _, _ = self.layers[0]
             sin = torch.cat([-m.sin[:, :D // 2], m.sin[:, D // 2:]], dim=-1)  # rot(x)·sin = flip(x)·(±sin)
             scale = torch.ones(H + Hkv, 1, 1)
             scale[:H] = 1 / math.sqrt(D)  # softmax scale folded into q (SDPA then runs with scale=1)
@@ -103,7 +104,7 @@ class CPUDecodeStep:
         cos, sin = self._rope(pos)
         x = self.embed(token.view(1, 1)).view(1, -1).float()  # (1, dim) fp32 residual stream
         end = pos + 1
-        for (wn1, qkv_f, wo_f, wn2, w13_f, w2_f, H, Hkv, D, hid), blk in zip(self.layers, m.layers):
+        for (wn1, qkv_f, wo_f, wn2, w13_f, w2_f, H, Hkv, D, hid, act), blk in zip(self.layers, m.layers):
             c = blk.attention.cache
             h = F.rms_norm(x, dim, wn1, eps).to(bf16)
             qkv = qkv_f(h).float()  # (1, (H + 2 Hkv) D)
@@ -116,5 +117,5 @@ class CPUDecodeStep:
                 scale=1.0, enable_gqa=True)  # (1, H, 1, D)
             x = x + wo_f(o.view(1, H * D).to(bf16))
             gu = w13_f(F.rms_norm(x, dim, wn2, eps).to(bf16)).float()  # (1, 2 hidden): [gate, up]
-            x = x + w2_f((F.silu(gu[:, :hid]) * gu[:, hid:]).to(bf16))
+            x = x + w2_f((act(gu[:, :hid]) * gu[:, hid:]).to(bf16))
         return self.head(F.rms_norm(x, dim, self.norm_w, eps).to(bf16)).float().view(1, 1, -1)

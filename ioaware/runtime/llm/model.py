@@ -36,12 +36,19 @@ class ModelArgs:
     tie_embeddings: bool = True
     arch: str = "llama"
     extra: dict = field(default_factory=dict)  # anything else read from the checkpoint, for reports
+    # the FFN gate's activation: "silu" (SwiGLU, the checkpoint's own), or a relufy adapter's "relu" /
+    # "shifted_relu" (relu(g - ffn_act_shift)) / "relu2" (relu(g)^2), whose exact zeros the streamed FFN skips
+    ffn_act: str = "silu"
+    ffn_act_shift: float = 0.0
 
     def __post_init__(self):
         if not self.head_dim:
             self.head_dim = self.dim // self.n_heads
         if self.n_heads % self.n_kv_heads:
             raise UnsupportedError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.ffn_act not in FFN_ACTIVATIONS:
+            raise UnsupportedError(f"FFN activation {self.ffn_act!r} is not supported (supported: "
+                                   f"{', '.join(FFN_ACTIVATIONS)})")
 
     @property
     def n_params(self) -> int:
@@ -50,6 +57,27 @@ class ModelArgs:
         per_layer = qkv + self.n_heads * self.head_dim * d + 3 * d * h + 2 * d
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return L * per_layer + emb + d
+
+
+FFN_ACTIVATIONS = ("silu", "relu", "shifted_relu", "relu2")
+
+
+def gate_activation(name: str = "silu", shift: float = 0.0):
+    """The FFN gate's activation as a function of the gate pre-activation (the same math as relufy's
+    `Adapter.act`): SiLU, relu(g - shift) (shift 0 for "relu"), or relu(g)^2. The ReLU family gives exact zeros.
+
+    Examples:
+        >>> import torch
+        >>> gate_activation("shifted_relu", 0.5)(torch.tensor([0.25, 1.0])).tolist()
+        [0.0, 0.5]
+    """
+    if name == "silu":
+        return F.silu
+    if name == "relu2":
+        return lambda g: torch.relu(g).square()
+    if name in ("relu", "shifted_relu"):
+        return (lambda g: torch.relu(g - shift)) if shift else torch.relu
+    raise UnsupportedError(f"FFN activation {name!r} is not supported (supported: {', '.join(FFN_ACTIVATIONS)})")
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
@@ -200,10 +228,12 @@ class FeedForward(nn.Module):
         self.hidden = a.hidden_dim
         self.w13 = Linear(a.dim, 2 * a.hidden_dim, bias=False)  # [gate; up]
         self.w2 = Linear(a.hidden_dim, a.dim, bias=False)
+        self.act_name = a.ffn_act
+        self.act = gate_activation(a.ffn_act, a.ffn_act_shift)  # SiLU, or a relufied model's ReLU (exact zeros)
 
     def forward(self, x):
         gate, up = self.w13(x).split(self.hidden, dim=-1)  # (B, T, hidden) each
-        return self.w2(F.silu(gate) * up)
+        return self.w2(self.act(gate) * up)
 
 
 class Block(nn.Module):

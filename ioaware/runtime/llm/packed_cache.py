@@ -392,3 +392,8 @@ def packed_model(ckpt, use_cache: bool = True) -> Transformer:
     model = build_model(ckpt.args, tensors)
     model.packed_cache = dict(ckpt.packed_cache)
     return model
+
+
+# for runtime/offload/packed_resident.py (a streamed model's resident weights, packed the same way)
+int8_table = _int8_table
+write_aligned = _write_aligned

@@ -138,3 +138,6 @@ def quantize_from_gguf(model, reader) -> int:
     # projection its own bf16 copy and keep the fp32 table for the lookup
     model.output = BF16Linear(model.output.weight.detach())
     return n
+
+
+projection_sources = _sources  # for runtime/offload/packed_resident.py: the GGUF tensors of each fused projection

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..llm.model import FeedForward, Transformer
 from .activations import progress_bar, run_tokens, sdpa_attention
 from .predictors import Predictors
-from .sparse_ffn import gate_up
+from .sparse_ffn import ffn_act, gate_up
 
 
 @contextlib.contextmanager
@@ -36,7 +36,7 @@ def sparse_model(model: Transformer, thresholds: torch.Tensor, predictors: Predi
     def make_forward(i: int, ffn: FeedForward):
         def forward(self, x):  # x: (B, T, dim)
             gate, up = gate_up(self, x)
-            h = F.silu(gate)
+            h = ffn_act(self)(gate)  # SiLU, or a relufied model's ReLU
             active = h.abs() > t[i]  # (B, T, H)
             mask = active
             pred = None

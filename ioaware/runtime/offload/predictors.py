@@ -20,7 +20,7 @@ from torch import nn
 from ...files import tmp_name
 from ..llm.model import FeedForward, Transformer
 from .activations import collect_ffn_inputs, progress_bar
-from .sparse_ffn import ffn_bundles, gate_weight
+from .sparse_ffn import ffn_act, ffn_bundles, gate_weight, is_relu_family
 from .text import load_text, token_batches
 from .thresholds import thresholds_from_inputs
 
@@ -159,17 +159,35 @@ def _svd_init(ffn: FeedForward, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return s[:, None] * Vh[:rank], U[:, :rank] * s[None, :]
 
 
+def default_head(ffn_act_name: str) -> str:
+    """The predictor head for a model's FFN activation: 'gate' for SwiGLU (its label is not monotone in the gate);
+    for a relufied model, whose label act(gate x) > 0 is gate x > shift, a linear head: 'none' (see RELU_HEAD)."""
+    return RELU_HEAD if is_relu_family(ffn_act_name) else "gate"
+
+
+# The head for ReLU models. The label gate x > shift is a half-space, so the rank-r SVD of the gate (where training
+# starts) is already the right shape and 'none' keeps it; the paper's 'relu' head, B relu(A x), cuts that start in
+# half (relu drops the negative half of A x). Measured on SmolLM2 with ReLU swapped in, rank 64, 95% recall: 'none'
+# predicts 66.7% of the neurons, 'relu' 70.8%, with 35.3% active (benchmarks/results/relu-predictor-head-smollm2-cpu-
+# 2026-12-03.json, from dev/offload/relu_predictor_head.py).
+RELU_HEAD = "none"
+
+
 def train_predictors(model: Transformer, token_batches: Iterable[torch.Tensor], thresholds: torch.Tensor,
-                     rank: int = 64, epochs: int = 4, activation: str = "gate", target_recall: float = 0.95,
+                     rank: int = 64, epochs: int = 4, activation: str | None = None, target_recall: float = 0.95,
                      pos_weight: float = 4.0, lr: float = 2e-3, batch_size: int = 512, holdout: float = 0.15,
                      max_tokens: int | None = 12_000, seed: int = 0, progress: bool = True,
                      inputs: list[torch.Tensor] | None = None) -> Predictors:
-    """Train one low-rank predictor per layer on the model's own FFN inputs; labels are |silu(gate x)| > t_l.
+    """Train one low-rank predictor per layer on the model's own FFN inputs; labels are |act(gate x)| > t_l (act:
+    the FFN's gate activation; for a relufied model t_l = 0, so the label is act(gate x) > 0, an exact zero or not).
+    activation: the head (see `Predictors`); None picks `default_head` for the model's FFN activation.
 
     Loss: BCE with `pos_weight` on active neurons (missing a needed neuron costs quality, loading a spare one
     only costs I/O). After training, each layer's decision threshold is set on the `holdout` fraction of
     tokens (never trained on) to the largest value whose recall is >= target_recall there.
     `inputs`: FFN inputs from `collect_ffn_inputs`, to reuse one collection for several thresholds."""
+    if activation is None:
+        activation = default_head(getattr(model.args, "ffn_act", "silu"))
     if activation not in ("gate", "relu", "none"):
         raise ValueError(f"activation must be 'gate', 'relu' or 'none', got {activation!r}")
     torch.manual_seed(seed)
@@ -189,10 +207,12 @@ def train_predictors(model: Transformer, token_batches: Iterable[torch.Tensor], 
             W = gate_weight(ffn)
             x_all = inputs[i].float()
             with torch.no_grad():
-                y_all = F.silu(x_all @ W.T).abs() > float(thresholds[i])  # (N, H) labels
+                y_all = ffn_act(ffn)(x_all @ W.T).abs() > float(thresholds[i])  # (N, H) labels
             A0, B0 = _svd_init(ffn, rank)
             A, B = nn.Parameter(A0.clone()), nn.Parameter(B0.clone())
             H, t = W.shape[0], max(float(thresholds[i]), 1e-3)
+            if is_relu_family(getattr(model.args, "ffn_act", "silu")):  # active iff gate > shift (relu2: shift 0)
+                t = max(float(model.args.ffn_act_shift) if model.args.ffn_act != "relu2" else 0.0, 1e-3)
             if activation == "gate":  # start at logit = (|silu(z)| - t) * 8/t: the SVD gate's own decision
                 w, b = nn.Parameter(torch.full((H,), 8 / t)), nn.Parameter(torch.full((H,), -8.0))
             else:  # bias at -t puts logit 0 near the gate threshold rather than at gate = 0

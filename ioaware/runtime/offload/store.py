@@ -205,13 +205,21 @@ class _Progress:
             self.p = None
 
 
-def convert(model: str | Path, out: str | Path, dtype: str = "float16", progress: bool = True) -> Path:
-    """`ioaware convert`: a GGUF file or HF folder -> flash store at `out`."""
+def convert(model: str | Path, out: str | Path, dtype: str = "float16", progress: bool = True,
+            relufy: str | Path | None = None) -> Path:
+    """`ioaware convert`: a GGUF file or HF folder -> flash store at `out`. relufy: a relufy adapter merged into the
+    FFN weights before they are bundled (its hash checked first); the store's fingerprint then includes it."""
     from ..llm.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(model)
-    return write_store(out, ckpt.args, ckpt.state_dict, model_fingerprint(ckpt.path), dtype, source=str(ckpt.path),
-                      progress=progress)
+    if relufy is not None:
+        from ..relufy.apply import load_relufied, relufied_fingerprint
+
+        ckpt = load_relufied(model, relufy)
+        fp = relufied_fingerprint(model_fingerprint(ckpt.path), relufy)
+    else:
+        ckpt = load_checkpoint(model)
+        fp = model_fingerprint(ckpt.path)
+    return write_store(out, ckpt.args, ckpt.state_dict, fp, dtype, source=str(ckpt.path), progress=progress)
 
 
 class WeightStore:

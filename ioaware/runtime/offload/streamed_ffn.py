@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from ...errors import IOAwareError
-from ..llm.model import Transformer, load_hf_state_dict
+from ..llm.model import Transformer, gate_activation, load_hf_state_dict
 from .reader import NeuronReader, slot_sizes
-from .sparse_ffn import sparse_ffn
+from .sparse_ffn import sparse_ffn_counted
 from .store import StoreError, WeightStore
 
 MIN_CACHE_FRAC = 0.02  # the smallest useful window cache, per layer, as a fraction of its neurons
@@ -72,6 +72,9 @@ class StreamStats:
     neurons_read: int = 0
     overflow_reads: int = 0  # neurons read but not cached because one step's set exceeded the cache
     layer_steps: int = 0
+    ffn_rows: int = 0  # (row, layer) pairs the FFN ran on: each could use all hidden_dim neurons
+    neurons_computed: int = 0  # (row, neuron) pairs whose gate was computed (loaded: cache + reads)
+    neurons_active: int = 0  # of those, |act(gate x)| > threshold (a ReLU model: the exact nonzeros)
     per_token_io_s: list[float] = field(default_factory=list)
 
     def reset(self) -> None:
@@ -90,6 +93,7 @@ class StreamingRuntime:
         self.store, self.args = store, a
         self.predictors = predictors
         self.thresholds = [float(t) for t in thresholds]
+        self.act = gate_activation(a.ffn_act, a.ffn_act_shift)  # the store's model: SiLU, or a relufied one's ReLU
         gap = 0
         if curve is not None:
             from ...iomodel.io import merge_gap_bytes
@@ -160,15 +164,19 @@ class StreamingRuntime:
             st.prefetched += len(res.ids)
             st.prefetch_used += int(use.sum())
             miss = miss[torch.from_numpy(~np.isin(m, res.ids))]
-            y, room = self._use(c, xf, t, res.ids[use], res.bundles[torch.from_numpy(use)], room, y, st)
+            y, room = self._use(c, xf, t, res.ids[use], res.bundles[torch.from_numpy(use)], room, y, st, self.act)
         for g in range(0, miss.numel(), self.reader.max_neurons):
             group = miss[g:g + self.reader.max_neurons]
             res = self.reader.read(layer, group.numpy())
             st.stall_s += res.stats.seconds
             self._account(st, res.stats)
-            y, room = self._use(c, xf, t, res.ids, res.bundles, room, y, st)
+            y, room = self._use(c, xf, t, res.ids, res.bundles, room, y, st, self.act)
         resident, _ = c.resident()  # (n, 3, dim) view: hits + what was just read + the rest of the window
-        part = sparse_ffn(xf, resident, t).float()
+        part, n_active = sparse_ffn_counted(xf, resident, t, self.act)
+        part = part.float()
+        st.neurons_computed += xf.shape[0] * resident.shape[0]
+        st.neurons_active += n_active
+        st.ffn_rows += xf.shape[0]
         y = part if y is None else y + part
         c.step_window(ids)
         c.evict_outside_window()
@@ -186,14 +194,17 @@ class StreamingRuntime:
         st.predicted_io_s += self._price(rs.chunk_sizes)
 
     @staticmethod
-    def _use(c, xf, t, ids, bundles, room, y, st):
+    def _use(c, xf, t, ids, bundles, room, y, st, act):
         """Cache what fits of a read's bundles (copied out of the I/O buffer); the FFN over the rest, now."""
         k = max(0, min(room, len(ids)))
         if k:
             c.insert(torch.from_numpy(np.ascontiguousarray(ids[:k])), bundles[:k])
             room -= k
         if k < len(ids):
-            part = sparse_ffn(xf, bundles[k:], t).float()  # used once, not cached
+            part, n_active = sparse_ffn_counted(xf, bundles[k:], t, act)  # used once, not cached
+            part = part.float()
+            st.neurons_computed += xf.shape[0] * (len(ids) - k)
+            st.neurons_active += n_active
             y = part if y is None else y + part
             st.overflow_reads += len(ids) - k
         return y, room
@@ -222,46 +233,61 @@ class StreamedFFN(nn.Module):
         return self._rt[0].ffn(self.layer, x)
 
 
+def cache_neuron_work_bytes(a) -> int:
+    """Working memory a cached neuron adds while sparse_ffn runs over one layer's cache: fp32 bundles and the
+    contiguous gate/up/down operands, ~2 x 3 x dim x 4 bytes (SmolLM2 at 85%, 1158 neurons/layer, ran 1.1 MiB over
+    its cap without it, measured)."""
+    return 2 * 3 * a.dim * 4
+
+
 def plan_cache(store: WeightStore, budget: int, pred_bytes: int, direct: bool, unit: str = "MiB",
-               other_bytes: int = 0) -> tuple[int, dict]:
+               other_bytes: int = 0, resident_bytes: int | None = None) -> tuple[int, dict]:
     """Neurons per layer the window cache can hold under `budget` bytes, and the accounting. `other_bytes`: what
     else the run holds above its baseline (KV cache, activations, tokenizer). Raises BudgetError naming the minimum,
-    in the user's `unit`, when the budget cannot hold what must stay resident plus the smallest cache."""
+    in the user's `unit`, when the budget cannot hold what must stay resident plus the smallest cache.
+    `resident_bytes`: the resident weights as they will be held (packed: packed_resident.py), else the store's."""
     from ...units import in_unit
 
     a = store.args
+    resident = store.resident_bytes if resident_bytes is None else resident_bytes
     B = store.bundle_bytes
     io_n = min(MAX_READ_NEURONS, a.hidden_dim)
     io = sum(slot_sizes(io_n, B, a.hidden_dim * B, direct))  # NeuronReader's one slot
-    fixed = store.resident_bytes + pred_bytes + io + other_bytes
+    fixed = resident + pred_bytes + io + other_bytes
     min_cache = max(1, math.ceil(MIN_CACHE_FRAC * a.hidden_dim))
-    minimum = fixed + min_cache * B * a.n_layers
-    acct = {"budget": budget, "resident": store.resident_bytes, "predictors": pred_bytes, "io_buffers": io,
+    work = cache_neuron_work_bytes(a)
+    minimum = fixed + min_cache * (B * a.n_layers + work)
+    acct = {"budget": budget, "resident": resident, "predictors": pred_bytes, "io_buffers": io,
             "other": other_bytes, "minimum": minimum, "weight_bytes": store.weight_bytes}
     if budget < minimum:
         raise BudgetError(
             f"--memory-budget of {in_unit(budget, unit)} is below the minimum of {in_unit(minimum, unit)} "
-            f"({minimum / store.weight_bytes:.0%} of the weights: resident {in_unit(store.resident_bytes, unit)} + "
+            f"({minimum / store.weight_bytes:.0%} of the weights: resident {in_unit(resident, unit)} + "
             f"predictors {in_unit(pred_bytes, unit)} + I/O buffers {in_unit(io, unit)} + KV cache and working "
             f"memory {in_unit(other_bytes, unit)} + a cache of {min_cache} neurons/layer)")
-    cap = min(a.hidden_dim, (budget - fixed) // (B * a.n_layers))
+    cap = min(a.hidden_dim, (budget - fixed) // (B * a.n_layers + work))
     acct["cache_neurons_per_layer"] = int(cap)
+    acct["ffn_working"] = int(cap) * work
     return int(cap), acct
 
 
 def build_streamed_model(store: WeightStore, predictors, thresholds, budget: int, window: int = 5, threads: int = 8,
                          chunk: int | None = None, direct: bool | None = None, curve: dict | None = None,
                          prefetch: bool = False, unit: str = "MiB", other_bytes: int = 0,
-                         verify: bool = True) -> tuple[Transformer, StreamingRuntime, dict]:
+                         verify: bool = True, packed=None) -> tuple[Transformer, StreamingRuntime, dict]:
     """A Transformer with the store's resident tensors (in the store's dtype) and StreamedFFN layers; no dense FFN
     weight is ever allocated. Returns (model, runtime, accounting) where accounting['resident_total'] is the
-    measured bytes of every weight-holding buffer and is checked against `budget`."""
+    measured bytes of every weight-holding buffer and is checked against `budget`. `packed`: the packed resident
+    tensors of packed_resident.py (int4 attention, int8 embedding) in place of the store's fp16 ones."""
     from ...files import direct_io_supported
 
     if direct is None:
         direct = direct_io_supported(store.path)
+    from . import packed_resident
+
     predictors = predictors.to(dtype=store.torch_dtype)
-    cap, acct = plan_cache(store, budget, predictor_bytes(predictors), direct, unit, other_bytes)
+    cap, acct = plan_cache(store, budget, predictor_bytes(predictors), direct, unit, other_bytes,
+                           None if packed is None else packed_resident.packed_bytes(store.args))
     if chunk is None and curve is not None:
         from ...hardware.probe_disk import best_chunk
 
@@ -274,17 +300,20 @@ def build_streamed_model(store: WeightStore, predictors, thresholds, budget: int
         layer.feed_forward = StreamedFFN(rt, i)  # before materialising: the dense FFN is never allocated
     # the store's tensors become the parameters of a model built on meta: nothing is allocated twice (an fp32 or
     # empty model filled by copies held 2.4x the resident bytes at its peak)
-    load_hf_state_dict(model, store.resident_tensors(), ffn=False, assign=True)
-    if a.tie_embeddings:
+    if packed is not None:
+        packed_resident.attach(model, store, packed)
+    else:
+        load_hf_state_dict(model, store.resident_tensors(), ffn=False, assign=True)
+    if a.tie_embeddings and packed is None:
         model.output.weight = model.tok_embeddings.weight
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:
         raise StoreError(f"{store.path}: the store holds no tensor for {left[:3]}")
-    model.weight_format = f"flash-streamed ({store.dtype})"
+    model.weight_format = f"flash-streamed ({store.dtype}" + (", resident int4/int8)" if packed is not None else ")")
     for i, layer in enumerate(model.layers):  # the speculative read of block i starts when block i does
         layer.register_forward_pre_hook(lambda mod, args, i=i: rt.speculate(i, mod.ffn_norm, args[0]))
     seen, res = set(), 0
-    for p in model.parameters():
+    for p in [*model.parameters(), *model.buffers()]:  # packed modules hold their weights as buffers
         if id(p) not in seen:
             seen.add(id(p))
             res += p.numel() * p.element_size()
@@ -297,8 +326,22 @@ def build_streamed_model(store: WeightStore, predictors, thresholds, budget: int
     return model.eval().requires_grad_(False), rt, acct
 
 
+def naive_reads(rt: StreamingRuntime) -> tuple[int, float]:
+    """What naive whole-FFN reads cost per token: every layer's FFN read whole from the store, one reader batch a
+    layer (as `ioaware bench offload`'s naive case does) -> (bytes, seconds the iomodel prices them at; nan without a
+    disk curve)."""
+    H = rt.args.hidden_dim
+    nbytes, secs = 0, 0.0
+    for layer in range(rt.args.n_layers):
+        sizes = [k for _, k in rt.reader.plan(layer, np.arange(H))[2]]
+        nbytes += sum(sizes)
+        secs += rt._price(sizes)
+    return nbytes, secs
+
+
 def stream_summary(rt: StreamingRuntime, acct: dict, decode_s: float) -> dict:
-    """The numbers every streamed run prints: per decode token, measured beside predicted."""
+    """The numbers every streamed run prints: per decode token, measured beside predicted, and against naive
+    whole-FFN reads (priced by the same iomodel on the same disk curve)."""
     s = rt.stats
     n = max(s.tokens, 1)
     cs = rt.cache.stats()
@@ -324,4 +367,28 @@ def stream_summary(rt: StreamingRuntime, acct: dict, decode_s: float) -> dict:
         "read_merge_gap": rt.reader.max_gap,
         "prefill_bytes_read": rt.prefill.bytes_read, "prefill_io_s": rt.prefill.io_s,
         "memory": acct, "decode_tokens_counted": s.tokens,
+        **_sparsity_and_naive(rt),
+    }
+
+
+def _sparsity_and_naive(rt: StreamingRuntime) -> dict:
+    """FFN sparsity measured while decoding (neurons off: |act| at or below the threshold, or never loaded because
+    predicted off) and the speed-up against naive whole-FFN reads, in bytes and in the iomodel's I/O time."""
+    s, a = rt.stats, rt.args
+    n = max(s.tokens, 1)
+    slots = max(s.ffn_rows, 1) * a.hidden_dim  # (row, layer, neuron) triples of the decode steps
+    naive_b, naive_s = naive_reads(rt)
+    pred_s, io_s = s.predicted_io_s / n, s.io_s / n
+    if naive_s != naive_s:  # no disk curve: nothing to price with
+        naive_s = None
+    return {
+        "ffn_activation": a.ffn_act, "ffn_activation_shift": a.ffn_act_shift,
+        "ffn_sparsity_measured": 1 - s.neurons_active / slots if s.ffn_rows else None,
+        "ffn_frac_computed_per_token": s.neurons_computed / slots if s.ffn_rows else None,
+        "ffn_frac_skipped_per_token": 1 - s.neurons_computed / slots if s.ffn_rows else None,  # never loaded
+        "ffn_frac_loaded_zero_per_token": (s.neurons_computed - s.neurons_active) / slots if s.ffn_rows else None,
+        "naive_bytes_per_token": naive_b, "naive_predicted_io_s_per_token": naive_s,
+        "bytes_vs_naive": naive_b / (s.bytes_read / n) if s.bytes_read else None,
+        "io_vs_naive_predicted": naive_s / pred_s if naive_s and pred_s > 0 else None,  # both priced by the iomodel
+        "io_vs_naive_measured": naive_s / io_s if naive_s and io_s > 0 else None,  # measured vs iomodel's naive
     }

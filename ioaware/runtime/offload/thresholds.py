@@ -1,4 +1,7 @@
-"""Calibrated gate thresholds (CATS/TEAL-style): per layer, the `sparsity` quantile of |silu(gate x)| on text."""
+"""Calibrated gate thresholds (CATS/TEAL-style): per layer, the `sparsity` quantile of |silu(gate x)| on text.
+
+A relufied model (FFN activation ReLU / shifted ReLU / ReLU^2) needs none: a neuron is off iff act(gate x) == 0, so
+its thresholds are 0 and the sparse FFN is exact; `sparsity` is then ignored."""
 
 from __future__ import annotations
 
@@ -6,11 +9,10 @@ import math
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..llm.model import Transformer
 from .activations import ffn_input_hooks, progress_bar, run_tokens, sdpa_attention
-from .sparse_ffn import gate_activity, gate_weight
+from .sparse_ffn import ffn_act, gate_activity, gate_weight, is_relu_family
 
 
 @torch.inference_mode()
@@ -25,6 +27,8 @@ def calibrate_thresholds(model: Transformer, token_batches: Iterable[torch.Tenso
     sp = torch.as_tensor(sparsity, dtype=torch.float64).expand(L)
     if ((sp < 0) | (sp >= 1)).any():
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if is_relu_family(model.args.ffn_act):  # exact zeros: nothing to calibrate
+        return torch.zeros(L)
     batches = list(token_batches)
     n_tok = sum(b.numel() for b in batches)
     keep = min(1.0, max_samples / max(n_tok * H, 1))
@@ -61,10 +65,13 @@ def thresholds_from_inputs(model: Transformer, inputs: list[torch.Tensor], spars
     serves several target sparsities."""
     L = model.args.n_layers
     sp = torch.as_tensor(sparsity, dtype=torch.float64).expand(L)
+    if is_relu_family(model.args.ffn_act):
+        return torch.zeros(L)
     gen = torch.Generator().manual_seed(seed)
     vals = []
     for i in range(L):
-        a = F.silu(inputs[i].float() @ gate_weight(model.layers[i].feed_forward).T).abs().flatten()
+        ffn = model.layers[i].feed_forward
+        a = ffn_act(ffn)(inputs[i].float() @ gate_weight(ffn).T).abs().flatten()
         if a.numel() > max_samples:
             a = a[torch.randint(0, a.numel(), (max_samples,), generator=gen)]
         vals.append(a)

@@ -60,7 +60,8 @@ class Adapter:
         if (B.shape[0], A.shape[1]) != tuple(weight.shape):
             raise AdapterMismatchError(f"adapter {self.path}: layer {layer} {proj} is {B.shape[0]}x{A.shape[1]}, "
                                        f"the model's is {weight.shape[0]}x{weight.shape[1]}")
-        return (weight.float() + B.float() @ A.float()).to(weight.dtype)
+        A, B = A.to(weight.device, torch.float32), B.to(weight.device, torch.float32)  # the file loads on the CPU
+        return (weight.float() + B @ A).to(weight.dtype)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
