@@ -1,10 +1,14 @@
 """Batch-1 text generation, ioaware against its peers on the same weights, same machine, same run.
 
-CPU:  ioaware's packed path (fused decode step, int8 head, cached packed weights) vs the same model's module step,
-      the path before #30, and llama.cpp (llama-cpp-python, a benchmark-only dependency, used when installed) on the
-      same GGUF and the same prompt token ids; providers interleaved round by round over --rounds rounds and two
-      prompt lengths (medians, ranges, same-round ratios); start-up (time to first token, peak RSS) in fresh
-      processes with a cold and a warm packed-weight cache; the output head's candidate kernels timed.
+CPU:  --providers (default: ioaware's default generate path, llama.cpp through llama-cpp-python on the same GGUF
+      when installed (a benchmark-only dependency: `make peers`), transformers on the same weights dequantised to
+      fp32; opt-in: ioaware's module decode step, ioaware before #30), each in a FRESH PROCESS per round and prompt
+      so its peak RSS and time to first token are its own; interleaved round by round (rotated) over --rounds rounds
+      and two prompt lengths (the chat prompt, ~50 tokens, and --long-prompt-cpu ~1000); medians, ranges and
+      same-round ratios of prefill tok/s, decode tok/s, time to first token, peak RSS; every provider is fed the
+      same prompt token ids (ioaware's tokenizer), and llama.cpp's own tokenize of the text is checked against
+      them; the CPU model and its flags; start-up with a cold and a warm packed-weight cache (--startup-rounds);
+      the output head's candidate kernels timed.
 CUDA: ioaware (bf16, CUDA graph decode) vs transformers' eager `generate` with the same dequantised weights in bf16.
 
 Reports prefill and decode tokens/s (median of --reps runs) and compares the greedy continuations token by token.
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ioaware.bench.memcap import run_child
 from ioaware.files import write_json_atomic
 from ioaware.report import print_table
 from ioaware.runtime import build_model, generate, load_checkpoint
@@ -85,13 +90,14 @@ LONG_TEXT = ("Memory bandwidth, not arithmetic, sets the pace of decoding: every
              "once, while the multiply-adds per byte stay few. Caches help only when the working set fits. ")
 
 
-def cpu_flags() -> list[str]:
+def cpu_flags(every: bool = False) -> list[str]:
+    """The CPU's flags that matter to these kernels (CPU_FLAGS), or every flag /proc/cpuinfo lists."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [x for x in CPU_FLAGS if x in have]
+                    listed = line.split(":", 1)[1].split()
+                    return listed if every else [x for x in CPU_FLAGS if x in set(listed)]
     except OSError:
         pass
     return []
@@ -172,37 +178,6 @@ def _stats(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)} if xs else {}
 
 
-class LlamaCpp:
-    """llama.cpp through llama-cpp-python on the same GGUF, fed the same prompt token ids, greedy."""
-
-    def __init__(self, path, n_ctx: int, threads: int):
-        import llama_cpp
-
-        self.lib = llama_cpp
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads,
-                                   n_threads_batch=threads, verbose=False, seed=0)
-
-    def run(self, ids: list[int], n: int) -> tuple[float, float, list[int]]:
-        llm = self.llm
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(ids)
-        nxt = int(llm.sample(temp=0.0))
-        t1 = time.perf_counter()
-        toks = [nxt]
-        while len(toks) < n:
-            llm.eval([nxt])
-            nxt = int(llm.sample(temp=0.0))
-            toks.append(nxt)
-        t2 = time.perf_counter()
-        return len(ids) / (t1 - t0), (n - 1) / (t2 - t1), toks
-
-    def info(self, text: str, ids: list[int]) -> dict:
-        text_ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
-        return {"version": self.lib.__version__, "tokenizes_prompt_identically": text_ids == ids,
-                "system_info": self.lib.llama_print_system_info().decode(errors="replace").strip()}
-
-
 def head_kernels(ck, rounds: int, threads: int) -> dict:
     """The output head's shape (vocab x dim, bf16 activations, one row): ms per call of each CPU kernel that could
     run it, interleaved round by round; random weights (speed only). What the int8 head costs against the
@@ -250,102 +225,241 @@ def head_kernels(ck, rounds: int, threads: int) -> dict:
     return {"shape": [V, K], "threads": threads, "ms": {k: _stats(v) for k, v in ms.items()}}
 
 
+PROVIDERS = ("ioaware", "llama.cpp", "transformers", "ioaware-module-step", "ioaware-legacy")
+DEFAULT_PROVIDERS = ("ioaware", "llama.cpp", "transformers")
+
+
+def provider_child(name: str, model: str | None, prompt: dict, n: int, threads: int) -> dict:
+    """One provider, one prompt, in this fresh process (`--provider-child NAME`): load, prefill, n greedy tokens.
+    Time to first token counts from this function's start (imports done) to the first token; peak RSS is this
+    process's own (VmHWM). prompt: {"text", "ids"}; every provider is fed `ids` (ioaware's tokenizer)."""
+    t0 = time.perf_counter()
+    ids = prompt["ids"]
+    extra: dict = {}
+    if name == "llama.cpp":
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=str(model), n_ctx=len(ids) + n + 8, n_batch=512, n_threads=threads,
+                              n_threads_batch=threads, verbose=False, seed=0)
+        load_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        llm.eval(ids)
+        toks = [int(llm.sample(temp=0.0))]
+        t2 = time.perf_counter()
+        while len(toks) < n:
+            llm.eval([toks[-1]])
+            toks.append(int(llm.sample(temp=0.0)))
+        t3 = time.perf_counter()
+        extra = {"version": llama_cpp.__version__, "tokenized_ids_match": llm.tokenize(
+            prompt["text"].encode(), add_bos=False, special=True) == ids,
+            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
+    elif name == "transformers":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.set_num_threads(threads)
+        ck = load_checkpoint(model)
+        ar = ck.args
+        cfg = LlamaConfig(vocab_size=ar.vocab_size, hidden_size=ar.dim, intermediate_size=ar.hidden_dim,
+                          num_hidden_layers=ar.n_layers, num_attention_heads=ar.n_heads,
+                          num_key_value_heads=ar.n_kv_heads, head_dim=ar.head_dim,
+                          max_position_embeddings=ar.max_seq_len, rms_norm_eps=ar.norm_eps, rope_theta=ar.rope_base,
+                          rope_scaling=ar.rope_scaling, tie_word_embeddings=ar.tie_embeddings,
+                          attn_implementation="sdpa")
+        try:  # skip the random initialisation the checkpoint overwrites anyway (transformers >= 5)
+            from transformers.initialization import no_init_weights
+        except ImportError:
+            from transformers.modeling_utils import no_init_weights
+        with no_init_weights():
+            hf = LlamaForCausalLM(cfg)
+        sd = dict(ck.state_dict)  # the GGUF dequantised to fp32: transformers' own dense CPU path
+        if ar.tie_embeddings:
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+        hf.load_state_dict(sd)
+        hf.eval()
+        del sd
+        load_s = time.perf_counter() - t0
+        with torch.inference_mode():
+            t1 = time.perf_counter()
+            out = hf(torch.tensor([ids]), use_cache=True)
+            toks = [int(out.logits[0, -1].argmax())]
+            t2 = time.perf_counter()
+            past = out.past_key_values
+            while len(toks) < n:
+                out = hf(torch.tensor([[toks[-1]]]), past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                toks.append(int(out.logits[0, -1].argmax()))
+            t3 = time.perf_counter()
+        extra = {"weights": "dense fp32 (the GGUF dequantised)", "tokenized_ids_match": None}
+    else:  # ioaware: `ioaware generate`'s default CPU path, or a variant kept for the #30 comparison
+        torch.set_num_threads(threads)
+        legacy = name == "ioaware-legacy"
+        ck = load_checkpoint(model, weight_cache=not legacy)
+        m = build_model(ck, "cpu", weights="quantized" if legacy else "auto", legacy_quant=legacy,
+                        weight_cache=not legacy)
+        m.set_attention("sdpa")
+        m.set_linear("torch")
+        load_s = time.perf_counter() - t0
+        r = generate(m, ck.tokenizer, ids, n, stop_at_eos=False,
+                     decode_step="auto" if name == "ioaware" else "module")
+        t1, toks = 0.0, r.tokens
+        t2 = r.summary["prefill_s"]
+        t3 = t2 + r.summary["decode_s"]
+        extra = {"weights": m.weight_format, "weight_cache": getattr(m, "packed_cache", {}).get("state"),
+                 "tokenized_ids_match": ck.tokenizer.encode(prompt["text"], add_bos=False) == ids or
+                 ck.tokenizer.encode(prompt["text"]) == ids}
+    return {"provider": name, "prompt_tokens": len(ids), "load_s": load_s, "prefill_s": t2 - t1,
+            "prefill_tok_s": len(ids) / (t2 - t1), "decode_tok_s": (n - 1) / (t3 - t2),
+            "time_to_first_token_s": load_s + (t2 - t1), "since_process_start_s": _since_process_start(),
+            "peak_rss_bytes": _vm_hwm(), "loadavg_1min": os.getloadavg()[0], "tokens": toks, **extra}
+
+
+def interleaved_order(names: list[str], rounds: int) -> list[list[str]]:
+    """Round r runs every provider once, the list rotated by r: A B C, B C A, C A B, ... so none always runs first
+    (a shared machine's load drifts; same-round ratios cancel most of it)."""
+    return [names[r % len(names):] + names[:r % len(names)] for r in range(rounds)]
+
+
+def run_provider_child(name: str, model: str | None, prompt: dict, n: int, threads: int,
+                       timeout: float = 1800) -> dict:
+    """A fresh process per (round, prompt, provider): its peak RSS (its own VmHWM) and start-up are its own."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(prompt, f)
+    cmd = [sys.executable, __file__, "--provider-child", name, "--prompt-file", f.name, "--new-tokens", str(n),
+           "--threads", str(threads)]
+    if model:
+        cmd += ["--model", str(model)]
+    try:
+        r = run_child(cmd, None, 0, timeout)
+    finally:
+        os.unlink(f.name)
+    if r.returncode:
+        raise RuntimeError(f"provider child {name} failed (exit {r.returncode}): {r.stderr.strip()[-600:]}")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res["wait4_maxrss_bytes"] = r.wait4_maxrss_bytes  # an upper bound (it starts from this parent's peak)
+    return res
+
+
+METRICS = ("prefill_tok_s", "decode_tok_s", "time_to_first_token_s", "peak_rss_bytes", "load_s")
+
+
+def summarize(runs: dict[str, dict[str, list[dict]]], base: str | None) -> dict:
+    """runs[prompt][provider] = the children's results in round order -> medians and ranges per metric, and each
+    provider's same-round decode and prefill ratios to `base`."""
+    res: dict = {}
+    for p, by in runs.items():
+        res[p] = {}
+        for k, rs in by.items():
+            d = {m: _stats([r[m] for r in rs]) for m in METRICS}
+            if base and base in by and k != base:
+                for m in ("decode_tok_s", "prefill_tok_s"):
+                    d[f"{m}_vs_{base}_same_round"] = _stats([x[m] / y[m] for x, y in zip(rs, by[base])])
+            d["runs"] = rs
+            res[p][k] = d
+    return res
+
+
+def prompts_for(tok, long_target: int) -> dict[str, dict]:
+    """The chat prompt (~50 tokens) and a long plain prompt of whole sentences (>= long_target tokens)."""
+    text = tok.apply_chat_template([{"role": "user", "content": PROMPT}])
+    ids = tok.encode(text)
+    k = 1
+    while len(tok.encode(LONG_TEXT * k, add_bos=False)) < long_target:
+        k += 1
+    long_text = LONG_TEXT * k
+    long_ids = tok.encode(long_text, add_bos=False)
+    return {f"{len(ids)}-token chat prompt": {"text": text, "ids": ids},
+            f"{len(long_ids)}-token prompt": {"text": long_text, "ids": long_ids}}
+
+
 def bench_cpu(a) -> dict:
+    import importlib.util
+
     threads = a.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     load0 = os.getloadavg()
+    flags_all = cpu_flags(every=True)
     print(f"CPU: {cpu_name()}, flags {' '.join(cpu_flags())}, torch capability "
           f"{torch.backends.cpu.get_cpu_capability()}, {threads} threads, load average {load0[0]:.2f}", flush=True)
     startup = startup_rounds(a, threads) if a.startup_rounds else {}
-    ck = load_checkpoint(a.model)  # warm when the start-up rounds or an earlier run wrote the cache
+    ck = load_checkpoint(a.model)
     tok = ck.tokenizer
-    text = tok.apply_chat_template([{"role": "user", "content": PROMPT}])
-    ids = tok.encode(text)
-    gguf_ids = load_checkpoint(a.model, weight_cache=False).tokenizer.encode(text)  # the file's own tokenizer
-    long_ids = tok.encode(LONG_TEXT * (a.long_prompt_cpu // 30 + 2), add_bos=False)[:a.long_prompt_cpu]
-    prompts = {f"{len(ids)}-token chat prompt": ids, f"{len(long_ids)}-token prompt": long_ids}
+    prompts = prompts_for(tok, a.long_prompt_cpu)
+    p0 = next(iter(prompts))
+    gguf_ids = load_checkpoint(a.model, weight_cache=False).tokenizer.encode(prompts[p0]["text"])
     n = a.new_tokens
-    new = build_model(ck, "cpu", weights="quantized")
-    old = build_model(ck, "cpu", weights="quantized", legacy_quant=True)
-    for m in (new, old):
-        m.set_attention("sdpa")
-
-    def ours(model, step):
-        def run(p_ids, n_new):
-            r = generate(model, tok, p_ids, n_new, stop_at_eos=False, decode_step=step)
-            return r.summary["prefill_tok_s"], r.summary["decode_tok_s"], r.tokens
-        return run
-
-    providers = {"ioaware packed, fused CPU step (#30)": ours(new, "auto"),
-                 "ioaware packed, module step": ours(new, "module"),
-                 "ioaware before #30 (dense load, bf16 head, module step)": ours(old, "module")}
-    missing, lcpp = {}, None
-    try:
-        lcpp = LlamaCpp(ck.path, max(len(p) for p in prompts.values()) + n + 8, threads)
-        providers["llama.cpp"] = lcpp.run
-    except ImportError:
-        missing["llama.cpp"] = "llama-cpp-python is not installed (building it takes ~9 min of both cores)"
-    print(f"providers: {', '.join(providers)}; missing: {missing or 'none'}", flush=True)
-    runs = {p: {k: {"prefill": [], "decode": []} for k in providers} for p in prompts}
-    toks: dict[str, dict[str, list[int]]] = {p: {} for p in prompts}
-    for p_ids in prompts.values():  # warm-up: each provider once per prompt (allocations, lazy init)
-        for run in providers.values():
-            run(p_ids, 8)
-    names = list(providers)
-    for r in range(a.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]  # rotated so no provider always runs first
-        for p, p_ids in prompts.items():
+    names, missing = [], {}
+    for k in a.providers:
+        if k == "llama.cpp" and importlib.util.find_spec("llama_cpp") is None:
+            missing[k] = "llama-cpp-python is not installed (`make peers`; building it takes ~9 min of both cores)"
+        elif k == "llama.cpp" and ck.format != "gguf":
+            missing[k] = f"llama.cpp needs a GGUF; the model is {ck.format}"
+        elif k == "transformers" and importlib.util.find_spec("transformers") is None:
+            missing[k] = "transformers is not installed"
+        else:
+            names.append(k)
+    for k, why in missing.items():
+        print(f"bench_generate: skipping {k}: {why}", file=sys.stderr)
+    print(f"providers: {', '.join(names)}; each in a fresh process per round and prompt", flush=True)
+    for k in names:  # not counted: writes ioaware's packed-weight cache, brings each model file into the page cache
+        run_provider_child(k, a.model or str(ck.path), prompts[p0], 2, threads)
+    runs: dict[str, dict[str, list[dict]]] = {p: {k: [] for k in names} for p in prompts}
+    for r, order in enumerate(interleaved_order(names, a.rounds)):
+        for p, prompt in prompts.items():
             for k in order:
-                pre, dec, t = providers[k](p_ids, n)
-                runs[p][k]["prefill"].append(pre)
-                runs[p][k]["decode"].append(dec)
-                toks[p][k] = t
+                runs[p][k].append(run_provider_child(k, a.model or str(ck.path), prompt, n, threads))
         print(f"  round {r + 1}/{a.rounds}: " + "; ".join(
-            f"{k.split(' (')[0][:38]} {runs[p][k]['decode'][-1]:.1f}" for p in prompts for k in names)
-            + f" tok/s; load {os.getloadavg()[0]:.2f}", flush=True)
-    base = "llama.cpp" if "llama.cpp" in providers else names[2]
-    res = {}
+            f"{k} {runs[p][k][-1]['decode_tok_s']:.1f}" for p in prompts for k in names)
+            + f" decode tok/s; load {os.getloadavg()[0]:.2f}", flush=True)
+    base = "llama.cpp" if "llama.cpp" in names else None
+    res = summarize(runs, base)
     for p in prompts:
-        res[p] = {}
         rows = []
         for k in names:
-            d, f = _stats(runs[p][k]["decode"]), _stats(runs[p][k]["prefill"])
-            ratio = [x / y for x, y in zip(runs[p][k]["decode"], runs[p][base]["decode"])]  # same round
-            res[p][k] = {"decode_tok_s": d, "prefill_tok_s": f, f"decode_vs_{base}_same_round": _stats(ratio),
-                         "decode_runs": runs[p][k]["decode"], "prefill_runs": runs[p][k]["prefill"]}
+            d = res[p][k]
+            f, dd, tt, rss = (d[m] for m in ("prefill_tok_s", "decode_tok_s", "time_to_first_token_s",
+                                             "peak_rss_bytes"))
             rows.append([k, f"{f['median']:.0f} [{f['min']:.0f}-{f['max']:.0f}]",
-                         f"{d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}]", f"{statistics.median(ratio):.2f}x"])
+                         f"{dd['median']:.1f} [{dd['min']:.1f}-{dd['max']:.1f}]",
+                         f"{tt['median']:.2f} [{tt['min']:.2f}-{tt['max']:.2f}]",
+                         f"{rss['median'] / 2**20:.0f} [{rss['min'] / 2**20:.0f}-{rss['max'] / 2**20:.0f}]",
+                         f"{d[f'decode_tok_s_vs_{base}_same_round']['median']:.2f}x"
+                         if base and k != base else "-"])
         print_table(f"{p}, {n} new tokens, {a.rounds} interleaved rounds, {threads} threads, medians [range]",
-                    ["provider", "prefill tok/s", "decode tok/s", f"decode vs {base}"], rows)
+                    ["provider", "prefill tok/s", "decode tok/s", "TTFT s", "peak RSS MiB",
+                     f"decode vs {base or '-'}"], rows)
+    # token ids: the same ids went to every provider; does each provider's own tokenizer agree with them?
+    ids_match = {"cached tokenizer vs the GGUF's": gguf_ids == prompts[p0]["ids"]}
+    for k in names:
+        ids_match[k] = {p: sorted({r.get("tokenized_ids_match") for r in runs[p][k]}, key=str) for p in prompts}
     # greedy agreement on the chat prompt against the dequantised fp32 model (its own greedy continuation)
     dense = build_model(ck, "cpu", torch.float32, weights="dense")
     dense.set_attention("sdpa")
+    ids = prompts[p0]["ids"]
     ref = generate(dense, tok, ids, n, stop_at_eos=False).tokens
     cmp = {}
-    p0 = next(iter(prompts))
-    for k, t in toks[p0].items():
-        c = compare(t, ref)
+    for k in names:
+        c = compare(runs[p0][k][-1]["tokens"], ref)
         if c["first_difference"] is not None:
             c["dense_top2_gap_at_difference"] = top2_gap(dense, ids, ref, c["first_difference"])
         cmp[k] = c
-        print(f"{k}: vs dense fp32 greedy: first difference at {c['first_difference']}"
-              + (f" (fp32 top-2 gap there {c['dense_top2_gap_at_difference']:.3f})" if c["first_difference"]
-                 is not None else ""))
+        print(f"{k}: vs dense fp32 greedy: first difference at {c['first_difference']}")
+    cross = {p: {k: compare(runs[p][k][-1]["tokens"], runs[p][names[0]][-1]["tokens"]) for k in names[1:]}
+             for p in prompts}
     del dense
-    heads = head_kernels(ck, a.rounds, threads)
-    for k, v in heads["ms"].items():
-        print(f"  head {heads['shape']}: {k}: {v['median']:.2f} ms [{v['min']:.2f}-{v['max']:.2f}]")
-    load1 = os.getloadavg()
+    heads = head_kernels(ck, a.rounds, threads) if a.head_kernels else None
+    llama = next((r for r in runs[p0].get("llama.cpp", [])), None)
     return {"results": res, "startup": startup, "head_kernels": heads, "greedy_vs_dense_fp32": cmp,
-            "prompt_token_ids_match": {"cached tokenizer vs the GGUF's": gguf_ids == ids,
-                                       **({"llama.cpp": lcpp.info(text, ids)["tokenizes_prompt_identically"]}
-                                          if lcpp else {})},
-            "llama_cpp": lcpp.info(text, ids) if lcpp else None, "missing_providers": missing,
-            "baseline": base, "rounds": a.rounds, "new_tokens": n, "threads": threads,
-            "prompt_tokens": {p: len(v) for p, v in prompts.items()}, "model": str(ck.path),
-            "tensor_types": ck.tensor_types, "cpu_flags": cpu_flags(),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "load_average_start": load0, "load_average_end": load1,
+            f"greedy_vs_{names[0]}": cross, "prompt_token_ids_match": ids_match,
+            "llama_cpp": {k: llama[k] for k in ("version", "system_info")} if llama else None,
+            "missing_providers": missing, "providers": names, "baseline": base, "rounds": a.rounds,
+            "order": "providers rotated per round; a fresh process per (round, prompt, provider), after one uncounted "
+                     "warm-up child per provider",
+            "new_tokens": n, "threads": threads, "prompt_tokens": {p: len(v["ids"]) for p, v in prompts.items()},
+            "model": str(ck.path), "tensor_types": ck.tensor_types, "cpu_flags": cpu_flags(),
+            "cpu_flags_all": flags_all, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "load_average_start": load0, "load_average_end": os.getloadavg(),
             "note": "measured on a VM shared with other sessions running CPU jobs (see the load averages): absolute "
                     "tok/s are noisy; compare providers within a round (the same-round ratios)"}
 
@@ -451,9 +565,20 @@ def main(argv=None) -> int:
     p.add_argument("--long-prompt-cpu", type=int, default=991, help="CPU: tokens of the long prompt")
     p.add_argument("--startup-rounds", type=int, default=3,
                    help="CPU: fresh-process start-up rounds (legacy, cold cache, warm cache); 0 skips them")
+    p.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(DEFAULT_PROVIDERS),
+                   help="CPU: providers interleaved round by round (llama.cpp skipped with a message when missing)")
+    p.add_argument("--no-head-kernels", dest="head_kernels", action="store_false",
+                   help="CPU: skip timing the output head's candidate kernels")
     p.add_argument("--startup-child", choices=["legacy", "packed"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--provider-child", choices=PROVIDERS, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--prompt-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/generate-<device>-<date>.json)")
     a = p.parse_args(argv)
+    if a.provider_child:  # one provider, one prompt, in this fresh process: JSON on the last line of stdout
+        prompt = json.loads(Path(a.prompt_file).read_text())
+        print(json.dumps(provider_child(a.provider_child, a.model, prompt, a.new_tokens,
+                                        a.threads or len(os.sched_getaffinity(0)))))
+        return 0
     if a.startup_child:  # one start-up measurement in this fresh process: JSON on the last line of stdout
         print(json.dumps(startup_child(a.startup_child, a.model, a.threads or len(os.sched_getaffinity(0)))))
         return 0

@@ -5,8 +5,8 @@
               touches. Held to the budget by pinning as many whole layers as fit (they stay in the page cache)
               and dropping every other layer after use (madvise DONTNEED on the mapping + posix_fadvise DONTNEED
               on the file range: MADV alone leaves the pages in the page cache, so the next touch would be free).
-              No cgroup: this VM has none we may create. Its I/O time is the layer's FFN time with cold pages minus
-              the same FFN again with the pages resident.
+              No cgroup in this mode (--memory-cap runs each case under one). Its I/O time is the layer's FFN
+              time with cold pages minus the same FFN again with the pages resident.
   (c) ioaware predictor -> window cache -> bundle reads (O_DIRECT, preadv pool) -> sparse_ffn
 
 The page cache is dropped (posix_fadvise DONTNEED) on the store and the dense file before each case. All three run
@@ -15,6 +15,9 @@ of tokens greedily from the same prompt; (a) and (b) compute the dense FFN, (c) 
 
     ioaware bench offload [--budget 50%] [--tokens 24] [--sparsity 0.5] [--checksum-compare N] [--checksum-replay N]
         -> benchmarks/results/flash-cpu-<date>.json and .png
+    ioaware bench offload --memory-cap [--budget 50%] [--tokens 16] [--json F]
+        each provider (ioaware, naive, plain mmap, llama.cpp) in its own child under a real memory limit
+        (offload_capped.py) -> benchmarks/results/flash-memcap-cpu-<date>.json
 
 --checksum-compare N adds N rounds of the ioaware case in each bundle-checksum mode of the reader ("after": the earlier
 path, "fused", "threads": the default, "off"), interleaved in a rotating order so that load from other jobs falls on
@@ -34,8 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..env import settings
 from ..files import write_json_atomic
@@ -48,100 +49,7 @@ from ..runtime.offload.session import open_streamed
 from ..runtime.offload.streamed_ffn import stream_summary
 from ..units import human_bytes
 from .common import RESULTS_DIR
-
-PROMPT = "Explain how a lighthouse works and why ships need them, in a few paragraphs."
-
-
-class Clock:
-    """Per-token accumulators of a baseline FFN."""
-
-    def __init__(self):
-        self.io_s = self.pred_s = self.pred_cached_s = 0.0
-        self.bytes = 0
-        self.forwards = 0
-        self.decode = False
-
-    def start_layer0(self):
-        self.decode = self.forwards > 0
-        self.forwards += 1
-        if self.forwards == 2:  # the first decode step: reset what the prefill accumulated
-            self.io_s = self.pred_s = self.pred_cached_s = 0.0
-            self.bytes = 0
-
-
-def dense_ffn(x, gate, up, down):
-    xf = x.reshape(-1, x.shape[-1])
-    y = (F.silu(xf @ gate.T) * (xf @ up.T)) @ down.T
-    return y.reshape(x.shape)
-
-
-class NaiveFFN(nn.Module):
-    def __init__(self, reader: NeuronReader, layer: int, clock: Clock, curve, cached_curve=None):
-        super().__init__()
-        self.r, self.layer, self.clock, self.curve, self.cached = [reader], layer, clock, curve, cached_curve
-
-    def forward(self, x):
-        r = self.r[0]
-        if self.layer == 0:
-            self.clock.start_layer0()
-        res = r.read(self.layer, np.arange(r.hidden))
-        self.clock.io_s += res.stats.seconds
-        self.clock.bytes += res.stats.bytes
-        self.clock.pred_s += predict_read_seconds(res.stats.chunk_sizes, self.curve, r.threads, r.direct)
-        if self.cached is not None:
-            self.clock.pred_cached_s += predict_read_seconds(res.stats.chunk_sizes, self.cached, r.threads, r.direct)
-        b = res.bundles
-        return dense_ffn(x, b[:, 0], b[:, 1], b[:, 2].T)
-
-
-class MmapFFN(nn.Module):
-    """The FFN from a numpy.memmap of the dense file; layers >= pinned are dropped after use."""
-
-    def __init__(self, mm: np.memmap, raw: mmap.mmap, fd: int, layer: int, a, pinned: int, clock: Clock):
-        super().__init__()
-        H, d = a.hidden_dim, a.dim
-        self.n = 3 * H * d
-        self.off = layer * self.n * 2
-        self.mm, self.raw, self.fd = mm, raw, fd
-        self.layer, self.H, self.d, self.pinned, self.clock = layer, H, d, pinned, clock
-
-    def weights(self):
-        w = torch.from_numpy(self.mm[self.off // 2: self.off // 2 + self.n])
-        H, d = self.H, self.d
-        return w[:H * d].view(H, d), w[H * d:2 * H * d].view(H, d), w[2 * H * d:].view(d, H)
-
-    def forward(self, x):
-        if self.layer == 0:
-            self.clock.start_layer0()
-        t0 = time.perf_counter()
-        y = dense_ffn(x, *self.weights())  # page faults happen inside the matmul
-        t1 = time.perf_counter()
-        dense_ffn(x, *self.weights())  # the same FFN with the pages now resident: the compute-only time
-        t2 = time.perf_counter()
-        self.clock.io_s += max(0.0, (t1 - t0) - (t2 - t1))
-        self.clock.hot_s = getattr(self.clock, "hot_s", 0.0) + (t2 - t1)
-        if self.layer >= self.pinned:
-            nbytes = self.n * 2
-            self.raw.madvise(mmap.MADV_DONTNEED, self.off, nbytes)
-            os.posix_fadvise(self.fd, self.off, nbytes, os.POSIX_FADV_DONTNEED)
-            self.clock.bytes += nbytes  # read again next token
-        return y
-
-
-def write_dense_file(store, path: Path) -> None:
-    """The FFN in the ordinary dense layout (gate (H,d), up (H,d), down (d,H) per layer), fp16, as a GGUF/llama.cpp
-    file would hold it: what mmap maps."""
-    if path.exists() and path.stat().st_size == store.ffn_bytes:
-        return
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        for i in range(store.args.n_layers):
-            g, u, d = store.read_layer_dense(i)
-            for t in (g, u, d):
-                f.write(t.contiguous().numpy().tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from .offload_common import PROMPT, Clock, MmapFFN, NaiveFFN, write_dense_file
 
 
 def reset_runtime(rt) -> None:
@@ -163,6 +71,10 @@ def run_case(name, model, tok, ids, n_tokens, files):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is not None and "--memory-cap" in argv:  # each provider in its own capped child: offload_capped.py
+        from .offload_capped import main as capped_main
+
+        return capped_main([a for a in argv if a != "--memory-cap"])
     ap = argparse.ArgumentParser(prog="ioaware bench offload", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--budget", default="50%")

