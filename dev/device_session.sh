@@ -2,7 +2,8 @@
 # One device call per session (the device budget is ~30 min, each cold start costs ~3): the GPU suite first, then
 # the measurements in priority order, each under its own timeout so one overrun cannot cost the rest. Results and
 # logs land in $OUT. The GPU suite alone needs most of a call (its Triton compiles: ~30 tests in 135 s on the
-# H200), so give `tests` a call of its own; keep $OUT to a handful of files (a call returns a limited count). Steps: any of tests probe kvtiers lowrank nsa-profile nsa-fla (default: all, in that order).
+# H200), so give `tests` a call of its own; keep $OUT to a handful of files (a call returns a limited count). Steps: any of tests probe kvtiers lowrank nsa-profile nsa-fla (default: all, in that order, then kvtiers-ssd); also
+# kvtiers-gpu, kvtiers-sparf (on request only: bash dev/device_session.sh kvtiers-gpu kvtiers-sparf).
 set -o pipefail
 export PYTHONPATH=$PWD:/tmp/fla:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 D=$(date +%F)
@@ -36,6 +37,16 @@ for step in $steps; do
       timeout 120 python3 -m ioaware.cli.main bench kv-tiers --device cuda --context 32768 --hbm 2GiB --dram 4GiB \
         --ssd none --steps 16 --json $OUT/kv_tiers-llama8b-h200-dram-$D.json > $OUT/kvtiers.log 2>&1
       echo "rc=$?"; tail -30 $OUT/kvtiers.log ;;
+    kvtiers-gpu)
+      # the KV-tier GPU tests alone (exact tiers, SparF on DRAM: both transports vs the CPU reference, streams)
+      timeout ${T_KVGPU:-110} python3 -m pytest -q -rfEs -m gpu tests/gpu/test_kvtiers_gpu.py -p no:cacheprovider \
+        > $OUT/kvtiers-gpu-tests.txt 2>&1; echo "rc=$?"; tail -25 $OUT/kvtiers-gpu-tests.txt ;;
+    kvtiers-sparf)
+      # one run: move-all, exact tiered, SparF on the DRAM tier at 1/8 of its bytes (transports copy and uva)
+      timeout ${T_KVSPARF:-120} python3 -m ioaware.cli.main bench kv-tiers --device cuda --context 32768 --hbm 2GiB \
+        --dram 4GiB --ssd none --steps 8 --sparf 0.125 --sparf-tier dram --crossover 16 \
+        --out $OUT/kv_tiers-llama8b-h200-sparf-dram-$D.json > $OUT/kvtiers-sparf.log 2>&1
+      echo "rc=$?"; tail -40 $OUT/kvtiers-sparf.log ;;
     kvtiers-ssd)
       timeout 100 python3 -m ioaware.cli.main bench kv-tiers --device cuda --context 32768 --hbm 1GiB --dram 1GiB \
         --ssd /var/tmp/kvtiers --seg-pages 64 --sparf 0.125 --steps 8 \

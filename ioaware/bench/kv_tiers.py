@@ -12,6 +12,8 @@ pinned copy) vs recomputing it; the smallest n from which reloading stays faster
     ioaware bench kv-tiers                                  # CPU: real SmolLM2-135M, 1024-token context
     ioaware bench kv-tiers --device cuda --json F           # Llama-8B shape, random bf16 weights, 32k context
     ioaware bench kv-tiers --sparf-quality                  # SparF vs exact on SmolLM2's real activations
+    ioaware bench kv-tiers --device cuda --ssd none --sparf 0.125 --sparf-tier dram   # + SparF on DRAM, both
+                                                            # transports (copy, zero-copy uva), approximate
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ from pathlib import Path
 import torch
 
 from ..files import write_json_atomic
-from ..iomodel.kv_tiers import choose_modes, crossover, tier_seconds
+from ..iomodel.kv_tiers import after, choose_modes, crossover, sparf_dram_parts, tier_seconds
 from ..report import emit_json, print_table
 from ..units import human_bytes, parse_bytes
 from .common import RESULTS_DIR, machine_info
+from .kv_tiers_sparf import print_parts, sparf_summary
+from .kv_tiers_sparf import random_quality as _random_quality
+from .kv_tiers_sparf import transports as _transports
 
 LLAMA8B = dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, hidden_dim=14336, vocab_size=128256,
                rope_base=500000.0, max_seq_len=131072, tie_embeddings=False)
@@ -138,13 +143,25 @@ def _per_layer_bytes(tiers) -> dict:
     t = tiers.tokens_per_tier()
     per_tok = 2 * tiers.batch * tiers.Hkv * tiers.D * tiers.esize
     out = {k: v * per_tok for k, v in t.items()}
-    if tiers.spec.sparf is not None and t["ssd"]:
+    if tiers.spec.sparf_on("dram") and t["dram"]:
+        from ..runtime.kvtiers.dram_sparf import read_bytes
+
+        out["dram"] = read_bytes(tiers.spec.sparf, t["dram"], tiers.batch, tiers.Hkv, tiers.D, tiers.esize)
+    if tiers.spec.sparf_on("ssd") and t["ssd"]:
         from ..runtime.kvtiers.sparf import PAGE
 
         cfg, D = tiers.spec.sparf, tiers.D
         r, npg = cfg.channels(D), cfg.n_pages(t["ssd"], D)
         out["ssd"] = tiers.batch * tiers.Hkv * (r * t["ssd"] + 2 * npg * PAGE * D) * tiers.esize
     return out
+
+
+def _sparf_page_bytes(tiers) -> int:
+    """Bytes of the pages SparF on DRAM moves per layer (K and V of the chosen pages, every KV head)."""
+    from ..runtime.kvtiers.dram_sparf import plan
+
+    _, _, npg = plan(tiers.spec.sparf, tiers.tokens_per_tier()["dram"], tiers.D)
+    return 2 * tiers.batch * tiers.Hkv * npg * 16 * tiers.D * tiers.esize
 
 
 def _variant(model, tiers, start, steps, modes, cold, timed_too=True) -> dict:
@@ -154,6 +171,7 @@ def _variant(model, tiers, start, steps, modes, cold, timed_too=True) -> dict:
     tiers.stats = _fresh(tiers)
     step_s, _ = _decode(model, tiers, start, steps, cold)
     res = {"modes": dict(modes), "step_s": step_s, "tok_s": 1.0 / step_s, "bytes_per_layer": nbytes,
+           "dram_page_bytes": _sparf_page_bytes(tiers) if tiers.spec.sparf_on("dram") else nbytes["dram"],
            "ssd_bytes_read_per_step": tiers.stats["bytes"]["ssd"] / steps}
     pos = start + steps
     if timed_too:
@@ -166,6 +184,8 @@ def _variant(model, tiers, start, steps, modes, cold, timed_too=True) -> dict:
         s = tiers.stats["s"]
         res["measured_layer_s"] = {"hbm": s["hbm"] / calls, "dram": s["dram"] / calls,
                                    "ssd": (tiers.stats["worker_s"] if modes["ssd"] == "near" else s["ssd"]) / calls}
+        # the DRAM tier's parts, each ended by a device sync: selection (SparF), copy, the device's partial
+        res["measured_dram_parts_s"] = {k: s[f"dram_{k}"] / calls for k in ("select", "copy", "dev")}
     return res, pos
 
 
@@ -269,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="results file (default benchmarks/results/kv_tiers-<machine>-<date>"
                     ".json)")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
+    ap.add_argument("--sparf-tier", choices=("ssd", "dram"), default="ssd", help="the tier --sparf reads "
+                    "(dram: the DRAM tier keeps K channel-major too; only the chosen pages cross PCIe)")
+    ap.add_argument("--sparf-transport", choices=("copy", "uva", "both"), default=None, help="SparF on DRAM: copy "
+                    "(host selects, pinned copy), uva (zero-copy: the device reads pinned memory) or both (default "
+                    "on cuda; copy on cpu)")
     ap.add_argument("--sparf-quality", action="store_true", help="instead: SparF's attention-output cosine "
                     "similarity to exact and bytes read, every layer of SmolLM2 at one decode step after --context "
                     "tokens of real text (default 2048), whole context and with the newest tokens exact")
@@ -304,10 +329,17 @@ def main(argv: list[str] | None = None) -> int:
         ssd = tmp
     if ssd is None and hbm + dram < kv_total * 1.01:
         dram = kv_total * 1.01 - hbm + 2 * ma.n_layers * 16 * (a.steps * 2 + 64) * ma.n_kv_heads * ma.head_dim * esize
-    spec = KVTierSpec(hbm, dram, ssd, seg_pages=a.seg_pages, worker_threads=a.worker_threads)
+    spec = KVTierSpec(hbm, dram, ssd, seg_pages=a.seg_pages, worker_threads=a.worker_threads,
+                      sparf_tier=a.sparf_tier if a.sparf else "ssd")
+    transports = _transports(a)
+    if a.sparf and a.sparf_tier == "dram":
+        from ..runtime.kvtiers.dram_sparf import check_config
+
+        for tr in transports:  # refused before any work
+            check_config(SparFConfig(bytes_frac=a.sparf, **_sparf_knobs(a)), tr)
     tiers = install_kv_tiers(model, spec)
     ids = _prompt_ids(tok, ctx, ma.vocab_size)
-    total_steps = a.steps * (6 if a.sparf else 4) + 1
+    total_steps = a.steps * (4 + 2 * len(transports) if a.sparf else 4) + 2
     try:
         t0 = time.perf_counter()
         model.setup_cache(1, ctx + total_steps)
@@ -317,27 +349,60 @@ def main(argv: list[str] | None = None) -> int:
         nb = _per_layer_bytes(tiers)
         seg = 16 * a.seg_pages
         toks = [v for v in per_tier.values() if v]
-        sizes = (max(seg, min(toks) // seg * seg), max(2 * seg, -(-max(toks) // seg) * seg))
+        hi = max(2 * seg, -(-max(toks) // seg) * seg)
+        lo = max(seg, min(toks) // seg * seg)
+        sizes = (lo if lo < hi else max(seg, hi // 4 // seg * seg), hi)  # two sizes: a line, not a point
+        pos = ctx
+        _decode(model, tiers, pos, 2, False)  # warm-up (the worker's first request pays its imports; clocks)
+        pos += 2
+        views = tiers.layers[0].dram_views()
         rates = probe_rates(ma.n_heads, ma.n_kv_heads, ma.head_dim, dtype, device, sizes=sizes, ssd_dir=ssd,
-                            worker_threads=a.worker_threads, seg_tokens=seg)
+                            worker_threads=a.worker_threads, seg_tokens=seg, host_kv=views[0] if views else None)
         choice = choose_modes(nb, rates)
         print(f"iomodel per tier (per layer): {choice['why']}; chose {choice['modes']}")
-        pos = ctx
-        _decode(model, tiers, pos, 1, False)  # warm-up (the worker's first request pays its imports)
-        pos += 1
         cold = not a.warm_ssd and tiers.file is not None
         res = {}
         res["tiered"], pos = _variant(model, tiers, pos, a.steps, choice["modes"], cold)
         res["move_all"], pos = _variant(model, tiers, pos, a.steps, {"dram": "move", "ssd": "move"}, cold)
-        if a.sparf:
+        sparf_probe, quality = None, None
+        if a.sparf and a.sparf_tier == "dram":
+            from ..runtime.kvtiers.probe import probe_sparf_dram
+
+            cfg = SparFConfig(bytes_frac=a.sparf, **_sparf_knobs(a))
+            big = max(16 * (cfg.n_pages(per_tier["dram"], ma.head_dim) + 4), per_tier["dram"] // 16 * 16)
+            sparf_probe = probe_sparf_dram(ma.n_heads, ma.n_kv_heads, ma.head_dim, dtype, device, cfg,
+                                           (max(256, big // 4 // 16 * 16), big))
+            rates.host_select, rates.sync_s = sparf_probe["host_select"], sparf_probe["sync_s"]
+            rates.uva = sparf_probe["uva"] or rates.uva
+            tiers.spec.sparf = cfg
+            for tr in transports:
+                if tr == "uva" and sparf_probe["uva_error"]:
+                    res["sparf_dram_uva"] = {"error": sparf_probe["uva_error"]}
+                    continue
+                tiers.spec.sparf_transport = tr
+                res[f"sparf_dram_{tr}"], pos = _variant(model, tiers, pos, a.steps, choice["modes"], cold)
+                res[f"sparf_dram_{tr}"]["transport"] = tr
+            quality = _random_quality(tiers, ma, device, dtype)
+            tiers.spec.sparf = None
+        elif a.sparf:
             tiers.spec.sparf = SparFConfig(bytes_frac=a.sparf, **_sparf_knobs(a))
             nb_s = _per_layer_bytes(tiers)
             ch = choose_modes(nb_s, rates)
             res["tiered_sparf"], pos = _variant(model, tiers, pos, a.steps, ch["modes"], cold)
             tiers.spec.sparf = None
         for r in res.values():
+            if "error" in r:
+                continue
             pred = {k: tier_seconds(k, r["bytes_per_layer"][k], r["modes"].get(k, ""), rates) for k in
                     ("hbm", "dram", "ssd")}
+            if "transport" in r:  # SparF on DRAM: the chosen pages and channel rows, priced by part
+                parts = sparf_dram_parts(r["bytes_per_layer"]["dram"], r["dram_page_bytes"], r["transport"], rates)
+                pred["dram"] = sum(parts.values())
+                r["predicted_dram_parts_s"] = parts
+            elif r["bytes_per_layer"]["dram"] and r["modes"].get("dram") == "move":
+                B_ = r["bytes_per_layer"]["dram"]
+                r["predicted_dram_parts_s"] = {"select": 0.0, "copy": rates.link(B_),
+                                               "dev": after(rates.dev, B_, rates.link(B_), rates)}
             r["predicted_layer_s"] = pred
             r["prediction_error"] = {k: (pred[k] / m - 1 if m > 0 else None) for k, m in
                                      r.get("measured_layer_s", {}).items() if r["bytes_per_layer"][k]}
@@ -369,15 +434,22 @@ def main(argv: list[str] | None = None) -> int:
            "speedup_tiered_vs_recompute": res["tiered"]["tok_s"] / res["recompute"]["tok_s"],
            "crossover_points": [{"tokens": n, "reload_s": r, "recompute_s": c} for n, r, c in points],
            "crossover_tokens": xo}
+    if sparf_probe is not None:
+        out["sparf_dram"] = sparf_summary(sparf_probe, quality, res)
     rows = []
     for key, r in res.items():
+        if "error" in r:
+            rows.append([key, "-", "-", "-", r["error"]])
+            continue
         errs = r.get("prediction_error", {})
-        rows.append([key, str(r.get("modes", "-")), f"{r['tok_s']:.2f}",
+        rows.append([key, r.get("transport") or str(r.get("modes", "-")), f"{r['tok_s']:.2f}",
                      f"{r['tok_s'] / res['move_all']['tok_s']:.2f}x",
                      ", ".join(f"{k} {e:+.0%}" for k, e in errs.items() if e is not None) or "-"])
     print_table(f"kv-tiers: {desc}, {a.device}, context {ctx} ({human_bytes(kv_total)} KV; per layer "
                 f"hbm/dram/ssd {per_tier['hbm']}/{per_tier['dram']}/{per_tier['ssd']} tokens)",
                 ["variant", "modes", "tok/s", "vs move-all", "iomodel vs measured per tier"], rows)
+    if "sparf_dram" in out:
+        print_parts(out["sparf_dram"])
     print_table("reload vs recompute the offloaded prefix", ["tokens", "reload ms", "recompute ms"],
                 [[n, f"{r * 1e3:.2f}", f"{c * 1e3:.2f}"] for n, r, c in points])
     print(f"crossover: reloading beats recomputing from {xo} tokens on" if xo else

@@ -5,9 +5,13 @@ the line through two probed sizes, so fixed costs (a launch, a Python call, the 
 
     device tier (HBM)   t = hbm.call + B_hbm / hbm.rate                       (flash_decode on its pages)
     DRAM, near          t = cpu.call + B_dram / cpu.rate                       (FastAttention's CPU-GPU split)
-    DRAM, move          t = link.call + B_dram / link.rate + dev.call + B_dram / dev.rate   (FlexGen's copy)
+    DRAM, move          t = link(B_dram) + max(dev.call - link(B_dram), 0) + B_dram / dev.rate   (FlexGen's copy;
+                          on CUDA the partial's launches overlap the copy in flight: `after`)
     SSD, near           t = disk(B_ssd) + wcpu.call + B_ssd / wcpu.rate        (InstInfer's drive: the worker)
     SSD, move           t = disk(B_ssd) + link + dev                           (this process reads, then moves)
+    DRAM, SparF copy    t = sync + host(R) + link(B_pg) + dev(B_pg)   (host: channel rows, scores, page gather)
+    DRAM, SparF uva     t = uva(R) + dev(B_pg)                         (the device reads host memory, no sync)
+      R = what SparF reads of the tier: r/D of K (the channel rows) + the chosen pages' K and V (B_pg)
 
 On a CPU-only run "link" is a memcpy into fresh memory and "dev" the host's own partial: moving still costs a copy.
 
@@ -49,6 +53,20 @@ class TierRates:
     link: Line  # pinned host -> device copy (a memcpy on a CPU-only run)
     dev: Line  # attention over moved (contiguous) data on the device
     source: dict = field(default_factory=dict)  # how each line was probed
+    # SparF on the DRAM tier (probe.probe_sparf_dram), over the bytes SparF reads (channel rows + chosen pages):
+    host_select: Line = field(default_factory=lambda: Line(0.0, float("inf")))  # transport copy, the host's part
+    uva: Line = field(default_factory=lambda: Line(0.0, float("inf")))  # transport uva: reads, selection, gathers
+    sync_s: float = 0.0  # a device -> host round trip (q to the host before the host selects)
+
+
+def after(line: Line, nbytes: float, prev_s: float, r: TierRates) -> float:
+    """A device step that follows `prev_s` of device work (a copy, a gather): on CUDA its fixed cost (the host's
+    launches: the line's intercept) runs while the device still works on the step before, so only what exceeds
+    prev_s counts; the two probes, each synchronised, would count it twice. On a CPU-only run one thread does both."""
+    t = line(nbytes)
+    if r.device != "cuda" or t == 0.0:
+        return t
+    return t - min(line.call_s, prev_s)
 
 
 def tier_seconds(tier: str, nbytes: float, mode: str, r: TierRates) -> float:
@@ -58,12 +76,38 @@ def tier_seconds(tier: str, nbytes: float, mode: str, r: TierRates) -> float:
     if tier == "hbm":
         return r.hbm(nbytes)
     if tier == "dram":
-        return r.cpu(nbytes) if mode == "near" else r.link(nbytes) + r.dev(nbytes)
+        return r.cpu(nbytes) if mode == "near" else r.link(nbytes) + after(r.dev, nbytes, r.link(nbytes), r)
     if tier == "ssd":
         if mode == "near":
             return r.disk(nbytes) + r.worker(nbytes)
         return r.disk(nbytes) + r.link(nbytes) + r.dev(nbytes)
     raise ValueError(f"unknown tier {tier!r} (hbm, dram, ssd)")
+
+
+def sparf_dram_parts(read_bytes: float, page_bytes: float, transport: str, r: TierRates) -> dict:
+    """Predicted seconds of SparF on the DRAM tier per layer, by part: 'select' (channel rows, scores, pages, and
+    for transport copy the sync and the host's gather into staging; for uva the zero-copy reads of everything),
+    'copy' (the staged pages' host -> device copy; 0 for uva), 'dev' (attention over the chosen pages)."""
+    if read_bytes <= 0:
+        return {"select": 0.0, "copy": 0.0, "dev": 0.0}
+    if transport == "copy":
+        if r.device == "cpu":  # nothing to copy: the host attends its own gather
+            return {"select": r.host_select(read_bytes), "copy": 0.0, "dev": r.cpu(page_bytes)}
+        cp = r.link(page_bytes)
+        return {"select": r.sync_s + r.host_select(read_bytes), "copy": cp, "dev": after(r.dev, page_bytes, cp, r)}
+    if transport == "uva":
+        sel = r.uva(read_bytes)
+        return {"select": sel, "copy": 0.0, "dev": after(r.dev, page_bytes, sel, r)}
+    raise ValueError(f"unknown SparF transport {transport!r} (copy, uva)")
+
+
+def sparf_layer_seconds(hbm_s: float, parts: dict, transport: str) -> float:
+    """One layer's step with SparF on DRAM, as cache.LayerKV.attend overlaps it: transport uva runs on a side
+    stream beside the device tier's kernel; transport copy's host part runs while the device tier's kernel does,
+    then the copy and the partial follow."""
+    if transport == "uva":
+        return max(hbm_s, parts["select"] + parts["dev"])
+    return max(hbm_s, parts["select"]) + parts["copy"] + parts["dev"]
 
 
 def layer_seconds(times: dict, modes: dict, device: str) -> float:

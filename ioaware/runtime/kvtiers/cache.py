@@ -9,6 +9,9 @@ split evenly over the layers.
 Tier modes ('near' | 'move'): 'near' computes the tier's partial where its data is (DRAM: the CPU's threads, SSD:
 the worker process); 'move' brings the data to the compute device first (DRAM: a pinned copy; SSD: read by this
 process) as FlexGen does. `ioaware.iomodel.kv_tiers.choose_modes` picks them from probed rates.
+SparF on the DRAM tier (approximate, `spec.sparf_tier="dram"`): dram_sparf.py; only the chosen pages move.
+On CUDA the DRAM tier's device work is queued on its own streams (copies: 'copy'; zero-copy SparF: 'side') before
+the device tier's kernel, so they overlap; timed runs go tier by tier.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import UnsupportedError
 from ...files import remove_orphans
 from ...kernels import flash_decode
 from ...units import human_bytes
@@ -42,6 +46,13 @@ class KVTierSpec:
     modes: dict = field(default_factory=lambda: {"dram": "near", "ssd": "near"})
     sparf: SparFConfig | None = None
     worker_threads: int = 1
+    # which tier SparF reads ("ssd", "dram", "both"); "dram"/"both" keep the DRAM tier's K channel-major too (on top
+    # of dram=, half the tier's bytes again) from the start, so SparF can be switched on later
+    sparf_tier: str = "ssd"
+    sparf_transport: str = "copy"  # DRAM SparF on CUDA: "copy" (host selects, pinned copy) or "uva" (zero-copy)
+
+    def sparf_on(self, tier: str) -> bool:
+        return self.sparf is not None and self.sparf_tier in (tier, "both")
 
     def describe(self) -> str:
         from ...units import human_bytes
@@ -94,6 +105,18 @@ class KVTiers:
         self.q_per_kv = 1  # query heads per KV head (install_kv_tiers sets it; the probes use it)
         self.timed = False  # on CUDA: synchronise after each tier so per-tier times are real (costs overlap)
         self.stats = zero_stats()
+        self.tick = 0.0  # timed runs: the last sub-step's end (LayerKV._tick; CPU)
+        self.marks: list = []  # timed runs on CUDA: (part, event) in order (LayerKV._tick)
+        self.sparf_info = None  # a dict to get each DRAM SparF call's pages (tests, quality checks)
+        self.uva_consts: dict = {}  # dram_sparf.device_select's q-independent offsets, per tier size
+        self._streams: dict = {}
+
+    def stream(self, name: str, device: torch.device):
+        """A CUDA stream of this cache's own ('copy': host-to-device copies; 'side': the DRAM tier's zero-copy
+        work), made on first use."""
+        if name not in self._streams:
+            self._streams[name] = torch.cuda.Stream(device)
+        return self._streams[name]
 
     def page_bytes(self, batch: int) -> int:
         return 2 * batch * self.spec.page * self.Hkv * self.D * self.esize  # K and V
@@ -167,8 +190,9 @@ class KVTiers:
 
 
 def zero_stats() -> dict:
-    return {"steps": 0, "s": {"hbm": 0.0, "dram": 0.0, "ssd": 0.0, "merge": 0.0},
-            "bytes": {"hbm": 0, "dram": 0, "ssd": 0}, "ssd_bytes_written": 0, "pages_to_dram": 0,
+    return {"steps": 0, "s": {"hbm": 0.0, "dram": 0.0, "ssd": 0.0, "merge": 0.0, "dram_select": 0.0,
+                              "dram_copy": 0.0, "dram_dev": 0.0},
+            "bytes": {"hbm": 0, "dram": 0, "ssd": 0, "dram_sparf": 0}, "ssd_bytes_written": 0, "pages_to_dram": 0,
             "segments_to_ssd": 0, "worker_s": 0.0}
 
 
@@ -191,6 +215,9 @@ class LayerKV:
         self.dk = torch.zeros(B, nd * P, Hkv, D, dtype=t.dtype, pin_memory=pin)  # a ring of DRAM pages
         self.dv = torch.zeros(self.dk.shape, dtype=t.dtype, pin_memory=pin)
         self.dram_head, self.dram_n = 0, 0
+        self.dkc = None  # the DRAM ring's K channel-major (B, Hkv, D, ring tokens), for SparF on this tier
+        if t.spec.sparf_tier in ("dram", "both"):
+            self.dkc = torch.zeros(B, Hkv, D, nd * P, dtype=t.dtype, pin_memory=pin)
         self.segs = []  # this layer's SSD segments, oldest first
         self.ssd_tokens = 0
         self.v_sum = torch.zeros(B, Hkv, D, dtype=torch.float64)  # Σ V over the SSD tier, for SparF's v̄
@@ -227,6 +254,8 @@ class LayerKV:
         slot = (self.dram_head + self.dram_n) % t.dram_pages
         self.dk[:, slot * P:(slot + 1) * P].copy_(k)
         self.dv[:, slot * P:(slot + 1) * P].copy_(v)
+        if self.dkc is not None:
+            self.dkc[..., slot * P:(slot + 1) * P].copy_(k.permute(0, 2, 3, 1))
         self.dram_n += 1
 
     def _dram_to_ssd(self, n: int) -> None:
@@ -292,13 +321,105 @@ class LayerKV:
         b -= t.dram_pages
         return [(self.dk[:, a * P:], self.dv[:, a * P:]), (self.dk[:, :b * P], self.dv[:, :b * P])]
 
-    def _dram_partials(self, q: torch.Tensor, q_cpu: torch.Tensor, scale: float):
+    def _dram_move(self, q: torch.Tensor, scale: float, timed: bool):
+        """'move': the pages copied to the compute device (on a CUDA run, on the copy stream, issued before the
+        device tier's kernel so the copy engine works while the SMs attend), then the device's kernel. On a
+        CPU-only run the copy is a memcpy into fresh memory, what moving costs there."""
         views = self.dram_views()
-        if self.t.spec.modes.get("dram", "near") == "near":
-            return [partial_attention(q_cpu, k, v, scale) for k, v in views]  # the CPU's threads, next to the data
-        # move: a (pinned) copy to the compute device, then the device's kernel (on a CPU-only run the copy is a
-        # memcpy into fresh memory, what moving costs there)
-        return [device_partial(q, to_device(k, q.device), to_device(v, q.device), scale) for k, v in views]
+        if not views:
+            return lambda: []
+        if not q.is_cuda or timed:
+            def run():
+                moved = [(to_device(k, q.device), to_device(v, q.device)) for k, v in views]
+                self._tick("dram_copy", q)
+                out = [device_partial(q, k, v, scale) for k, v in moved]
+                self._tick("dram_dev", q)
+                return out
+            return run
+        cs = self.t.stream("copy", q.device)  # no wait: the pages were written synchronously, q is not needed
+        with torch.cuda.stream(cs):
+            moved = [(to_device(k, q.device), to_device(v, q.device)) for k, v in views]
+
+        def finish():
+            main = torch.cuda.current_stream(q.device)
+            main.wait_stream(cs)
+            for k, v in moved:  # allocated on the copy stream, read on this one
+                k.record_stream(main), v.record_stream(main)
+            return [device_partial(q, k, v, scale) for k, v in moved]
+        return finish
+
+    def _dram_sparf(self, q: torch.Tensor, q_cpu, scale: float, timed: bool):
+        """SparF on this tier (dram_sparf.py): only the chosen pages reach the device. Returns a thunk giving
+        [(out, lse)]; on CUDA (untimed) the device-side work is already queued on a side stream when it returns."""
+        from ...kernels._dispatch import interpreting
+        from . import dram_sparf as ds
+
+        t, cfg = self.t, self.t.spec.sparf
+        info = t.sparf_info
+        if t.spec.sparf_transport == "uva" and (q.is_cuda or interpreting()):
+            def work():
+                k, v, pages, nb = ds.device_select(cfg, self, q, scale, info)
+                self._tick("dram_select", q)
+                o = ds.attend_selected(q, k, v, scale)
+                self._tick("dram_dev", q)
+                t.stats["bytes"]["dram_sparf"] += nb
+                return [o]
+            if not q.is_cuda or timed:
+                return work
+            side = t.stream("side", q.device)
+            side.wait_stream(torch.cuda.current_stream(q.device))
+            with torch.cuda.stream(side):
+                res = work()
+
+            def join():
+                torch.cuda.current_stream(q.device).wait_stream(side)
+                return res
+            return join
+
+        def host():  # transport "copy" (and every CPU-only run): select and gather on the host, then one copy
+            ks, vs, pages, nb = ds.host_select(cfg, self, q_cpu, scale, info)
+            self._tick("dram_select", q)
+            t.stats["bytes"]["dram_sparf"] += nb
+            if not q.is_cuda:
+                o = ds.attend_selected(q_cpu, ks, vs, scale)
+                self._tick("dram_dev", q)
+                return [o]
+            if timed:
+                k, v = ks.to(q.device, non_blocking=True), vs.to(q.device, non_blocking=True)
+                self._tick("dram_copy", q)
+            else:
+                cs, main = t.stream("copy", q.device), torch.cuda.current_stream(q.device)
+                with torch.cuda.stream(cs):
+                    k, v = ks.to(q.device, non_blocking=True), vs.to(q.device, non_blocking=True)
+                main.wait_stream(cs)
+                k.record_stream(main), v.record_stream(main)
+            o = ds.attend_selected(q, k, v, scale)
+            self._tick("dram_dev", q)
+            return [o]
+        return host
+
+    def _tick(self, name: str, q: torch.Tensor) -> None:
+        """In a timed run, end part `name` of the DRAM tier's work: on CUDA an event on the stream (no sync, so the
+        host's launches still overlap the device's work, as in an untimed run; booked by _book_ticks), else the
+        host's clock."""
+        t = self.t
+        if not t.timed:
+            return
+        if q.is_cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            t.marks.append((name, ev))
+            return
+        now = time.perf_counter()
+        t.stats["s"][name] += now - t.tick
+        t.tick = now
+
+    def _book_ticks(self) -> None:
+        """After the tier's sync: the device time between consecutive events, per part."""
+        t = self.t
+        for (_, a), (name, b) in zip(t.marks, t.marks[1:], strict=False):
+            t.stats["s"][name] += a.elapsed_time(b) / 1e3
+        t.marks = []
 
     def _ssd_local(self, q: torch.Tensor, q_cpu: torch.Tensor, scale: float):
         """'move' for the SSD tier: this process reads the file (what FlexGen does) and computes on the device."""
@@ -309,7 +430,7 @@ class LayerKV:
         t = self.t
         fd = os.open(t.file.path, os.O_RDONLY)
         try:
-            if t.spec.sparf is not None:  # SparF's reads are the point; its small compute stays on the host
+            if t.spec.sparf_on("ssd"):  # SparF's reads are the point; its small compute stays on the host
                 return sparf_from_file(fd, self.segs, t.meta(), q_cpu, scale, self._v_mean(), t.spec.sparf)
             ks, vs = zip(*(read_segment(fd, s, t.batch, t.Hkv, t.D, t.dtype) for s in self.segs), strict=True)
             k = to_device(torch.cat(ks, 2).transpose(1, 2), q.device)  # (B, L, Hkv, D)
@@ -322,23 +443,49 @@ class LayerKV:
     def _v_mean(self) -> torch.Tensor:
         return (self.v_sum / max(self.ssd_tokens, 1)).float()
 
+    def _sparf_dram_ok(self) -> bool:
+        """SparF on this tier this step: asked for, and the budget holds at least one page of a non-empty tier
+        (a young tier below that is attended exactly: its bytes are few)."""
+        t = self.t
+        if not (t.spec.sparf_on("dram") and self.dram_n > 0):
+            return False
+        from .dram_sparf import check_config
+
+        check_config(t.spec.sparf, t.spec.sparf_transport)
+        if self.dkc is None:
+            raise UnsupportedError("SparF on the DRAM tier needs its channel-major K: set the spec's sparf_tier to "
+                                   "'dram' or 'both' before setup_cache")
+        try:
+            t.spec.sparf.n_pages(self.dram_n * t.spec.page, t.D)
+        except UnsupportedError:
+            return False
+        return True
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         """q (B, T, Hq, D), new k/v (B, T, Hkv, D) at the next positions -> attention output (B, T, Hq, D) over
         every cached token and the new ones (causal among the new), in q's dtype. Appends k/v."""
         t, st = self.t, self.t.stats
         T = q.shape[1]
         scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-        sync = (lambda: torch.cuda.synchronize(q.device)) if q.is_cuda and t.timed else (lambda: None)
+        timed = q.is_cuda and t.timed
+        sync = (lambda: torch.cuda.synchronize(q.device)) if timed else (lambda: None)
         fast = T <= 16 and self._room_for(T)  # flash_decode appends in place into the paged ring
-        dram_near = self.dram_n > 0 and t.spec.modes.get("dram", "near") == "near"
-        q_cpu = q.detach().float().cpu() if (dram_near or self.segs) else None  # a GPU step's one sync
+        sparf = self._sparf_dram_ok()
+        dram_mode = "sparf" if sparf else (t.spec.modes.get("dram", "near") if self.dram_n else "none")
+        host_sparf = sparf and not (t.spec.sparf_transport == "uva" and q.is_cuda)
+        need_cpu = dram_mode == "near" or host_sparf or bool(self.segs)
+        q_cpu = q.detach().float().cpu() if need_cpu else None  # a GPU step's one sync
         ssd_near = bool(self.segs) and t.spec.modes.get("ssd", "near") == "near"
         if ssd_near:  # the worker reads and computes while this process does the rest
-            t.worker.submit(self.segs, t.meta(), q_cpu, scale, t.spec.sparf,
-                            self._v_mean() if t.spec.sparf else None)
+            sp = t.spec.sparf if t.spec.sparf_on("ssd") else None
+            t.worker.submit(self.segs, t.meta(), q_cpu, scale, sp, self._v_mean() if sp else None)
+        # the DRAM tier's device work that needs nothing from the device tier is queued first (copy stream / side
+        # stream on CUDA), so it runs beside the device tier's kernel; timed runs go tier by tier instead
+        dram = (self._dram_sparf(q, q_cpu, scale, timed) if sparf else
+                self._dram_move(q, scale, timed) if dram_mode == "move" else None)
         parts = []
         t0 = time.perf_counter()
-        if fast:  # launched first: on a GPU it runs while the CPU computes the DRAM partial
+        if fast:  # launched before the host's DRAM work: on a GPU it runs while the CPU computes
             L = self.hbm_tokens()
             lens = torch.full((t.batch,), L, dtype=torch.int32, device=q.device)
             o, lse = flash_decode(q, self.hk, self.hv, lens, self.table(), k_new=k, v_new=v, softmax_scale=scale,
@@ -349,11 +496,20 @@ class LayerKV:
             hk, hv = self._hbm_contiguous()
             parts.append(partial_attention(q, torch.cat([hk, k], 1), torch.cat([hv, v], 1), scale, causal=True))
         sync()
-        t1 = time.perf_counter()
-        parts += [(o.to(q.device, non_blocking=True), lse.to(q.device, non_blocking=True))
-                  for o, lse in self._dram_partials(q, q_cpu, scale)]
+        t1 = t.tick = time.perf_counter()
+        if timed:
+            self._tick("start", q)
+        if dram is not None:
+            got = dram()
+        elif dram_mode == "near":  # the CPU's threads, next to the data
+            got = [partial_attention(q_cpu, kk, vv, scale) for kk, vv in self.dram_views()]
+        else:
+            got = []
+        parts += [(o.to(q.device, non_blocking=True), lse.to(q.device, non_blocking=True)) for o, lse in got]
         sync()
         t2 = time.perf_counter()
+        if timed:
+            self._book_ticks()
         if self.segs:
             if ssd_near:
                 o, lse, nb, ws = t.worker.result()
@@ -373,7 +529,8 @@ class LayerKV:
         for name, dt in (("hbm", t1 - t0), ("dram", t2 - t1), ("ssd", t3 - t2), ("merge", t4 - t3)):
             st["s"][name] += dt
         st["bytes"]["hbm"] += 2 * self.hbm_tokens() * t.batch * t.Hkv * t.D * t.esize
-        st["bytes"]["dram"] += 2 * self.dram_n * t.spec.page * t.batch * t.Hkv * t.D * t.esize
+        if not sparf:
+            st["bytes"]["dram"] += 2 * self.dram_n * t.spec.page * t.batch * t.Hkv * t.D * t.esize
         return out.to(q.dtype)
 
     def _advance(self, T: int) -> None:

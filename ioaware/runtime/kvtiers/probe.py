@@ -46,9 +46,11 @@ def _line(fn_of_tokens, sizes, bytes_per_token, device, reps=5) -> tuple[Line, l
 
 def probe_rates(Hq: int, Hkv: int, D: int, dtype: torch.dtype, device, sizes=(256, 4096), ssd_dir=None,
                 batch: int = 1, worker_threads: int = 1, reps: int = 7, seg_tokens: int = 256,
-                with_worker: bool = True) -> TierRates:
+                with_worker: bool = True, host_kv: tuple | None = None) -> TierRates:
     """Lines for every engine at (Hq, Hkv, D, dtype), one decode query, `sizes` tokens of K and V per layer.
-    with_worker=False (no SSD tier): the worker and disk are not probed (their lines cost nothing)."""
+    with_worker=False (no SSD tier): the worker and disk are not probed (their lines cost nothing).
+    host_kv: (k, v) (B, >= max(sizes), Hkv, D) host tensors to copy and attend from (the DRAM tier's own pinned
+    pages, so the probe sees the memory the run reads), instead of fresh pinned ones."""
     from ...kernels import flash_decode
 
     device = torch.device(device)
@@ -77,6 +79,8 @@ def probe_rates(Hq: int, Hkv: int, D: int, dtype: torch.dtype, device, sizes=(25
     q_cpu = q.float().cpu()
     pin = device.type == "cuda"
     kh, vh = (k.pin_memory(), v.pin_memory()) if pin else (k, v)
+    if host_kv is not None and host_kv[0].shape[1] >= n_max:
+        kh, vh = host_kv
     cpu_l, src["cpu"] = _line(lambda n: partial_attention(q_cpu, kh[:, :n], vh[:, :n], scale), sizes, bpt,
                               torch.device("cpu"), reps)
     link_l, src["link"] = _line(lambda n: (to_device(kh[:, :n], device), to_device(vh[:, :n], device)), sizes,
@@ -165,3 +169,47 @@ def _folder(ssd_path: str | None) -> str | None:
     p = p if p.is_dir() or not p.suffix else p.parent
     p.mkdir(parents=True, exist_ok=True)
     return str(p)
+
+
+def probe_sparf_dram(Hq: int, Hkv: int, D: int, dtype: torch.dtype, device, cfg, sizes: tuple[int, int],
+                     batch: int = 1, reps: int = 5) -> dict:
+    """SparF on the DRAM tier, probed on a real one-layer tier of `sizes` tokens (a line through the two, over the
+    bytes SparF reads): 'host_select' (transport copy: q's channels, the channel rows, scores, pages, and the
+    gather into pinned staging, on this process's threads), 'uva' (transport uva on CUDA: the device reads the
+    channel rows, selects, and reads the pages from pinned memory), 'sync_s' (q's round trip to the host).
+    Returns {'host_select': Line, 'uva': Line | None, 'sync_s': float, 'points': {...}, 'uva_error': str | None}."""
+    from ...errors import UnsupportedError
+    from ...kernels._dispatch import interpreting
+    from . import dram_sparf as ds
+    from .cache import KVTiers, KVTierSpec
+
+    device = torch.device(device)
+    esize = torch.empty(0, dtype=dtype).element_size()
+    scale = D ** -0.5
+    page_b = 2 * batch * 16 * Hkv * D * esize
+    pts: dict = {"host_select": [], "uva": []}
+    uva_error = None
+    q = torch.randn(batch, 1, Hq, D, device=device, dtype=dtype)
+    q_cpu = q.float().cpu()
+    for L in sizes:
+        spec = KVTierSpec(page_b, (L // 16) * page_b, None, sparf=cfg, sparf_tier="dram")
+        tiers = KVTiers(spec, 1, Hkv, D, dtype, device)
+        tiers.q_per_kv = Hq // Hkv
+        lk = tiers.setup(batch, L + 16)[0]
+        for s in range(0, L + 16, 1024):
+            k = torch.randn(batch, min(1024, L + 16 - s), Hkv, D, device=device, dtype=dtype)
+            lk.push(k, torch.randn_like(k))
+        nb = ds.read_bytes(cfg, lk.dram_n * 16, batch, Hkv, D, esize)
+        pts["host_select"].append((nb, _time(lambda lk=lk: ds.host_select(cfg, lk, q_cpu, scale),
+                                             torch.device("cpu"), reps)))
+        if (device.type == "cuda" or interpreting()) and uva_error is None:  # CPU: the kernel's interpreter
+            try:
+                pts["uva"].append((nb, _time(lambda lk=lk: ds.device_select(cfg, lk, q, scale), device, reps)))
+            except UnsupportedError as e:
+                uva_error = str(e)
+        del lk, tiers
+    sync_s = _time(lambda: q.float().cpu(), device, reps) if device.type == "cuda" else 0.0
+    host = Line.through(*pts["host_select"][0], *pts["host_select"][1])
+    uva = Line.through(*pts["uva"][0], *pts["uva"][1]) if len(pts["uva"]) == 2 else None
+    return {"host_select": host, "uva": uva, "sync_s": sync_s, "uva_error": uva_error,
+            "points": {k: [[b, s] for b, s in v] for k, v in pts.items()}}
