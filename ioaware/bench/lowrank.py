@@ -10,12 +10,18 @@ Providers, on the same random factors (dense: random weights of the full shape):
   dense     full projections (cuBLAS), rotate-half RoPE in PyTorch, ioaware.flash_attn, dense SwiGLU.
   unfused   the factors run by standard kernels: P = x U, then Q, K, V = P V written at full size, RoPE in
             PyTorch, ioaware.flash_attn; the FFN's gate, up and hidden written at (B T, ffn).
-  fused     lowrank_attn (Q, K, V rebuilt tile by tile on chip) and lowrank_ffn (auto schedule: 'slab' here,
-            R2 = 1024 being several tiles), plus the FFN with the 'fused' (FlashSVD) schedule forced, for the record.
+  fused     lowrank_attn and lowrank_ffn, both on their automatic schedules: at this shape the attention's
+            'slab' (a group of KV heads at a time expanded and rotated once by a Triton pass into slab buffers,
+            then flash attention; kernels/lowrank README) and the FFN's 'slab' (R2 = 1024 being several tiles).
+  fused (in-kernel attention)  the attention's 'fused' schedule forced (FlashSVD's kernel: Q, K, V rebuilt tile
+            by tile on chip, every key tile once per query tile), FFN automatic: the provider that was 'fused'
+            in benchmarks/results/lowrank-h200-2026-12-03.json.
+  fused (FlashSVD schedule)    the FFN's 'fused' schedule forced, attention automatic, for the record.
 Reported per provider: peak activation memory (torch.cuda.max_memory_allocated above what the weights and the
 input hold, the output included), median latency, and the attention and FFN halves separately. A provider whose
 output strays from the unfused one (relative RMS > 2e-2) is marked and no speedup is printed for it.
-Tiles of the two kernels are also swept at this shape (`tiles`): the defaults in kernel.py come from this table.
+Tiles of the kernels are also swept at this shape (`tiles`), and the attention slab's size in KV heads
+(`attention_slab`: latency and peak memory): the defaults in kernel.py / interface.py come from these tables.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ SLAB_TILES = [{"block_m": 128, "block_f": 128, "block_k": 64, "num_warps": 8, "n
               {"block_m": 64, "block_f": 128, "block_k": 64, "num_warps": 4, "num_stages": 3},
               {"block_m": 128, "block_f": 256, "block_k": 64, "num_warps": 8, "num_stages": 3}]
 SLAB_ROWS = [2048, 4096, 8192, 16384]
+ATTN_SLAB_HEADS = [1, 2, 4, 8, 16, 32]  # KV heads per slab of the attention's slab schedule (auto: 4 here)
 
 
 def _ranks(s: dict) -> dict:
@@ -114,16 +121,20 @@ def _providers(s: dict, r: dict, dense: dict, lr: dict, device: str = "cuda"):
         g, u = p[..., :rf] @ lr["vg"], p[..., rf:] @ lr["vu"]  # (B, T, ffn) each
         return ((F.silu(g) * u) @ lr["u2"]) @ lr["v2"]
 
-    def fused_attn(x):
-        pq, pk, pv = split_p(x)
-        o = lowrank_attn(pq, lr["vq"], pk, lr["vk"], pv, lr["vv"], causal=True, rope=(cos_h, sin_h))
-        return (o.reshape(B, T, H * D) @ lr["uo"]) @ lr["vo"]
+    def attn(schedule):
+        def fused_attn(x):
+            pq, pk, pv = split_p(x)
+            o = lowrank_attn(pq, lr["vq"], pk, lr["vk"], pv, lr["vv"], causal=True, rope=(cos_h, sin_h),
+                             schedule=schedule)
+            return (o.reshape(B, T, H * D) @ lr["uo"]) @ lr["vo"]
+        return fused_attn
 
     def ffn(schedule):
         return lambda x: lowrank_ffn(norm(x), lr["u13"], lr["vg"], lr["vu"], lr["u2"], lr["v2"], schedule=schedule)
 
     return {"dense": (dense_attn, dense_ffn), "unfused": (unfused_attn, unfused_ffn),
-            "fused": (fused_attn, ffn(None)), "fused (FlashSVD schedule)": (fused_attn, ffn("fused"))}
+            "fused": (attn(None), ffn(None)), "fused (in-kernel attention)": (attn("fused"), ffn(None)),
+            "fused (FlashSVD schedule)": (attn(None), ffn("fused"))}
 
 
 def _block(attn, ffn):
@@ -154,7 +165,12 @@ def _rel(a, b) -> float:
 def run(progress=None, shape: dict | None = None) -> dict:
     import torch
 
-    from ..kernels.lowrank.cost import lowrank_attn_cost, lowrank_attn_unfused_cost, lowrank_swiglu_cost
+    from ..kernels.lowrank.cost import (
+        lowrank_attn_cost,
+        lowrank_attn_slab_cost,
+        lowrank_attn_unfused_cost,
+        lowrank_swiglu_cost,
+    )
     from .common import ceilings, machine_info, time_ms
 
     s = {**SHAPE, **(shape or {})}
@@ -162,7 +178,7 @@ def run(progress=None, shape: dict | None = None) -> dict:
     dense, lr = _weights(s, r)
     provs = _providers(s, r, dense, lr)
     x = torch.randn(s["B"], s["T"], s["d"], device="cuda", dtype=torch.bfloat16)
-    steps = len(provs) * 3 + len(ATTN_TILES) + len(SLAB_TILES) + len(SLAB_ROWS)
+    steps = len(provs) * 3 + len(ATTN_TILES) + len(SLAB_TILES) + len(SLAB_ROWS) + len(ATTN_SLAB_HEADS)
     done = 0
 
     def tick():
@@ -209,6 +225,7 @@ def run(progress=None, shape: dict | None = None) -> dict:
     ck = dict(B=s["B"], Tq=s["T"], Tk=s["T"], Hq=s["H"], D=s["D"], Rq=r["head"], Rk=r["head"], Rv=r["head"],
               Hkv=s["Hkv"])
     model = {"attn_fused": lowrank_attn_cost(**ck).as_dict(), "attn_unfused": lowrank_attn_unfused_cost(**ck).as_dict(),
+             "attn_slab": lowrank_attn_slab_cost(**ck).as_dict(),
              **{f"swiglu_{k}": lowrank_swiglu_cost(M, s["F"], rf, rf, rf, k).as_dict()
                 for k in ("fused", "slab", "unfused")}}
     return {"machine": machine_info(), "ceilings": ceilings(), "shape": s, "ranks": r, "rows": rows, "bars": bars,
@@ -232,7 +249,21 @@ def _sweep_tiles(s, r, lr, x, tick) -> dict:
     inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, device="cuda", dtype=torch.float64) / D))
     ang = torch.outer(torch.arange(T, device="cuda", dtype=torch.float64), inv)
     rope = (ang.cos().half(), ang.sin().half())
-    out = {"attention": [], "slab_kernel": [], "slab_rows": []}
+    out = {"attention": [], "slab_kernel": [], "slab_rows": [], "attention_slab": []}
+    from ..kernels.lowrank import lowrank_attn
+
+    for n in ATTN_SLAB_HEADS:  # the slab schedule: latency and peak memory against the slab's size
+        def slab(n=n):
+            return lowrank_attn(pq, lr["vq"], pk, lr["vk"], pv, lr["vv"], causal=True, rope=rope, schedule="slab",
+                                slab_heads=n)
+        try:
+            peak, y = _peak(lambda _, slab=slab: slab(), None)
+            del y
+            ms = time_ms(slab)
+        except Exception as e:  # noqa: BLE001 - a size that does not fit is reported, not fatal
+            peak, ms = None, f"{type(e).__name__}"
+        out["attention_slab"].append({"slab_heads": n, "ms": ms, "peak_bytes": peak})
+        tick()
     for t in ATTN_TILES:
         try:
             ms = time_ms(lambda t=t: K.lowrank_attn_fwd(pq, lr["vq"], pk, lr["vk"], pv, lr["vv"], True,

@@ -41,7 +41,7 @@ def test_lowrank_attn_gpu(B, Tq, Tk, Hq, Hkv, D, R, seqlens):
           r(B, Tk, Hkv, R), r(Hkv, R, D, scale=R ** -0.5))
     rope = _rope(Tk, D)
     lens = torch.randint(Tk // 2, Tk, (B,), device="cuda", dtype=torch.int32) if seqlens else None
-    o = lowrank_attn(*ts, causal=True, rope=rope, cache_seqlens=lens)
+    o = lowrank_attn(*ts, causal=True, rope=rope, cache_seqlens=lens, schedule="fused")  # slab: its own file
     assert last_backend("lowrank_attn") == "triton"
     ref = lowrank_attn_ref(*(t.float() for t in ts), causal=True, rope=rope, cache_seqlens=lens)
     base = rel_rms(lowrank_attn_ref(*ts, causal=True, rope=rope, cache_seqlens=lens, upcast=False), ref)

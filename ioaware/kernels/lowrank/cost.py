@@ -40,6 +40,28 @@ def lowrank_attn_cost(B: int, Tq: int, Tk: int, Hq: int, D: int, Rq: int, Rk: in
     return Cost.of(flops, label=f"lowrank attention fwd, fused (Bq={bq}, Bk={bk})", hbm=(read, write))
 
 
+@register("lowrank_attn_slab")
+def lowrank_attn_slab_cost(B: int, Tq: int, Tk: int, Hq: int, D: int, Rq: int, Rk: int, Rv: int,
+                           Hkv: int | None = None, causal: bool = True, rope: bool = True, elem_bytes: int = 2,
+                           table_bytes: int | None = None, block_q: int = 128, block_k: int = 64) -> Cost:
+    """The slab schedule: one Triton pass per slab writes its Q, K, V expanded and rotated (each key rebuilt
+    once), FlashAttention-2 reads them back, and the slab's output is copied into place (read and write O).
+    Over all slabs the traffic is the unfused path's less its separate RoPE pass, plus the copy; what differs is
+    the peak: only one slab of Q, K, V exists at a time."""
+    Hkv = Hkv or Hq
+    table_bytes = table_bytes or (2 if elem_bytes == 2 else 4)
+    e, rot = elem_bytes, 2 if rope else 1
+    q, k = B * Tq * Hq * D * e, B * Tk * Hkv * D * e
+    read = B * (Tq * Hq * Rq + Tk * Hkv * (Rk + Rv)) * e + (Hq * Rq * rot + Hkv * (Rk * rot + Rv)) * D * e
+    if rope:
+        read += B * (Tq * Hq + Tk * Hkv) * (D // 2) * 2 * table_bytes
+    flops = 2 * B * D * (Tq * Hq * Rq * rot + Tk * Hkv * (Rk * rot + Rv))
+    expand = Cost.of(flops, label="expand Q, K, V per slab (+ RoPE)", hbm=(read, q + 2 * k))
+    copy = Cost.of(0, label="copy each slab's O into place", hbm=(q, q))
+    return expand + flash_attention_cost(B, Hq, Tq, Tk, D, Hkv=Hkv, block_q=block_q, block_k=block_k,
+                                         elem_bytes=e, causal=causal) + copy
+
+
 def lowrank_attn_unfused_cost(B: int, Tq: int, Tk: int, Hq: int, D: int, Rq: int, Rk: int, Rv: int,
                               Hkv: int | None = None, causal: bool = True, rope: bool = True, elem_bytes: int = 2,
                               table_bytes: int | None = None, block_q: int = 128, block_k: int = 64) -> Cost:

@@ -21,6 +21,7 @@ _KERNEL = "ioaware.kernels.lowrank.kernel"
 MAX_HEAD_DIM = 256
 MAX_HEAD_RANK = 256  # a head's rank-R tile and its (R, D) factors stay on chip for the whole key loop
 SCHEDULES = ("fused", "slab")
+SLAB_BYTES = 256 * 2**20  # the attention slab schedule's Q, K, V, O buffers for a group of KV heads, at most
 
 
 def _needs_grad(*ts: torch.Tensor) -> bool:
@@ -90,10 +91,59 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def choose_attn_schedule(Tq: int, cache_seqlens: torch.Tensor | None = None) -> str:
+    """'slab' when the queries span more than one query tile of the fused kernel (each of its programs would
+    rebuild and rotate every key tile again: README, "Attention, two schedules"), else 'fused' (decode steps,
+    short prompts, and any call with cache_seqlens, which only the fused kernel takes).
+
+    Examples:
+        >>> from ioaware.kernels.lowrank import choose_attn_schedule
+        >>> choose_attn_schedule(1), choose_attn_schedule(8192)
+        ('fused', 'slab')
+    """
+    from .kernel import ATTN_TILES
+
+    return "slab" if cache_seqlens is None and Tq > ATTN_TILES["block_m"] else "fused"
+
+
+def slab_kv_heads(B: int, Tq: int, Tk: int, Hq: int, Hkv: int, D: int, itemsize: int,
+                  budget: int = SLAB_BYTES) -> int:
+    """KV heads per slab: as many as keep the slab's Q, K, V and O buffers within `budget` bytes (at least 1)."""
+    per_kv = B * D * itemsize * (2 * (Hq // Hkv) * Tq + 2 * Tk)  # q and o for the group's query heads; k, v
+    return max(1, min(Hkv, budget // per_kv))
+
+
+def _attn_slab(pq, vq, pk, vk, pv, vv, causal, scale, rope, slab_heads, tiles):
+    """The slab schedule: for a group of KV heads at a time, expand (and rotate) the group's Q, K and V once each
+    into slab buffers (one Triton pass), run flash attention on them and copy the output into place. Full-size
+    Q, K, V exist only for the group (SLAB_BYTES); no key tile is rebuilt twice."""
+    from ..attention import flash_attn
+
+    K = load_kernel_module(_KERNEL)
+    B, Tq, Hq, _ = pq.shape
+    Tk, Hkv = pk.shape[1], pk.shape[2]
+    D = vq.shape[2]
+    group = Hq // Hkv
+    n = slab_heads or slab_kv_heads(B, Tq, Tk, Hq, Hkv, D, pq.element_size())
+    o = torch.empty((B, Tq, Hq, D), device=pq.device, dtype=pq.dtype)
+
+    def buf(T, heads):
+        return torch.empty((B, T, heads, D), device=pq.device, dtype=pq.dtype)
+
+    for k0 in range(0, Hkv, n):
+        g = min(n, Hkv - k0)
+        q = K.lowrank_expand_fwd(pq, vq, k0 * group, buf(Tq, g * group), rope, Tk - Tq, **tiles)
+        k = K.lowrank_expand_fwd(pk, vk, k0, buf(Tk, g), rope, 0, **tiles)
+        v = K.lowrank_expand_fwd(pv, vv, k0, buf(Tk, g), None, 0, **tiles)
+        o[:, :, k0 * group:(k0 + g) * group] = flash_attn(q, k, v, causal=causal, softmax_scale=scale)
+        del q, k, v
+    return o
+
+
 def lowrank_attn(pq: torch.Tensor, vq: torch.Tensor, pk: torch.Tensor, vk: torch.Tensor, pv: torch.Tensor,
                  vv: torch.Tensor, causal: bool = True, softmax_scale: float | None = None,
                  rope: tuple[torch.Tensor, torch.Tensor] | None = None, cache_seqlens: torch.Tensor | None = None,
-                 **tiles: int) -> torch.Tensor:
+                 schedule: str | None = None, slab_heads: int | None = None, **tiles: int) -> torch.Tensor:
     """Attention whose queries, keys and values come from per-head low-rank factors, rebuilt tile by tile on chip.
 
     pq (B, Tq, Hq, Rq) = x U_q and vq (Hq, Rq, D): head h's query is pq[:, :, h] @ vq[h]; likewise pk, vk and
@@ -101,7 +151,9 @@ def lowrank_attn(pq: torch.Tensor, vq: torch.Tensor, pk: torch.Tensor, vk: torch
     (rotate-half layout): keys sit at positions 0..L-1 and queries at L-Tq..L-1, L = Tk or cache_seqlens[b]
     (then keys at or past it are ignored; a static-shape decode step passes the cache and its fill).
     Causal masks are aligned bottom-right, as flash_attn. Returns o (B, Tq, Hq, D) in the inputs' dtype.
-    `tiles` override the kernel's tile sizes (kernel.py).
+    schedule: 'fused' (FlashSVD's: Q, K, V rebuilt tile by tile inside the attention kernel, never in HBM),
+    'slab' (a group of `slab_heads` KV heads at a time: its Q, K, V expanded once into slab buffers, then flash
+    attention; no cache_seqlens) or None (choose_attn_schedule). `tiles` override the kernels' tile sizes.
 
     Examples:
         >>> import torch, ioaware
@@ -114,17 +166,27 @@ def lowrank_attn(pq: torch.Tensor, vq: torch.Tensor, pk: torch.Tensor, vk: torch
         True
     """
     _check_attn(pq, vq, pk, vk, pv, vv, rope, cache_seqlens)
+    if schedule not in (None, *SCHEDULES):
+        raise ValueError(f"lowrank_attn: schedule must be one of {', '.join(SCHEDULES)} (or None), got {schedule!r}")
+    if schedule == "slab" and cache_seqlens is not None:
+        raise UnsupportedError("lowrank_attn: the 'slab' schedule takes no cache_seqlens; use 'fused' (or None)")
+    if slab_heads is not None and not 1 <= slab_heads <= pk.shape[2]:
+        raise ValueError(f"lowrank_attn: slab_heads must be in [1, {pk.shape[2]}] (KV heads), got {slab_heads}")
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(vq.shape[2])
     backend = backend_for(pq.device.type)
     if backend == "reference" or _needs_grad(pq, vq, pk, vk, pv, vv):
         record("lowrank_attn", "reference")
         return lowrank_attn_ref(pq, vq, pk, vk, pv, vv, causal, scale, rope, cache_seqlens)
+    schedule = schedule or choose_attn_schedule(pq.shape[1], cache_seqlens)
     record("lowrank_attn", backend)
+    record("lowrank_attn_schedule", schedule)  # a separate key: callers match lowrank_attn's backend exactly
     if rope is not None and pq.dtype != torch.float32 and rope[0].dtype == torch.float32:
         # fp16 tables halve what every program reads per key; their rounding (2^-11) is below the inputs' own
         rope = (rope[0].half(), rope[1].half())
     pq, pk, pv = _unit_last(pq), _unit_last(pk), _unit_last(pv)
     vq, vk, vv = vq.contiguous(), vk.contiguous(), vv.contiguous()
+    if schedule == "slab":
+        return _attn_slab(pq, vq, pk, vk, pv, vv, causal, scale, rope, slab_heads, tiles)
     return load_kernel_module(_KERNEL).lowrank_attn_fwd(pq, vq, pk, vk, pv, vv, causal, scale, rope, cache_seqlens,
                                                         **tiles)
 

@@ -217,6 +217,57 @@ def lowrank_attn_fwd(pq, vq, pk, vk, pv, vv, causal: bool, softmax_scale: float,
     return o
 
 
+# ------------------------------------------------------------------------------------ attention, slab schedule
+@triton.jit
+def _lowrank_expand_fwd_kernel(P, V, COS, SIN, OUT, s_pb, s_pt, s_ph, s_vh, s_vr, s_c, s_ob, s_ot, s_oh,
+                               T, pos0, H0, G: tl.constexpr, R: tl.constexpr, BR: tl.constexpr, D: tl.constexpr,
+                               HALF: tl.constexpr, BD: tl.constexpr, BT: tl.constexpr, ROPE: tl.constexpr,
+                               PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """OUT[b, t, g] = rope(P[b, t, H0 + g] V[H0 + g]) at position t + pos0, for one (BT, D) tile: heads H0..H0+G-1
+    of the rank activations expanded (and rotated) once, into a slab buffer (B, T, G, D)."""
+    i_t = tl.program_id(0)
+    i_bg = tl.program_id(1)
+    i_b = (i_bg // G).to(tl.int64)
+    i_g = i_bg % G
+    i_h = H0 + i_g
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_r = tl.arange(0, BR)
+    o_d = tl.arange(0, BD)
+    m_t = o_t < T
+    b_p = upcast(tl.load(P + i_b * s_pb + i_h * s_ph + o_t[:, None] * s_pt + o_r[None, :],
+                         mask=m_t[:, None] & (o_r < R)[None, :], other=0.0), UPCAST)
+    v_base = V + i_h * s_vh
+    b_x = tl.dot(b_p, _load_factor(v_base, s_vr, o_r, o_d, R, D, HALF, False, UPCAST), input_precision=PRECISION)
+    if ROPE:
+        b_xr = tl.dot(b_p, _load_factor(v_base, s_vr, o_r, o_d, R, D, HALF, True, UPCAST), input_precision=PRECISION)
+        b_x = _rope(b_x, b_xr, COS, SIN, s_c, o_t + pos0, m_t & (o_t + pos0 >= 0), o_d, D, HALF)
+    p_o = OUT + i_b * s_ob + i_g * s_oh + o_t[:, None].to(tl.int64) * s_ot + o_d[None, :]
+    tl.store(p_o, b_x.to(OUT.dtype.element_ty), mask=m_t[:, None] & (o_d < D)[None, :])
+
+
+# unmeasured: a (64, R) x (R, D) product and its rotated twin, two fp32 (64, 128) accumulators in 4 warps (64
+# registers each per thread; 128 rows would need 256 and spill). The pass writes D numbers per row: memory-bound.
+EXPAND_TILES = {"block_t": 64, "num_warps": 4, "num_stages": 2}
+
+
+def lowrank_expand_fwd(p, v, h0: int, out, rope=None, pos0: int = 0, block_t: int | None = None,
+                       num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
+    """Write heads h0 .. h0 + G - 1 of p (B, T, H, R) expanded by v (H, R, D), rotated at positions pos0 .. pos0 +
+    T - 1 when `rope` (cos, sin) is given, into `out` (B, T, G, D) (contiguous)."""
+    B, T, _, R = p.shape
+    G, D = out.shape[2], v.shape[2]
+    interp = interpreting()
+    bt = block_t or (INTERP_TILE if interp else EXPAND_TILES["block_t"])
+    cos, sin = rope if rope is not None else (out, out)
+    _lowrank_expand_fwd_kernel[(triton.cdiv(T, bt), B * G)](
+        p, v, cos, sin, out, p.stride(0), p.stride(1), p.stride(2), v.stride(0), v.stride(1),
+        cos.stride(0) if rope is not None else 0, out.stride(0), out.stride(1), out.stride(2), T, pos0, h0,
+        G=G, R=R, BR=_pow2(R), D=D, HALF=max(D // 2, 1), BD=_pow2(D), BT=bt, ROPE=rope is not None,
+        PRECISION="ieee" if p.dtype == torch.float32 else "tf32", UPCAST=interp and p.dtype == torch.bfloat16,
+        num_warps=num_warps or EXPAND_TILES["num_warps"], num_stages=num_stages or EXPAND_TILES["num_stages"])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- SwiGLU
 @triton.jit
 def _swiglu_tile(PG, PU, VG, VU, s_pg, s_pu, s_vg, s_vu, o_m, m_m, o_f, m_f, RG, RU, RMAX,

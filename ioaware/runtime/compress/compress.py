@@ -58,14 +58,20 @@ def projection_params(args: ModelArgs, ranks: list[dict[str, int]] | None = None
 
 
 def factorize_checkpoint(ckpt: Checkpoint, ratio: float, covs: list[dict[str, torch.Tensor]] | None = None,
-                         progress: bool = False) -> tuple[dict[str, torch.Tensor], list[dict[str, int]], dict]:
+                         progress: bool = False, device: str | torch.device | None = None,
+                         cache: dict | None = None) -> tuple[dict[str, torch.Tensor], list[dict[str, int]], dict]:
     """The factor tensors (float32, the runtime's names), the ranks per layer and a report (relative truncation
     errors per kind: of the weights, or with `covs`, the dense model's input covariances per layer and site
-    (calibrate.input_covariances), of the outputs on the calibration inputs)."""
+    (calibrate.input_covariances), of the outputs on the calibration inputs). `device`: where the SVDs run (the
+    factors stay there; the dense tensors stay where the checkpoint holds them). `cache`: svd.factorize's, one
+    per `covs` (a sweep decomposes each matrix once for all ratios)."""
     check_ratio(ratio)
     check_source(ckpt)
     a = ckpt.args
     sd = ckpt.state_dict
+
+    def W(name):  # a projection, on the device where its SVD runs
+        return sd[name] if device is None else sd[name].to(device)
     H, Hkv = a.n_heads, a.n_kv_heads
     out = {"tok_embeddings.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"]}
     if not a.tie_embeddings:
@@ -81,16 +87,16 @@ def factorize_checkpoint(ckpt: Checkpoint, ratio: float, covs: list[dict[str, to
             p, q = f"model.layers.{i}.", f"layers.{i}."
             r = layer_ranks(a, ratio)
             L = chol(i, "attn_in")
-            uq, vq, eq = factorize_heads(sd[p + "self_attn.q_proj.weight"], H, r["q"], L)
-            uk, vk, ek = factorize_heads(sd[p + "self_attn.k_proj.weight"], Hkv, r["k"], L)
-            uv, vv, ev = factorize_heads(sd[p + "self_attn.v_proj.weight"], Hkv, r["v"], L)
+            uq, vq, eq = factorize_heads(W(p + "self_attn.q_proj.weight"), H, r["q"], L, cache, (i, "q"))
+            uk, vk, ek = factorize_heads(W(p + "self_attn.k_proj.weight"), Hkv, r["k"], L, cache, (i, "k"))
+            uv, vv, ev = factorize_heads(W(p + "self_attn.v_proj.weight"), Hkv, r["v"], L, cache, (i, "v"))
             L = chol(i, "o_in")
-            uo, vo, eo = factorize(sd[p + "self_attn.o_proj.weight"], r["o"], L)
+            uo, vo, eo = factorize(W(p + "self_attn.o_proj.weight"), r["o"], L, cache, (i, "o"))
             L = chol(i, "ffn_in")
-            ug, vg, eg = factorize(sd[p + "mlp.gate_proj.weight"], r["gate"], L)
-            uu, vu, eu = factorize(sd[p + "mlp.up_proj.weight"], r["up"], L)
+            ug, vg, eg = factorize(W(p + "mlp.gate_proj.weight"), r["gate"], L, cache, (i, "gate"))
+            uu, vu, eu = factorize(W(p + "mlp.up_proj.weight"), r["up"], L, cache, (i, "up"))
             L = chol(i, "down_in")
-            ud, vd, ed = factorize(sd[p + "mlp.down_proj.weight"], r["down"], L)
+            ud, vd, ed = factorize(W(p + "mlp.down_proj.weight"), r["down"], L, cache, (i, "down"))
             out.update({
                 q + "attention_norm.weight": sd[p + "input_layernorm.weight"],
                 q + "ffn_norm.weight": sd[p + "post_attention_layernorm.weight"],

@@ -116,6 +116,12 @@ class LowRankFeedForward(nn.Module):
         self.w2 = LowRankLinear(a.hidden_dim, a.dim, ranks["down"])
 
     def forward(self, x):
+        if torch.is_autocast_enabled(x.device.type):
+            # the parameter update's bf16 autocast (update.py): plain products, which autocast casts (the kernels
+            # take one dtype for all their inputs); the same function as lowrank_ffn's reference
+            p = x @ self.u13
+            rg = self.vg.shape[0]
+            return self.w2(F.silu(p[..., :rg] @ self.vg) * (p[..., rg:] @ self.vu))
         return lowrank_ffn(x, self.u13, self.vg, self.vu, self.w2.u, self.w2.v)
 
 

@@ -41,12 +41,21 @@ def whitener(cov: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
     return torch.linalg.cholesky(c + lam * torch.eye(c.shape[0], dtype=c.dtype, device=c.device))
 
 
-def factorize(w: torch.Tensor, rank: int, chol: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def factorize(w: torch.Tensor, rank: int, chol: torch.Tensor | None = None, cache: dict | None = None,
+              key: object = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """W (out, in) -> (U (in, r), V (r, out), relative error). The error is sqrt(sum of the discarded squared
-    singular values / all of them): of ||W - UV^T||_F plain, of the output on the calibration inputs whitened."""
-    w64 = w.double()
-    target = w64 if chol is None else w64 @ chol.double()
-    a, s, bh = torch.linalg.svd(target, full_matrices=False)  # target = a diag(s) bh
+    singular values / all of them): of ||W - UV^T||_F plain, of the output on the calibration inputs whitened.
+    Computed on `chol`'s device when given (W is moved there). `cache` (a dict, with a `key` naming W): the SVD is
+    kept there and reused, so a sweep over ratios decomposes each matrix once (the caller keeps one cache per
+    whitening, since the SVD is of W L)."""
+    if cache is not None and key in cache:
+        a, s, bh = cache[key]
+    else:
+        w64 = w.to(chol.device if chol is not None else w.device, torch.float64)
+        target = w64 if chol is None else w64 @ chol.double()
+        a, s, bh = torch.linalg.svd(target, full_matrices=False)  # target = a diag(s) bh
+        if cache is not None:
+            cache[key] = (a, s, bh)
     r = min(rank, s.shape[0])
     root = s[:r].sqrt()
     v = root[:, None] * a[:, :r].T  # (r, out)
@@ -58,16 +67,17 @@ def factorize(w: torch.Tensor, rank: int, chol: torch.Tensor | None = None) -> t
     return u.float(), v.float(), err
 
 
-def factorize_heads(w: torch.Tensor, n_heads: int, rank: int,
-                    chol: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def factorize_heads(w: torch.Tensor, n_heads: int, rank: int, chol: torch.Tensor | None = None,
+                    cache: dict | None = None, key: object = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Per-head factors of W (H * D, in), FlashSVD's layout for Q/K/V: U (in, H * r) with head h in columns
     [h r, (h + 1) r), V (H, r, D). The error is over the whole matrix (the heads' discarded energy summed)."""
     D = w.shape[0] // n_heads
     us, vs, num, den = [], [], 0.0, 0.0
     for h in range(n_heads):
         wh = w[h * D:(h + 1) * D]
-        u, v, err = factorize(wh, rank, chol)
-        energy = float((wh.double() if chol is None else wh.double() @ chol.double()).pow(2).sum())
+        u, v, err = factorize(wh, rank, chol, cache, (key, h))
+        wh = wh.to(chol.device if chol is not None else wh.device, torch.float64)
+        energy = float((wh if chol is None else wh @ chol.double()).pow(2).sum())
         num += err * err * energy
         den += energy
         us.append(u)

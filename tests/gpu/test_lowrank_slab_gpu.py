@@ -1,0 +1,77 @@
+"""The low-rank attention's 'slab' schedule compiled on a CUDA GPU at real sizes (run on the device machine:
+`pytest -m gpu tests/gpu/test_lowrank_slab_gpu.py`). Tolerance rule: the error against an fp32 reference is at most
+2x (+ a floor) that of plain PyTorch running the same factors unfused in bf16. Memory: the slab's transient
+buffers stay within interface.SLAB_BYTES (plus the output), far below the unfused path's full-size Q, K, V."""
+
+import pytest
+import torch
+
+from ioaware.kernels import last_backend
+from ioaware.kernels.lowrank import lowrank_attn, lowrank_attn_ref
+from ioaware.kernels.lowrank.interface import SLAB_BYTES
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def rel_rms(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
+
+
+def _rope(S, D, base=10000.0):
+    inv = 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.float64, device="cuda") / D))
+    ang = torch.outer(torch.arange(S, dtype=torch.float64, device="cuda"), inv)
+    return ang.cos().float(), ang.sin().float()
+
+
+def _inputs(B, Tq, Tk, Hq, Hkv, D, R):
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def r(*s, scale=1.0):
+        return (torch.randn(*s, device="cuda", generator=g) * scale).to(torch.bfloat16)
+
+    return (r(B, Tq, Hq, R), r(Hq, R, D, scale=R ** -0.5), r(B, Tk, Hkv, R), r(Hkv, R, D, scale=R ** -0.5),
+            r(B, Tk, Hkv, R), r(Hkv, R, D, scale=R ** -0.5))
+
+
+@pytest.mark.parametrize("B,Tq,Tk,Hq,Hkv,D,R,heads", [
+    pytest.param(2, 1000, 1000, 8, 8, 128, 32, None, id="B2-T1000-H8-D128-R32-auto"),
+    # the fused kernel (not the slab) hit an illegal memory access at this shape on the H200 (2026-12-03, CUDA
+    # context lost, so later tests in the process fail too): skipped until found; kernels/lowrank/README.md
+    pytest.param(1, 777, 777, 8, 2, 64, 38, 1, id="B1-T777-GQA4-D64-R38-1head", marks=pytest.mark.skip(
+        reason="known bug: the fused kernel's illegal memory access at GQA 4, D 64, R 38 (H200, 2026-12-03)")),
+    pytest.param(1, 300, 1300, 4, 4, 128, 96, 3, id="B1-Tq300-Tk1300-R96-3heads"),
+])
+def test_lowrank_attn_slab_gpu(B, Tq, Tk, Hq, Hkv, D, R, heads):
+    ts = _inputs(B, Tq, Tk, Hq, Hkv, D, R)
+    rope = _rope(Tk, D)
+    o = lowrank_attn(*ts, causal=True, rope=rope, schedule="slab", slab_heads=heads)
+    assert last_backend("lowrank_attn") == "triton" and last_backend("lowrank_attn_schedule") == "slab"
+    ref = lowrank_attn_ref(*(t.float() for t in ts), causal=True, rope=rope)
+    base = rel_rms(lowrank_attn_ref(*ts, causal=True, rope=rope, upcast=False), ref)
+    assert rel_rms(o, ref) <= 2 * base + 2e-3
+    fused = lowrank_attn(*ts, causal=True, rope=rope, schedule="fused")
+    assert rel_rms(o, fused) <= 2 * base + 2e-3
+
+
+def test_slab_transient_memory_is_bounded():
+    B, T, H, D, R = 4, 4096, 16, 128, 32
+    ts = _inputs(B, T, T, H, H, D, R)
+    rope = _rope(T, D)
+    out_bytes = B * T * H * D * 2
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    o = lowrank_attn(*ts, causal=True, rope=rope, schedule="slab")
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    assert o.shape == (B, T, H, D)
+    assert peak <= out_bytes + SLAB_BYTES + 64 * 2**20, peak  # + flash attention's LSE and the rope tables
+    # at this size SLAB_BYTES holds every head at once (as much as the unfused path); with 2 of 16 KV heads per
+    # slab the transient buffers are 1/8 of the unfused path's q, k, v (3 x out) and o
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    o = lowrank_attn(*ts, causal=True, rope=rope, schedule="slab", slab_heads=2)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    assert peak < out_bytes + 4 * out_bytes / 8 + 64 * 2**20, peak
