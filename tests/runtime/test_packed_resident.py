@@ -188,7 +188,7 @@ def test_generate_at_half_the_weights_stays_under_the_budget(tmp_path):
     env = dict(os.environ, IOAWARE_CACHE_DIR=str(cache))
     r = subprocess.run([sys.executable, "-m", "ioaware.cli.main", "generate", "--model", str(ck.path),
                         "--prompt", "The capital of France is",
-                        "--max-new-tokens", "3", "--memory-budget", "50%", "--ffn-sparsity", "0.5", "--quiet",
+                        "--max-new-tokens", "3", "--memory-budget", "50%", "--ffn-sparsity", "0.5",
                         "--json", "-"],
                        env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]

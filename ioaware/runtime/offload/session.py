@@ -60,7 +60,19 @@ def in_child(fn, *args) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
-        return ex.submit(fn, *args).result()
+        return ex.submit(_on_stderr, fn, *args).result()
+
+
+def _on_stderr(fn, *args):
+    """fn(*args) with the child's stdout pointed at stderr: its progress bars and notes must not land in the parent's
+    stdout, which holds only JSON under `--json -` (the parent's own redirect does not reach a spawned process)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return fn(*args)
 
 
 # Working memory of a streamed run above its baseline, besides what the plan counts byte for byte (resident weights,
