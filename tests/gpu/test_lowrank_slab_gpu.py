@@ -5,6 +5,7 @@ buffers stay within interface.SLAB_BYTES (plus the output), far below the unfuse
 
 import pytest
 import torch
+from test_lowrank_gpu import _rope, rel_rms  # the fused kernel's GPU tests' helpers (this folder is on sys.path)
 
 from ioaware.kernels import last_backend
 from ioaware.kernels.lowrank import lowrank_attn, lowrank_attn_ref
@@ -13,15 +14,6 @@ from ioaware.kernels.lowrank.interface import SLAB_BYTES
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-def rel_rms(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
-
-
-def _rope(S, D, base=10000.0):
-    inv = 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.float64, device="cuda") / D))
-    ang = torch.outer(torch.arange(S, dtype=torch.float64, device="cuda"), inv)
-    return ang.cos().float(), ang.sin().float()
 
 
 def _inputs(B, Tq, Tk, Hq, Hkv, D, R):

@@ -8,39 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+# the inputs, tables and references of the fused kernel's tests (pytest puts this folder on sys.path)
+from test_lowrank import _attn_inputs, _ref64, _rope, rel_rms
+
 from ioaware.env import settings
 from ioaware.errors import UnsupportedError
 from ioaware.kernels import last_backend
 from ioaware.kernels.lowrank import apply_rope_half, choose_attn_schedule, expand_heads, lowrank_attn, lowrank_attn_ref
 from ioaware.kernels.lowrank.interface import slab_kv_heads
-
-
-def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
-
-
-def _attn_inputs(B, Tq, Tk, Hq, Hkv, D, Rq, Rk, Rv, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*s, scale=1.0):
-        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-    return (r(B, Tq, Hq, Rq), r(Hq, Rq, D, scale=Rq ** -0.5), r(B, Tk, Hkv, Rk), r(Hkv, Rk, D, scale=Rk ** -0.5),
-            r(B, Tk, Hkv, Rv), r(Hkv, Rv, D, scale=Rv ** -0.5))
-
-
-def _rope(S, D, base=100.0):
-    inv = 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
-    ang = torch.outer(torch.arange(S, dtype=torch.float64), inv)
-    return ang.cos().float(), ang.sin().float()
-
-
-def _ref64(ts, **kw):
-    rope = kw.pop("rope", None)
-    rope64 = None if rope is None else (rope[0].double(), rope[1].double())
-    return lowrank_attn_ref(*(t.double() for t in ts), rope=rope64, **kw)
-
 
 needs_kernel = pytest.mark.skipif(not settings().interpret, reason="the kernel runs under IOAWARE_INTERPRET=1")
 

@@ -25,7 +25,7 @@ VOCAB = len(byte_vocab()[0])
 class PredictAll:
     """Predicts every neuron: the streamed FFN must then equal the thresholded dense FFN exactly."""
 
-    def __init__(self, L, dim, H, thresholds):
+    def __init__(self, L, dim, H, thresholds=None):
         self.A = [torch.zeros(1, dim)] * L
         self.H, self.thresholds = H, thresholds
 
@@ -139,7 +139,7 @@ class RandomProjection(PredictAll):
     """Predicts the neurons where a fixed random projection of x is positive: a deterministic function of x, so
     the speculative prediction (from the block input) and the exact one (from the FFN input) differ."""
 
-    def __init__(self, L, dim, H, thresholds):
+    def __init__(self, L, dim, H, thresholds=None):
         super().__init__(L, dim, H, thresholds)
         self.P = torch.randn(L, dim, H, generator=torch.Generator().manual_seed(5))
 

@@ -17,6 +17,8 @@ from ioaware.runtime.kvtiers import KVFile, KVTiers, KVTierSpec, SparFConfig, in
 from ioaware.runtime.kvtiers import dram_sparf as ds
 from ioaware.runtime.kvtiers.sparf import PAGE, sparf_from_file
 
+from .test_kvtiers import _tiny as tiny_tiers_model
+
 B, HQ, HKV, D = 2, 9, 3, 64  # SmolLM2-135M's attention: 9 query heads, 3 KV heads, head_dim 64
 
 
@@ -125,14 +127,7 @@ def test_uva_gather_kernel_odd_shapes_poisoned(n_rows, row_len, nb):
 
 
 def _tiny(seed=2):
-    from ioaware.bench.kv_tiers import TINY, _random_model
-
-    m = _random_model(dict(TINY, n_layers=2), "cpu", torch.float32)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return m
+    return tiny_tiers_model(seed)
 
 
 @pytest.mark.parametrize("sparf,transport", [(None, "copy"), (SparFConfig(bytes_frac=4.0), "copy"),

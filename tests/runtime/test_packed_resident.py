@@ -22,20 +22,7 @@ VOCAB = len(byte_vocab()[0])
 pytestmark = pytest.mark.skipif(not int4_cpu_available(), reason="this torch has no int4 CPU kernel")
 
 
-class PredictAll:
-    """Every neuron predicted: the streamed FFN is then the (threshold-0) dense FFN, the same in both models."""
-
-    def __init__(self, L, dim, H):
-        self.A, self.H = [torch.zeros(1, dim)] * L, H
-
-    def predict(self, layer, x):
-        return torch.arange(self.H)
-
-    def to(self, device=None, dtype=None):
-        return self
-
-    def n_params(self):
-        return 0
+from .test_flash_ffn import PredictAll  # noqa: E402  (every neuron predicted: streamed = dense FFN)
 
 
 def _logits(model, x):
