@@ -36,16 +36,24 @@ class Clock:
             self.bytes = 0
 
 
-def dense_ffn(x, gate, up, down):
+def dense_ffn(x, gate, up, down, act=F.silu):
     xf = x.reshape(-1, x.shape[-1])
-    y = (F.silu(xf @ gate.T) * (xf @ up.T)) @ down.T
+    y = (act(xf @ gate.T) * (xf @ up.T)) @ down.T
     return y.reshape(x.shape)
+
+
+def ffn_act(a):
+    """The gate activation of a model's args (a ReLU-fied store's too), for the baselines' dense FFNs."""
+    from ..runtime.llm.model import gate_activation
+
+    return gate_activation(getattr(a, "ffn_act", "silu"), getattr(a, "ffn_act_shift", 0.0))
 
 
 class NaiveFFN(nn.Module):
     def __init__(self, reader: NeuronReader, layer: int, clock: Clock, curve, cached_curve=None):
         super().__init__()
         self.r, self.layer, self.clock, self.curve, self.cached = [reader], layer, clock, curve, cached_curve
+        self.act = ffn_act(reader.store.args)
 
     def forward(self, x):
         r = self.r[0]
@@ -59,7 +67,7 @@ class NaiveFFN(nn.Module):
         if self.cached is not None:
             self.clock.pred_cached_s += predict_read_seconds(res.stats.chunk_sizes, self.cached, r.threads, r.direct)
         b = res.bundles
-        return dense_ffn(x, b[:, 0], b[:, 1], b[:, 2].T)
+        return dense_ffn(x, b[:, 0], b[:, 1], b[:, 2].T, self.act)
 
 
 class MmapFFN(nn.Module):
@@ -74,6 +82,7 @@ class MmapFFN(nn.Module):
         self.off = layer * self.n * 2
         self.mm, self.raw, self.fd = mm, raw, fd
         self.layer, self.H, self.d, self.pinned, self.clock = layer, H, d, pinned, clock
+        self.act = ffn_act(a)
 
     def weights(self):
         w = torch.from_numpy(self.mm[self.off // 2: self.off // 2 + self.n])
@@ -84,11 +93,11 @@ class MmapFFN(nn.Module):
         if self.layer == 0:
             self.clock.start_layer0()
         if not self.measure:
-            return dense_ffn(x, *self.weights())
+            return dense_ffn(x, *self.weights(), self.act)
         t0 = time.perf_counter()
-        y = dense_ffn(x, *self.weights())  # page faults happen inside the matmul
+        y = dense_ffn(x, *self.weights(), self.act)  # page faults happen inside the matmul
         t1 = time.perf_counter()
-        dense_ffn(x, *self.weights())  # the same FFN with the pages now resident: the compute-only time
+        dense_ffn(x, *self.weights(), self.act)  # the same FFN with the pages now resident: the compute-only time
         t2 = time.perf_counter()
         self.clock.io_s += max(0.0, (t1 - t0) - (t2 - t1))
         self.clock.hot_s = getattr(self.clock, "hot_s", 0.0) + (t2 - t1)

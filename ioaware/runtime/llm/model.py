@@ -63,8 +63,8 @@ FFN_ACTIVATIONS = ("silu", "relu", "shifted_relu", "relu2")
 
 
 def gate_activation(name: str = "silu", shift: float = 0.0):
-    """The FFN gate's activation as a function of the gate pre-activation (the same math as relufy's
-    `Adapter.act`): SiLU, relu(g - shift) (shift 0 for "relu"), or relu(g)^2. The ReLU family gives exact zeros.
+    """The FFN gate's activation as a function of the gate pre-activation (relufy's `Adapter.act` calls it):
+    SiLU, relu(g - shift) (shift 0 for "relu"), or relu(g)^2. The ReLU family gives exact zeros.
 
     Examples:
         >>> import torch

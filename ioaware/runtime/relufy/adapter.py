@@ -46,10 +46,11 @@ class Adapter:
     path: Path | None = None
 
     def act(self, gate: torch.Tensor) -> torch.Tensor:
-        """The gate activation this adapter was trained with (exact zeros where the neuron is off)."""
-        if self.activation == "relu2":
-            return torch.relu(gate).square()
-        return torch.relu(gate - self.shift) if self.shift else torch.relu(gate)
+        """The gate activation this adapter was trained with (exact zeros where the neuron is off): the model's own
+        `gate_activation`, so training and the runtime share one definition."""
+        from ..llm.model import gate_activation
+
+        return gate_activation(self.activation, self.shift)(gate)
 
     def merged(self, layer: int, proj: str, weight: torch.Tensor) -> torch.Tensor:
         """`weight` (out, in) with this adapter's correction added, in weight's dtype (computed in fp32)."""
