@@ -135,6 +135,32 @@ def test_generate_cli_memory_budget(tiny, tmp_path, monkeypatch, capsys):
     assert rc == 2 and "below the minimum" in capsys.readouterr().err
 
 
+def test_budget_too_small_for_the_prompt_fails_before_training(tiny, tmp_path, monkeypatch, capsys):
+    """The budget is checked against this prompt's KV cache and prefill before the predictors are trained (minutes
+    on the real model): a budget that fits a short prompt but not a long one fails at once, no predictor file."""
+    import re
+
+    from ioaware.cli.main import main
+
+    g = tiny[0]
+    monkeypatch.setenv("IOAWARE_CACHE_DIR", str(tmp_path / "cache"))
+    seed_disk_curve(tmp_path / "cache")
+
+    def minimum(prompt):
+        assert main(["generate", "--model", str(g), "--prompt", prompt, "--max-new-tokens", "2",
+                     "--memory-budget", "1KiB"]) == 2
+        err = capsys.readouterr().err
+        return float(re.search(r"below the minimum of ([0-9.]+) KiB", err).group(1))
+
+    short, long = minimum("x"), minimum("the cat sat on the mat " * 60)
+    assert long > short * 1.05
+    budget = f"{(short + long) / 2:.0f}KiB"  # enough for "x", too little for the long prompt
+    rc = main(["generate", "--model", str(g), "--prompt", "the cat sat on the mat " * 60, "--max-new-tokens", "2",
+               "--memory-budget", budget])
+    assert rc == 2 and "below the minimum" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").glob("predictors/*.safetensors"))  # nothing was trained
+
+
 class RandomProjection(PredictAll):
     """Predicts the neurons where a fixed random projection of x is positive: a deterministic function of x, so
     the speculative prediction (from the block input) and the exact one (from the FFN input) differ."""

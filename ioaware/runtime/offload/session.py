@@ -112,8 +112,8 @@ def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, wi
     then caches) the predictors, and with `probe_if_missing` measures the store's disk once (cached) so the run can
     print the iomodel's predicted I/O time. pack_resident: keep the attention and embedding packed as the 4-bit GGUF
     has them (packed_resident.py; 43 instead of 105 MiB for SmolLM2) when the model allows it. count_prompt:
-    tokenizer -> the prompt's length; the KV cache is then planned for that prompt (checked before any training
-    with a one-token prompt, the least any prompt needs) instead of PROMPT_ALLOWANCE tokens.
+    tokenizer -> the prompt's length; the KV cache is then planned for that prompt (checked before any training)
+    instead of PROMPT_ALLOWANCE tokens.
     relufy: a relufy adapter file, hash-checked against the model before
     anything is written; its merged FFN is what the store holds, and the store's fingerprint includes it.
     Returns (model, runtime, accounting, tokenizer, store)."""
@@ -159,7 +159,15 @@ def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, wi
     if not store_path.exists():
         in_child(convert, path, store_path, "float16", progress, relufy)
     store = open_store(store_path, fp)
-    other_bytes = working_memory_bytes(store.args, max_new_tokens, 1 if count_prompt else PROMPT_ALLOWANCE)
+    # the tokenizer before the budget check, so that a budget too small for this prompt's KV cache fails before the
+    # predictors are trained (minutes), not after
+    tok_path = cache / "tokenizers" / f"{tok_fp[:16]}.json"
+    if not tok_path.exists():  # parsing the GGUF for its vocabulary peaks at ~180 MB: done once, in a child
+        in_child(_save_tokenizer, path, tok_path)
+    tok = Tokenizer.from_json(tok_path.read_text())
+    release_free_memory()  # the tokenizer's parse leaves ~25 MiB of freed heap behind (measured)
+    other_bytes = working_memory_bytes(store.args, max_new_tokens,
+                                       count_prompt(tok) if count_prompt else PROMPT_ALLOWANCE)
     unit = "MiB" if budget_text.strip().endswith("%") else size_unit(budget_text)
     budget = parse_budget(budget_text, store.weight_bytes)
     plan_cache(store, budget, predictor_bytes_estimate(store.args, PREDICTOR_RANK, 2),
@@ -174,13 +182,6 @@ def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, wi
     if curve is None and probe_if_missing:  # its read buffers (up to 16 threads x 16 MiB) stay out of this process
         in_child(_probe_and_save, probe_dir, progress)
         curve = load_curve(probe_dir)
-    tok_path = cache / "tokenizers" / f"{tok_fp[:16]}.json"
-    if not tok_path.exists():  # parsing the GGUF for its vocabulary peaks at ~180 MB: done once, in a child
-        in_child(_save_tokenizer, path, tok_path)
-    tok = Tokenizer.from_json(tok_path.read_text())
-    release_free_memory()  # the tokenizer's parse leaves ~25 MiB of freed heap behind (measured)
-    if count_prompt is not None:  # the KV cache this prompt needs; build_streamed_model checks the budget with it
-        other_bytes = working_memory_bytes(store.args, max_new_tokens, count_prompt(tok))
     packed = None
     if packed_ok:  # built once, in a child: the GGUF reader and the unpacked ints stay out of this process
         if not res_file.exists() and not in_child(packed_resident.save, path, res_file, res_key):
