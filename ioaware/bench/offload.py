@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--prefetch", action="store_true", help="ioaware reads each block's FFN ahead during attention")
+    # consumed before parsing (above): listed here so that --help shows the mode
+    ap.add_argument("--memory-cap", action="store_true",
+                    help="each provider in its own child under a real memory limit (options: --memory-cap --help)")
     ap.add_argument("--torch-threads", type=int, default=2)
     ap.add_argument("--calibration", default=None, help="text file to fit thresholds/predictors on (default: the "
                     "text shipped in ioaware/runtime/offload/data)")
