@@ -2,8 +2,10 @@
 (run on the device machine: `pytest -m gpu tests/gpu/test_compress_gpu.py`). The tiny random Llama of
 tests/runtime/helpers.py, so the test needs no model file; the real SmolLM2 run is dev/compress/run_device.sh.
 
-Tolerance: the CUDA factors against the CPU's (both from fp64 SVDs of fp32 inputs; the covariances differ by the
-GPU's fp32 products, ~1e-6 relative) agree to 1e-4 relative in their products U V."""
+Tolerances: the covariances agree to 1e-5 relative (fp32 products on each device); the factors computed on the GPU
+from the CPU's covariances agree with the CPU's to 1e-6 in their products U V (fp64 SVDs); the truncation errors
+from each device's own covariances agree to 1e-3 relative (the subspace itself may move at near-tied singular
+values, so the factors are not compared across covariances)."""
 
 from __future__ import annotations
 
@@ -37,19 +39,29 @@ def _rel(a, b) -> float:
 def test_whitened_factors_on_cuda_match_the_cpu(tiny, monkeypatch):
     monkeypatch.delenv("IOAWARE_INTERPRET", raising=False)
     ckpt = load_checkpoint(tiny)
-    out = {}
-    for dev in ("cpu", "cuda"):
-        covs, _ = calibration_covariances(ckpt, 512, model=dense_model(ckpt, dev))
-        tensors, _, rep = factorize_checkpoint(ckpt, 0.5, covs, device=dev)
-        out[dev] = tensors, rep
-    (tc, rc), (tg, rg) = out["cpu"], out["cuda"]
+    covs = {dev: calibration_covariances(ckpt, 512, model=dense_model(ckpt, dev))[0] for dev in ("cpu", "cuda")}
+    # the covariances: the same sums, fp32 products on each device (~1e-6 relative)
+    for i, (c, g) in enumerate(zip(covs["cpu"], covs["cuda"])):
+        for site in c:
+            assert _rel(g[site], c[site]) < 1e-5, (i, site)
+    # the whitening and SVDs (fp64) on the GPU against the CPU's on the same covariances. Not compared across the
+    # two covariances: a truncated SVD's subspace moves by ~|dC| / (the singular-value gap at the cut), and the tiny
+    # random model's spectrum has near-ties there (2026-12-03, H200: 3.5e-4 on the products from 1e-6 inputs)
+    same = [{site: c.to("cuda") for site, c in layer.items()} for layer in covs["cpu"]]
+    tc, _, rc = factorize_checkpoint(ckpt, 0.5, covs["cpu"], device="cpu")
+    tg, _, rg = factorize_checkpoint(ckpt, 0.5, same, device="cuda")
     assert tg["layers.0.feed_forward.vg"].is_cuda
     for name in ("attention.wo", "feed_forward.w2"):
         for i in range(ckpt.args.n_layers):
             k = f"layers.{i}.{name}"
-            assert _rel(tg[k + ".u"] @ tg[k + ".v"], tc[k + ".u"] @ tc[k + ".v"]) < 1e-4, k
+            assert _rel(tg[k + ".u"] @ tg[k + ".v"], tc[k + ".u"] @ tc[k + ".v"]) < 1e-6, k
     for k, e in rc["relative_error_mean"].items():
-        assert rg["relative_error_mean"][k] == pytest.approx(e, rel=1e-4), k
+        assert rg["relative_error_mean"][k] == pytest.approx(e, rel=1e-6), k
+    # and end to end on the GPU's own covariances: the truncation error (what the choice of subspace is judged by)
+    # agrees even where the subspace itself moved
+    _, _, rg2 = factorize_checkpoint(ckpt, 0.5, covs["cuda"], device="cuda")
+    for k, e in rc["relative_error_mean"].items():
+        assert rg2["relative_error_mean"][k] == pytest.approx(e, rel=1e-3), k
 
 
 def test_sweep_on_cuda_with_generated_text_and_bf16_update(tiny, monkeypatch):

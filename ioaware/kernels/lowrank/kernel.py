@@ -188,6 +188,15 @@ INTERP_TILE = 32
 ATTN_TILES = {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 2}
 
 
+def attn_num_warps(D: int) -> int:
+    """Warps for the fused attention kernel at head dim D. At D <= 64 it is 4: Triton 3.6 on the H200 miscompiles
+    the kernel at D 64 with 8 warps (BM 128, BN 64) for some ranks (38 faults; 32, 48, 64 run) and RoPE table
+    dtypes, an "out-of-range shared or local address" at the first key-tile product (compute-sanitizer), while 4
+    warps ran every failing variant (dev/compress/diag_lowrank.py; kernels/lowrank/README.md, 2026-12-03). Four
+    warps are also FlashAttention's choice at D 64."""
+    return 4 if D <= 64 else ATTN_TILES["num_warps"]
+
+
 def lowrank_attn_fwd(pq, vq, pk, vk, pv, vv, causal: bool, softmax_scale: float, rope=None, cache_seqlens=None,
                      block_m: int | None = None, block_n: int | None = None, num_warps: int | None = None,
                      num_stages: int | None = None) -> torch.Tensor:
@@ -213,7 +222,7 @@ def lowrank_attn_fwd(pq, vq, pk, vk, pv, vv, causal: bool, softmax_scale: float,
         BM=bm, BN=bn, IS_CAUSAL=causal, ROPE=rope is not None, HAS_SEQLENS=cache_seqlens is not None,
         PRECISION="ieee" if pq.dtype == torch.float32 else "tf32",
         UPCAST=interp and pq.dtype == torch.bfloat16,
-        num_warps=num_warps or ATTN_TILES["num_warps"], num_stages=num_stages or ATTN_TILES["num_stages"])
+        num_warps=num_warps or attn_num_warps(D), num_stages=num_stages or ATTN_TILES["num_stages"])
     return o
 
 
