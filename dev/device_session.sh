@@ -3,7 +3,8 @@
 # the measurements in priority order, each under its own timeout so one overrun cannot cost the rest. Results and
 # logs land in $OUT. The GPU suite alone needs most of a call (its Triton compiles: ~30 tests in 135 s on the
 # H200), so give `tests` a call of its own; keep $OUT to a handful of files (a call returns a limited count). Steps: any of tests probe kvtiers lowrank nsa-profile nsa-fla (default: all, in that order, then kvtiers-ssd); also
-# kvtiers-gpu, kvtiers-sparf (on request only: bash dev/device_session.sh kvtiers-gpu kvtiers-sparf).
+# kvtiers-gpu, kvtiers-sparf (on request only: bash dev/device_session.sh kvtiers-gpu kvtiers-sparf), kvtiers-sparf-uva
+# (the zero-copy SparF transports alone: T_KVGPU=240 bash dev/device_session.sh kvtiers-gpu kvtiers-sparf-uva).
 set -o pipefail
 export PYTHONPATH=$PWD:/tmp/fla:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 D=$(date +%F)
@@ -47,6 +48,13 @@ for step in $steps; do
         --dram 4GiB --ssd none --steps 8 --sparf 0.125 --sparf-tier dram --crossover 16 \
         --out $OUT/kv_tiers-llama8b-h200-sparf-dram-$D.json > $OUT/kvtiers-sparf.log 2>&1
       echo "rc=$?"; tail -40 $OUT/kvtiers-sparf.log ;;
+    kvtiers-sparf-uva)
+      # SparF on DRAM over the zero-copy transports only: uva (the fused kernels) and uva-gather (the older path),
+      # with move-all and the exact tiered run as the baselines of the same run
+      timeout ${T_KVSPARF:-150} python3 -m ioaware.cli.main bench kv-tiers --device cuda --context 32768 --hbm 2GiB \
+        --dram 4GiB --ssd none --steps 8 --sparf 0.125 --sparf-tier dram --sparf-transport uva --crossover 16 \
+        --out $OUT/kv_tiers-llama8b-h200-sparf-uva-$D.json > $OUT/kvtiers-sparf-uva.log 2>&1
+      echo "rc=$?"; tail -40 $OUT/kvtiers-sparf-uva.log ;;
     kvtiers-ssd)
       timeout 100 python3 -m ioaware.cli.main bench kv-tiers --device cuda --context 32768 --hbm 1GiB --dram 1GiB \
         --ssd /var/tmp/kvtiers --seg-pages 64 --sparf 0.125 --steps 8 \

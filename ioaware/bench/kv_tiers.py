@@ -164,10 +164,19 @@ def _sparf_page_bytes(tiers) -> int:
     return 2 * tiers.batch * tiers.Hkv * npg * 16 * tiers.D * tiers.esize
 
 
+# untimed decode steps before each variant's timed ones: a variant's first step compiles its Triton kernels
+# (seconds on a GPU). Without it the H200 run of 2026-12-03 read 172 ms a step for SparF `uva` whose timed parts
+# summed to ~48 ms: the compiles of its new kernels, averaged over 8 steps.
+WARMUP_STEPS = 1
+
+
 def _variant(model, tiers, start, steps, modes, cold, timed_too=True) -> dict:
-    """Run `steps` decode steps with the tier modes; again synchronised per tier for per-tier times."""
+    """Run `steps` decode steps with the tier modes (after WARMUP_STEPS untimed ones); again synchronised per
+    tier for per-tier times."""
     tiers.spec.modes = dict(modes)
     nbytes = _per_layer_bytes(tiers)
+    _decode(model, tiers, start, WARMUP_STEPS, cold)
+    start += WARMUP_STEPS
     tiers.stats = _fresh(tiers)
     step_s, _ = _decode(model, tiers, start, steps, cold)
     res = {"modes": dict(modes), "step_s": step_s, "tok_s": 1.0 / step_s, "bytes_per_layer": nbytes,
@@ -291,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
     ap.add_argument("--sparf-tier", choices=("ssd", "dram"), default="ssd", help="the tier --sparf reads "
                     "(dram: the DRAM tier keeps K channel-major too; only the chosen pages cross PCIe)")
-    ap.add_argument("--sparf-transport", choices=("copy", "uva", "both"), default=None, help="SparF on DRAM: copy "
-                    "(host selects, pinned copy), uva (zero-copy: the device reads pinned memory) or both (default "
-                    "on cuda; copy on cpu)")
+    ap.add_argument("--sparf-transport", choices=("copy", "uva", "uva-gather", "both"), default=None,
+                    help="SparF on DRAM: copy (host selects, pinned copy), uva (zero-copy: fused kernels read pinned "
+                    "memory; on cuda uva-gather runs too, for comparison), uva-gather (the gather-then-attend "
+                    "zero-copy path) or both (copy, uva, uva-gather: default on cuda; copy on cpu)")
     ap.add_argument("--sparf-quality", action="store_true", help="instead: SparF's attention-output cosine "
                     "similarity to exact and bytes read, every layer of SmolLM2 at one decode step after --context "
                     "tokens of real text (default 2048), whole context and with the newest tokens exact")
@@ -339,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             check_config(SparFConfig(bytes_frac=a.sparf, **_sparf_knobs(a)), tr)
     tiers = install_kv_tiers(model, spec)
     ids = _prompt_ids(tok, ctx, ma.vocab_size)
-    total_steps = a.steps * (4 + 2 * len(transports) if a.sparf else 4) + 2
+    n_variants = 2 + (1 + len(transports) if a.sparf else 0)  # tiered, move-all; SparF: its variants (and SSD)
+    total_steps = n_variants * (2 * a.steps + WARMUP_STEPS) + 2
     try:
         t0 = time.perf_counter()
         model.setup_cache(1, ctx + total_steps)
@@ -374,14 +385,17 @@ def main(argv: list[str] | None = None) -> int:
                                            (max(256, big // 4 // 16 * 16), big))
             rates.host_select, rates.sync_s = sparf_probe["host_select"], sparf_probe["sync_s"]
             rates.uva = sparf_probe["uva"] or rates.uva
+            rates.uva_select = sparf_probe["uva_select"] or rates.uva_select
+            rates.uva_attend = sparf_probe["uva_attend"] or rates.uva_attend
             tiers.spec.sparf = cfg
             for tr in transports:
-                if tr == "uva" and sparf_probe["uva_error"]:
-                    res["sparf_dram_uva"] = {"error": sparf_probe["uva_error"]}
+                key = "sparf_dram_" + tr.replace("-", "_")
+                if tr.startswith("uva") and sparf_probe["uva_error"]:
+                    res[key] = {"error": sparf_probe["uva_error"]}
                     continue
                 tiers.spec.sparf_transport = tr
-                res[f"sparf_dram_{tr}"], pos = _variant(model, tiers, pos, a.steps, choice["modes"], cold)
-                res[f"sparf_dram_{tr}"]["transport"] = tr
+                res[key], pos = _variant(model, tiers, pos, a.steps, choice["modes"], cold)
+                res[key]["transport"] = tr
             quality = _random_quality(tiers, ma, device, dtype)
             tiers.spec.sparf = None
         elif a.sparf:

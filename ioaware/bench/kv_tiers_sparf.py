@@ -11,11 +11,14 @@ QUALITY_FILE = "benchmarks/results/kvtiers-sparf-smollm2-cpu-2026-12-03b.json"
 
 
 def transports(a) -> list[str]:
-    """The DRAM SparF transports to run: the command line's, else both on CUDA and copy on a CPU-only run."""
+    """The DRAM SparF transports to run: the command line's, else all three on CUDA and copy on a CPU-only run.
+    'uva' on CUDA runs 'uva-gather' too (the older zero-copy path, a few seconds more), 'both' all three."""
     if not a.sparf or a.sparf_tier != "dram":
         return []
     t = a.sparf_transport or ("both" if a.device == "cuda" else "copy")
-    return ["copy", "uva"] if t == "both" else [t]
+    if t == "both":
+        return ["copy", "uva", "uva-gather"]
+    return ["uva", "uva-gather"] if t == "uva" and a.device == "cuda" else [t]
 
 
 @torch.no_grad()
@@ -51,7 +54,8 @@ def random_quality(tiers, ma, device, dtype, seed: int = 0) -> dict:
 def sparf_summary(probe: dict, quality: dict | None, res: dict) -> dict:
     """The DRAM SparF's probes, the iomodel's per-part prediction against the measured parts, and speed-ups."""
     out = {"probe": {"host_select": probe["host_select"].__dict__,
-                     "uva": probe["uva"].__dict__ if probe["uva"] else None, "sync_s": probe["sync_s"],
+                     **{k: probe[k].__dict__ if probe.get(k) else None for k in ("uva", "uva_select", "uva_attend")},
+                     "sync_s": probe["sync_s"],
                      "uva_error": probe["uva_error"], "points": probe["points"]},
            "quality_random_data": quality, "quality_real_activations": QUALITY_FILE, "variants": {}}
     base = res["move_all"]["tok_s"]

@@ -10,7 +10,9 @@ the line through two probed sizes, so fixed costs (a launch, a Python call, the 
     SSD, near           t = disk(B_ssd) + wcpu.call + B_ssd / wcpu.rate        (InstInfer's drive: the worker)
     SSD, move           t = disk(B_ssd) + link + dev                           (this process reads, then moves)
     DRAM, SparF copy    t = sync + host(R) + link(B_pg) + dev(B_pg)   (host: channel rows, scores, page gather)
-    DRAM, SparF uva     t = uva(R) + dev(B_pg)                         (the device reads host memory, no sync)
+    DRAM, SparF uva     t = uva_select(R - B_pg) + uva_attend(B_pg)    (fused kernels read host memory, no sync:
+                          the channel rows -> page masses -> top-k, then a paged kernel over the host pages)
+    DRAM, SparF uva-gather  t = uva(R) + dev(B_pg)                     (gathers into device buffers, flash_decode)
       R = what SparF reads of the tier: r/D of K (the channel rows) + the chosen pages' K and V (B_pg)
 
 On a CPU-only run "link" is a memcpy into fresh memory and "dev" the host's own partial: moving still costs a copy.
@@ -55,7 +57,10 @@ class TierRates:
     source: dict = field(default_factory=dict)  # how each line was probed
     # SparF on the DRAM tier (probe.probe_sparf_dram), over the bytes SparF reads (channel rows + chosen pages):
     host_select: Line = field(default_factory=lambda: Line(0.0, float("inf")))  # transport copy, the host's part
-    uva: Line = field(default_factory=lambda: Line(0.0, float("inf")))  # transport uva: reads, selection, gathers
+    uva: Line = field(default_factory=lambda: Line(0.0, float("inf")))  # transport uva-gather: reads, selection,
+    # gathers (over R); transport uva (fused): the selection over the channel-row bytes, the paged kernel over B_pg
+    uva_select: Line = field(default_factory=lambda: Line(0.0, float("inf")))
+    uva_attend: Line = field(default_factory=lambda: Line(0.0, float("inf")))
     sync_s: float = 0.0  # a device -> host round trip (q to the host before the host selects)
 
 
@@ -87,7 +92,8 @@ def tier_seconds(tier: str, nbytes: float, mode: str, r: TierRates) -> float:
 def sparf_dram_parts(read_bytes: float, page_bytes: float, transport: str, r: TierRates) -> dict:
     """Predicted seconds of SparF on the DRAM tier per layer, by part: 'select' (channel rows, scores, pages, and
     for transport copy the sync and the host's gather into staging; for uva the zero-copy reads of everything),
-    'copy' (the staged pages' host -> device copy; 0 for uva), 'dev' (attention over the chosen pages)."""
+    'copy' (the staged pages' host -> device copy; 0 for uva), 'dev' (attention over the chosen pages; for the
+    fused uva, its reads of them from host memory)."""
     if read_bytes <= 0:
         return {"select": 0.0, "copy": 0.0, "dev": 0.0}
     if transport == "copy":
@@ -95,17 +101,20 @@ def sparf_dram_parts(read_bytes: float, page_bytes: float, transport: str, r: Ti
             return {"select": r.host_select(read_bytes), "copy": 0.0, "dev": r.cpu(page_bytes)}
         cp = r.link(page_bytes)
         return {"select": r.sync_s + r.host_select(read_bytes), "copy": cp, "dev": after(r.dev, page_bytes, cp, r)}
-    if transport == "uva":
+    if transport == "uva":  # fused: the paged kernel's launches overlap the selection's work (`after`)
+        sel = r.uva_select(read_bytes - page_bytes)
+        return {"select": sel, "copy": 0.0, "dev": after(r.uva_attend, page_bytes, sel, r)}
+    if transport == "uva-gather":
         sel = r.uva(read_bytes)
         return {"select": sel, "copy": 0.0, "dev": after(r.dev, page_bytes, sel, r)}
-    raise ValueError(f"unknown SparF transport {transport!r} (copy, uva)")
+    raise ValueError(f"unknown SparF transport {transport!r} (copy, uva, uva-gather)")
 
 
 def sparf_layer_seconds(hbm_s: float, parts: dict, transport: str) -> float:
     """One layer's step with SparF on DRAM, as cache.LayerKV.attend overlaps it: transport uva runs on a side
     stream beside the device tier's kernel; transport copy's host part runs while the device tier's kernel does,
     then the copy and the partial follow."""
-    if transport == "uva":
+    if transport.startswith("uva"):
         return max(hbm_s, parts["select"] + parts["dev"])
     return max(hbm_s, parts["select"]) + parts["copy"] + parts["dev"]
 

@@ -209,3 +209,105 @@ def test_bench_sparf_dram_runs_on_cuda(tmp_path):
     for key in ("sparf_dram_copy", "sparf_dram_uva"):
         assert res["variants"][key]["tok_s"] > 0, res["variants"][key]
         assert set(res["sparf_dram"]["variants"][key]["measured_parts_s"]) == {"select", "copy", "dev"}
+
+
+# ---------------------------------------------------------------- SparF on DRAM, transport uva: the fused kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_uva_on_cuda_matches_the_cpu_reference(dtype):
+    """uva_sparf_kernel.py on the GPU, reading the pinned pool through UVA: the pages equal the CPU reference's
+    (host_select: sparf_from_file's arithmetic) or tie with them in p̂'s mass; (out, lse) equal fp64 attention over
+    the chosen pages (fp32: 1e-5; bf16: the 2x rule against SDPA in bf16)."""
+    from ioaware.kernels._dispatch import last_backend
+    from ioaware.runtime.kvtiers import SparFConfig
+    from ioaware.runtime.kvtiers import dram_sparf as ds
+    from ioaware.runtime.kvtiers.partial import partial_attention
+
+    tiers, lk, q = _dram_tier("cuda", dtype)
+    try:
+        assert lk.dk.is_pinned() and lk.dkc.is_pinned()
+        cfg, scale = SparFConfig(), 64 ** -0.5
+        kc, vc, pc, nbc = ds.host_select(cfg, lk, q.float().cpu(), scale)
+        info = {}
+        pages, nb = ds.fused_select(cfg, lk, q, scale, info)
+        assert nb == nbc and pages.is_cuda and last_backend("uva_sparf_select") == "triton"
+        got = info["pages"].cpu()
+        if not torch.equal(got, pc):  # a near-tie decided differently: the masses must agree to fp32 rounding
+            m = info["mass"].cpu().clamp_max(1e30)
+            assert (m.gather(-1, got).sum(-1) - m.gather(-1, pc).sum(-1)).abs().max() < 1e-5
+            B, t = q.shape[0], lk.t  # the GPU's own pages, gathered from the pool on the host
+            slots = (got + lk.dram_head) % t.dram_pages
+            bi, hi = torch.arange(B)[:, None, None], torch.arange(t.Hkv)[None, :, None]
+            kc, vc = (x.view(B, t.dram_pages, 16, t.Hkv, t.D)[bi, slots, :, hi, :].permute(0, 2, 3, 1, 4)
+                      .reshape(B, -1, t.Hkv, t.D) for x in (lk.dk, lk.dv))
+        o, lse = ds.fused_attend(lk, q, pages, scale)
+        assert last_backend("uva_paged_partial") == "triton"
+        ro, rlse = partial_attention(q.double().cpu(), kc.double(), vc.double(), scale)
+        if dtype == torch.float32:
+            assert (o.double().cpu() - ro).abs().max() < 1e-5 and (lse.double().cpu() - rlse).abs().max() < 1e-5
+        else:
+            kk, vv = (x.to("cuda").repeat_interleave(4, 2).transpose(1, 2) for x in (kc, vc))
+            to = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, scale=scale)
+            assert (o.double().cpu() - ro).abs().max() <= 2 * (to.transpose(1, 2).double().cpu() - ro).abs().max()
+    finally:
+        tiers.close()
+
+
+def test_fused_uva_never_syncs_and_launches_few_kernels():
+    """Transport uva's selection and attention queue on the device with no host sync (torch's sync debug mode
+    raises on any), in about 5 kernels (the gather path: about 20)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ioaware.runtime.kvtiers import SparFConfig
+    from ioaware.runtime.kvtiers import dram_sparf as ds
+
+    tiers, lk, q = _dram_tier("cuda", torch.bfloat16)
+    try:
+        def fused():
+            pages, _ = ds.fused_select(SparFConfig(), lk, q, 0.125)
+            return ds.fused_attend(lk, q, pages, 0.125)
+
+        def gather():
+            k, v, _, _ = ds.device_select(SparFConfig(), lk, q, 0.125)
+            return ds.attend_selected(q, k, v, 0.125)
+
+        fused(), gather()  # compiles first
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            o, lse = fused()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert o.is_cuda and torch.isfinite(o).all() and torch.isfinite(lse).all()
+        counts = {}
+        for name, fn in (("fused", fused), ("gather", gather)):
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            counts[name] = sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA"
+                               and "memcpy" not in e.key.lower() and "memset" not in e.key.lower())
+        assert 0 < counts["fused"] <= 6 and counts["gather"] >= 2 * counts["fused"], counts  # topk: 1 or 2
+    finally:
+        tiers.close()
+
+
+@pytest.mark.parametrize("timed", [False, True], ids=["overlapped", "timed"])
+def test_dram_sparf_uva_gather_full_budget_equals_all_in_hbm(timed):
+    """The older zero-copy path, kept as transport 'uva-gather' (transport 'uva' is the fused one above)."""
+    test_dram_sparf_full_budget_and_exact_equal_all_in_hbm("uva-gather", timed)
+
+
+def test_bench_sparf_dram_uva_runs_both_zero_copy_variants(tmp_path):
+    """`--sparf-transport uva` times the fused path and, for comparison, the gather path; both probed and priced."""
+    import json
+
+    from ioaware.bench.kv_tiers import main
+
+    out = tmp_path / "kv.json"
+    assert main(["--device", "cuda", "--model", "tiny", "--context", "4096", "--steps", "3", "--ssd", "none",
+                 "--sparf", "0.125", "--sparf-tier", "dram", "--sparf-transport", "uva", "--out", str(out),
+                 "--crossover", "64"]) == 0
+    res = json.loads(out.read_text())
+    for key in ("sparf_dram_uva", "sparf_dram_uva_gather"):
+        assert res["variants"][key]["tok_s"] > 0, res["variants"][key]
+        assert res["sparf_dram"]["variants"][key]["measured_parts_s"]["dev"] > 0
+    assert res["sparf_dram"]["probe"]["uva_select"] and res["sparf_dram"]["probe"]["uva_attend"]

@@ -289,3 +289,24 @@ def test_generate_cli_kv_budget(tmp_path, capsys):
         main([*base, "--kv-budget", "hbm=8KiB,dram=1XB"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "--kv-budget" in err[0]
+
+
+def test_bench_variant_times_only_after_an_untimed_warmup(monkeypatch):
+    """A variant's first decode step compiles its kernels; the bench must not average it into the timed steps."""
+    from types import SimpleNamespace
+
+    from ioaware.bench import kv_tiers as bench
+
+    calls = []
+
+    def fake_decode(model, tiers, start, steps, cold):
+        calls.append((start, steps))
+        return (100.0 if not calls[1:] else 0.25), None  # the first call (the compile) is slow
+
+    monkeypatch.setattr(bench, "_decode", fake_decode)
+    monkeypatch.setattr(bench, "_per_layer_bytes", lambda tiers: {"hbm": 1, "dram": 2, "ssd": 0})
+    tiers = SimpleNamespace(spec=SimpleNamespace(modes={}, sparf_on=lambda tier: False), stats=None, timed=False,
+                            n_layers=2)
+    res, pos = bench._variant(None, tiers, 10, 4, {"dram": "move", "ssd": "move"}, False, timed_too=False)
+    assert calls == [(10, bench.WARMUP_STEPS), (10 + bench.WARMUP_STEPS, 4)]
+    assert res["step_s"] == 0.25 and pos == 10 + bench.WARMUP_STEPS + 4

@@ -194,9 +194,9 @@ def test_iomodel_prices_sparf_dram():
     read, pages = 8e6, 6e6
     c = sparf_dram_parts(read, pages, "copy", r)
     assert math.isclose(c["select"], 5e-5 + 1e-4 + read / 2e10) and math.isclose(c["copy"], 2e-5 + pages / 5e10)
-    u = sparf_dram_parts(read, pages, "uva", r)
+    u = sparf_dram_parts(read, pages, "uva-gather", r)  # the gather path (transport "uva" is the fused one)
     assert u["copy"] == 0 and math.isclose(u["select"], 3e-5 + read / 2e10)
-    assert sparf_layer_seconds(1e-3, u, "uva") == max(1e-3, u["select"] + u["dev"])
+    assert sparf_layer_seconds(1e-3, u, "uva-gather") == max(1e-3, u["select"] + u["dev"])
     assert sparf_layer_seconds(1e-5, c, "copy") == c["select"] + c["copy"] + c["dev"]
     assert sparf_dram_parts(0, 0, "uva", r) == {"select": 0.0, "copy": 0.0, "dev": 0.0}
     with pytest.raises(ValueError, match="transport"):

@@ -49,7 +49,8 @@ class KVTierSpec:
     # which tier SparF reads ("ssd", "dram", "both"); "dram"/"both" keep the DRAM tier's K channel-major too (on top
     # of dram=, half the tier's bytes again) from the start, so SparF can be switched on later
     sparf_tier: str = "ssd"
-    sparf_transport: str = "copy"  # DRAM SparF on CUDA: "copy" (host selects, pinned copy) or "uva" (zero-copy)
+    # DRAM SparF on CUDA: "copy" (host selects, pinned copy), "uva" (zero-copy, fused kernels) or "uva-gather"
+    sparf_transport: str = "copy"
 
     def sparf_on(self, tier: str) -> bool:
         return self.sparf is not None and self.sparf_tier in (tier, "both")
@@ -356,11 +357,18 @@ class LayerKV:
 
         t, cfg = self.t, self.t.spec.sparf
         info = t.sparf_info
-        if t.spec.sparf_transport == "uva" and (q.is_cuda or interpreting()):
+        if t.spec.sparf_transport.startswith("uva") and (q.is_cuda or interpreting()):
+            fused = t.spec.sparf_transport == "uva" and ds.fused_ok(q, t.Hkv)
+
             def work():
-                k, v, pages, nb = ds.device_select(cfg, self, q, scale, info)
-                self._tick("dram_select", q)
-                o = ds.attend_selected(q, k, v, scale)
+                if fused:  # the kernels read the pinned pool themselves (uva_sparf_kernel.py)
+                    pages, nb = ds.fused_select(cfg, self, q, scale, info)
+                    self._tick("dram_select", q)
+                    o = ds.fused_attend(self, q, pages, scale)
+                else:  # "uva-gather": gathers into device buffers, torch selects, flash_decode attends
+                    k, v, pages, nb = ds.device_select(cfg, self, q, scale, info)
+                    self._tick("dram_select", q)
+                    o = ds.attend_selected(q, k, v, scale)
                 self._tick("dram_dev", q)
                 t.stats["bytes"]["dram_sparf"] += nb
                 return [o]
@@ -370,9 +378,13 @@ class LayerKV:
             side.wait_stream(torch.cuda.current_stream(q.device))
             with torch.cuda.stream(side):
                 res = work()
+            q.record_stream(side)  # made on the compute stream, read on the side one: not reused before that
 
             def join():
-                torch.cuda.current_stream(q.device).wait_stream(side)
+                main = torch.cuda.current_stream(q.device)
+                main.wait_stream(side)
+                for x in res[0]:  # made on the side stream, read on this one
+                    x.record_stream(main)
                 return res
             return join
 
@@ -472,7 +484,7 @@ class LayerKV:
         fast = T <= 16 and self._room_for(T)  # flash_decode appends in place into the paged ring
         sparf = self._sparf_dram_ok()
         dram_mode = "sparf" if sparf else (t.spec.modes.get("dram", "near") if self.dram_n else "none")
-        host_sparf = sparf and not (t.spec.sparf_transport == "uva" and q.is_cuda)
+        host_sparf = sparf and not (t.spec.sparf_transport.startswith("uva") and q.is_cuda)
         need_cpu = dram_mode == "near" or host_sparf or bool(self.segs)
         q_cpu = q.detach().float().cpu() if need_cpu else None  # a GPU step's one sync
         ssd_near = bool(self.segs) and t.spec.modes.get("ssd", "near") == "near"

@@ -9,10 +9,16 @@ the top-r channels of K for approximate scores, then whole 16-token pages: the t
     contiguous, as in the SSD file;
   - transport "copy": q to the host (one sync), selection on the CPU's threads, the chosen pages gathered into a
     pinned staging buffer, one async copy per K/V on a copy stream, flash_decode over them on the device;
-  - transport "uva": nothing on the host. Pinned memory is mapped into the GPU's address space, so a Triton gather
-    (uva_kernel.py) reads the channel rows and then the chosen pages straight from the host pool; the selection
-    runs on the device between the two. No sync, so the host runs ahead launching later layers, and the work runs
-    on a side stream beside the device tier's flash_decode.
+  - transport "uva": nothing on the host. Pinned memory is mapped into the GPU's address space, so Triton kernels
+    (uva_sparf_kernel.py) read it straight from the host pool: one kernel reads the chosen channel rows and reduces
+    the approximate scores to page masses on chip (channels and temperature computed in the kernel from q), a small
+    one finishes the softmax and forces the sink/recent pages, torch.topk picks the pages, and a flash-decode style
+    kernel attends each head's pages reading K and V from the pool, splits merged by a last small kernel: 5 launches,
+    no sync, so the host runs ahead launching later layers; the work runs on a side stream beside the device
+    tier's flash_decode. Query rows per KV head beyond FUSED_MAX_ROWS (a long prefill chunk) take "uva-gather".
+  - transport "uva-gather" (the first zero-copy version, kept for comparison): a Triton gather (uva_kernel.py)
+    reads the channel rows into a device buffer, torch ops select, the gather copies the chosen pages into a packed
+    device cache, flash_decode attends (about 20 launches).
 
 Both compute the same pages as `sparf_from_file` (the SSD tier's reference) on the same tokens: the tier's token j
 (oldest first) is ring token (head * page + j) mod capacity. Supported options: r, sink/recent pages, bytes_frac;
@@ -29,7 +35,8 @@ from ...errors import UnsupportedError
 from .partial import partial_attention
 from .sparf import PAGE, SparFConfig
 
-TRANSPORTS = ("copy", "uva")
+TRANSPORTS = ("copy", "uva", "uva-gather")
+FUSED_MAX_ROWS = 64  # query rows per KV head (group x new tokens) the fused kernels keep in registers
 
 
 def check_config(cfg: SparFConfig, transport: str) -> None:
@@ -143,7 +150,7 @@ def host_select(cfg: SparFConfig, lk, q_cpu: torch.Tensor, scale: float, stats: 
     return stages[0], stages[1], pages, B * Hkv * (r * L + 2 * n * P * D) * t.esize
 
 
-# ---------------------------------------------------------------- transport "uva": the device reads host memory
+# ---------------------------------------------------------------- transport "uva-gather": gathers, then flash_decode
 def _gather(src: torch.Tensor, dst: torch.Tensor, src_off, dst_off, n_rows, row_len, src_rs, dst_rs,
             align: int = 1) -> None:
     from ...kernels._dispatch import load_kernel_module, record
@@ -200,6 +207,92 @@ def device_select(cfg: SparFConfig, lk, q: torch.Tensor, scale: float, stats: di
     if stats is not None:
         stats["pages"] = pages
     return out[0], out[1], pages, B * Hkv * (r * L + 2 * n * P * D) * t.esize
+
+
+# ---------------------------------------------------------------- transport "uva": fused kernels over host memory
+def fused_ok(q: torch.Tensor, Hkv: int) -> bool:
+    """Whether the fused kernels take q (B, Tq, Hq, D): at most FUSED_MAX_ROWS query rows per KV head."""
+    return q.shape[1] * (q.shape[2] // Hkv) <= FUSED_MAX_ROWS
+
+
+def _kernels():
+    """uva_sparf_kernel.py, imported once (load_kernel_module reads the environment: per-layer host time counts)."""
+    global _MOD
+    if _MOD is None:
+        from ...kernels._dispatch import load_kernel_module
+
+        _MOD = load_kernel_module("ioaware.runtime.kvtiers.uva_sparf_kernel")
+    return _MOD
+
+
+def _record(op: str, backend: str) -> None:
+    """_dispatch.record when the backend changes: record reads the environment (tens of µs of host time per call,
+    per layer and step on the decode path), and the same backend again changes nothing last_backend reports."""
+    if _RECORDED.get(op) != backend:
+        from ...kernels._dispatch import record
+
+        record(op, backend)
+        _RECORDED[op] = backend
+
+
+_MOD = None
+_RECORDED: dict = {}
+_BARE = {"needed": False}  # set once a launcher refused a host tensor: later calls pass HostPointers directly
+
+
+def _host_call(call, tensors: list, dev: torch.device):
+    """call(*tensors); if a launcher refuses a host tensor on a CUDA run, again with HostPointers (their addresses,
+    mapped under UVA; remembered, so the refusal is paid once), then a one-line error naming transport 'copy'."""
+    def bare():
+        from .uva_kernel import HostPointer  # triton is imported by now (_kernels)
+
+        return [HostPointer(x) if x.device.type == "cpu" else x for x in tensors]
+
+    if _BARE["needed"] and dev.type == "cuda":
+        return call(*bare())
+    try:
+        return call(*tensors)
+    except (ValueError, RuntimeError) as e:
+        if dev.type != "cuda" or all(x.device.type != "cpu" for x in tensors):
+            raise
+        try:
+            out = call(*bare())
+        except (ValueError, RuntimeError, TypeError) as e2:
+            raise UnsupportedError(f"SparF on DRAM, transport 'uva': Triton cannot read pinned host memory here "
+                                   f"({e}; as a bare pointer: {e2}); use transport 'copy'") from e2
+        _BARE["needed"] = True
+        return out
+
+
+def fused_select(cfg: SparFConfig, lk, q: torch.Tensor, scale: float, stats: dict | None = None):
+    """Transport "uva": the pages (B, Hkv, n) (tier page indices, int64, in top-k order) chosen on q's device from
+    the pinned channel-major K (two kernels and a top-k; no host sync), and the bytes SparF reads."""
+    mod = _kernels()
+    t = lk.t
+    B, Hkv, D, P = t.batch, t.Hkv, t.D, t.spec.page
+    L = lk.dram_n * P
+    r, n_full, n = plan(cfg, L, D)
+    forced = forced_pages(cfg, n_full, n)
+    s = sum(1 for p in forced if p < cfg.sink_pages)
+    ns = min(cfg.sink_pages, n_full) * P
+    mass = _host_call(lambda kc: mod.sparf_page_mass_fwd(q, kc, Hkv, lk.dram_head * P, L, t.dram_pages * P, ns, r,
+                                                          scale, s, len(forced) - s), [lk.dkc], q.device)
+    pages = mass.topk(n, dim=-1, sorted=False).indices
+    _record("uva_sparf_select", "triton" if q.is_cuda else "interpret")
+    if stats is not None:
+        stats["pages"], stats["mass"] = pages.sort(dim=-1).values, mass
+    return pages, B * Hkv * (r * L + 2 * n * P * D) * t.esize
+
+
+def fused_attend(lk, q: torch.Tensor, pages: torch.Tensor, scale: float):
+    """Transport "uva": exact attention over each head's pages read from the pinned pool by a paged kernel.
+    -> (out (B, Tq, Hq, D) fp32, lse (B, Hq, Tq) fp32), as partial.py."""
+    mod = _kernels()
+    t = lk.t
+    o = _host_call(lambda k, v: mod.uva_paged_partial_fwd(q, k, v, pages, t.Hkv, lk.dram_head, t.dram_pages, scale),
+                   [lk.dk, lk.dv], q.device)
+    _record("uva_paged_partial", "triton" if q.is_cuda else "interpret")
+    return o
 
 
 def attend_selected(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):

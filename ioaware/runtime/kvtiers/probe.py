@@ -175,9 +175,12 @@ def probe_sparf_dram(Hq: int, Hkv: int, D: int, dtype: torch.dtype, device, cfg,
                      batch: int = 1, reps: int = 5) -> dict:
     """SparF on the DRAM tier, probed on a real one-layer tier of `sizes` tokens (a line through the two, over the
     bytes SparF reads): 'host_select' (transport copy: q's channels, the channel rows, scores, pages, and the
-    gather into pinned staging, on this process's threads), 'uva' (transport uva on CUDA: the device reads the
-    channel rows, selects, and reads the pages from pinned memory), 'sync_s' (q's round trip to the host).
-    Returns {'host_select': Line, 'uva': Line | None, 'sync_s': float, 'points': {...}, 'uva_error': str | None}."""
+    gather into pinned staging, on this process's threads), 'uva' (transport uva-gather on CUDA: the device
+    gathers the channel rows, selects, and gathers the pages from pinned memory), 'uva_select' / 'uva_attend'
+    (transport uva, the fused kernels: the selection over the channel-row bytes, the paged kernel over the pages'
+    bytes), 'sync_s' (q's round trip to the host).
+    Returns {'host_select': Line, 'uva': Line | None, 'uva_select': Line | None, 'uva_attend': Line | None,
+    'sync_s': float, 'points': {...}, 'uva_error': str | None}."""
     from ...errors import UnsupportedError
     from ...kernels._dispatch import interpreting
     from . import dram_sparf as ds
@@ -187,7 +190,7 @@ def probe_sparf_dram(Hq: int, Hkv: int, D: int, dtype: torch.dtype, device, cfg,
     esize = torch.empty(0, dtype=dtype).element_size()
     scale = D ** -0.5
     page_b = 2 * batch * 16 * Hkv * D * esize
-    pts: dict = {"host_select": [], "uva": []}
+    pts: dict = {"host_select": [], "uva": [], "uva_select": [], "uva_attend": []}
     uva_error = None
     q = torch.randn(batch, 1, Hq, D, device=device, dtype=dtype)
     q_cpu = q.float().cpu()
@@ -205,11 +208,20 @@ def probe_sparf_dram(Hq: int, Hkv: int, D: int, dtype: torch.dtype, device, cfg,
         if (device.type == "cuda" or interpreting()) and uva_error is None:  # CPU: the kernel's interpreter
             try:
                 pts["uva"].append((nb, _time(lambda lk=lk: ds.device_select(cfg, lk, q, scale), device, reps)))
+                if ds.fused_ok(q, Hkv):
+                    pg_b = 2 * batch * Hkv * ds.plan(cfg, lk.dram_n * 16, D)[2] * 16 * D * esize
+                    pages = ds.fused_select(cfg, lk, q, scale)[0]
+                    pts["uva_select"].append((nb - pg_b, _time(lambda lk=lk: ds.fused_select(cfg, lk, q, scale),
+                                                               device, reps)))
+                    pts["uva_attend"].append((pg_b, _time(lambda lk=lk, p=pages: ds.fused_attend(lk, q, p, scale),
+                                                          device, reps)))
             except UnsupportedError as e:
                 uva_error = str(e)
         del lk, tiers
     sync_s = _time(lambda: q.float().cpu(), device, reps) if device.type == "cuda" else 0.0
     host = Line.through(*pts["host_select"][0], *pts["host_select"][1])
-    uva = Line.through(*pts["uva"][0], *pts["uva"][1]) if len(pts["uva"]) == 2 else None
-    return {"host_select": host, "uva": uva, "sync_s": sync_s, "uva_error": uva_error,
+    uva, fsel, fatt = (Line.through(*pts[k][0], *pts[k][1]) if len(pts[k]) == 2 else None
+                       for k in ("uva", "uva_select", "uva_attend"))
+    return {"host_select": host, "uva": uva, "uva_select": fsel, "uva_attend": fatt, "sync_s": sync_s,
+            "uva_error": uva_error,
             "points": {k: [[b, s] for b, s in v] for k, v in pts.items()}}
