@@ -58,6 +58,11 @@ def parse_args(argv):
     ap.add_argument("--cap-mechanism", default="auto", choices=["auto", *memcap.MECHANISMS, "none"],
                     help="auto: cgroup v2, then cgroup v1, then systemd-run; none: run uncapped")
     ap.add_argument("--llama-gguf", choices=["f16", "source"], default="f16")
+    ap.add_argument("--relufy", default=None, metavar="ADAPTER",
+                    help="a relufy adapter merged into the FFN of ioaware/naive/mmap (the store they all read); by "
+                         "default, as `ioaware generate`: the shipped one for the default model. llama.cpp cannot load "
+                         "an adapter and runs the original GGUF")
+    ap.add_argument("--no-relufy", action="store_true", help="every provider on the model as it is (SwiGLU)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per child")
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
@@ -66,6 +71,8 @@ def parse_args(argv):
     a = ap.parse_args(argv)
     if a.tokens < 2:
         ap.error("--tokens must be at least 2 (one prefill token and one decode step)")
+    if a.relufy and a.no_relufy:
+        ap.error("--relufy and --no-relufy contradict each other; give one")
     return a
 
 
@@ -109,10 +116,12 @@ def prepare(a) -> dict:
     from ..env import settings
     from ..runtime.llm.checkpoint import default_model_path
     from ..runtime.offload.session import open_streamed
+    from ..runtime.relufy.apply import resolve_adapter
     from .offload_common import PROMPT, write_dense_file
 
+    relufy = resolve_adapter(a.relufy, a.no_relufy, a.model)  # as `ioaware generate` picks it
     model, rt, acct, tok, store = open_streamed(a.model, a.budget, None, a.window, a.threads, a.sparsity,
-                                                max_new_tokens=a.tokens)
+                                                max_new_tokens=a.tokens, relufy=relufy, count_prompt=_prompt_len)
     text = tok.apply_chat_template([{"role": "user", "content": PROMPT}])
     ids = tok.encode(text)
     src = Path(a.model) if a.model else default_model_path()
@@ -125,11 +134,25 @@ def prepare(a) -> dict:
     spec = {"ids": ids, "text": text, "store": str(store.path), "dense": str(dense), "gguf": str(gguf_path),
             "source": str(src),
             "budget_bytes": int(acct["budget"]), "weight_bytes": int(acct["weight_bytes"]), "memory": acct,
-            "model": store.header["source"]}
+            "model": store.header["source"], "relufy": str(relufy) if relufy else None,
+            "store_fingerprint": store.fingerprint, "ffn_activation": store.args.ffn_act,
+            "ffn_activation_shift": store.args.ffn_act_shift, "predictors": acct.get("predictors_file")}
+    if relufy:
+        from ..runtime.relufy.adapter import file_sha256
+
+        spec["relufy_sha256"] = file_sha256(relufy)
     rt.close()
     del model, rt
     gc.collect()
     return spec
+
+
+def _prompt_len(tok) -> int:
+    """The bench prompt's length in tokens: the KV cache is planned for it, as `ioaware generate` plans for its own
+    prompt (not for PROMPT_ALLOWANCE tokens, which a 50% budget of SmolLM2 no longer holds beside the gate copy)."""
+    from .offload_common import PROMPT
+
+    return len(tok.encode(tok.apply_chat_template([{"role": "user", "content": PROMPT}])))
 
 
 class DecodeIO:
@@ -166,11 +189,15 @@ def child_ioaware(name: str, spec: dict, a, t0: float) -> dict:
     from .offload_common import Clock, MmapFFN, NaiveFFN
 
     torch.set_num_threads(a.torch_threads)
-    applied = memcap.apply_in_child()  # baseline: torch and the runtime imported, no model yet
+    _warm_up_torch()
+    applied = memcap.apply_in_child()  # baseline: torch and the runtime imported and warmed up, no model yet
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     _phase("open_streamed (loading the resident part, predictors, cache)")
+    # the parent's adapter: open_streamed checks its hash against the model and opens the store only under the
+    # fingerprint of base + this adapter, so every provider here reads the weights the parent prepared
     model, rt, acct, tok, store = open_streamed(a.model, a.budget, spec["store"], a.window, a.threads, a.sparsity,
-                                                progress=False, max_new_tokens=a.tokens, say=lambda *_: None)
+                                                progress=False, max_new_tokens=a.tokens, say=lambda *_: None,
+                                                relufy=spec.get("relufy"), count_prompt=lambda _: len(spec["ids"]))
     model.set_attention("sdpa")
     clock, extra, closers = Clock(), {}, []
     if name != "ioaware":
@@ -201,7 +228,14 @@ def child_ioaware(name: str, spec: dict, a, t0: float) -> dict:
     if name == "ioaware":
         s = stream_summary(rt, acct, res.summary["decode_s"])
         extra = {"provider_bytes_per_token": s["flash_bytes_read_per_token"], "window_hit_rate": s["window_hit_rate"],
-                 "ffn_frac_loaded_per_token": s["ffn_frac_loaded_per_token"]}
+                 "ffn_frac_loaded_per_token": s["ffn_frac_loaded_per_token"],
+                 "ffn_frac_predicted_per_token": s["ffn_frac_predicted_per_token"],
+                 "ffn_sparsity_measured": s["ffn_sparsity_measured"],
+                 "naive_bytes_per_token": s["naive_bytes_per_token"],
+                 "predicted_io_s_per_token": s["flash_predicted_io_s_per_token"],
+                 "io_s_per_token": s["flash_io_s_per_token"], "predictor": rt.predictors.activation,
+                 "predictor_bytes": acct.get("predictors"),
+                 "cache_neurons_per_layer": acct.get("cache_neurons_per_layer")}
         rt.close()
     elif name == "naive":
         extra = {"provider_bytes_per_token": clock.bytes / max(res.summary["decode_tokens"], 1)}
@@ -210,7 +244,37 @@ def child_ioaware(name: str, spec: dict, a, t0: float) -> dict:
     return {"applied_cap": applied, "load_s": load_s, "prefill_s": res.summary["prefill_s"],
             "time_to_first_token_s": load_s + res.summary["prefill_s"], "decode_tok_s": res.summary["decode_tok_s"],
             "decode_steps": steps, **io.per_token(end, steps), "tokens": res.tokens, "text": res.text,
-            "cgroup_stat": memcap.cgroup_stat(applied), **extra}
+            "cgroup_stat": memcap.cgroup_stat(applied), "weights": _weights(spec, store), **extra}
+
+
+def _weights(spec: dict, store=None) -> dict:
+    """What a provider computed with: the store (base + adapter, by fingerprint) or, for llama.cpp, a GGUF."""
+    if store is None:
+        return {"file": spec["gguf"], "relufy": None, "ffn_activation": "silu",
+                "differs_from_store": spec.get("relufy") is not None,
+                "note": ("llama.cpp cannot load a relufy adapter: it runs the original model (SwiGLU, every FFN "
+                         "neuron read), not the relufied one the other providers run") if spec.get("relufy") else
+                        "the same dequantised weights as the store"}
+    return {"file": str(store.path), "store_fingerprint": store.fingerprint, "relufy": spec.get("relufy"),
+            "ffn_activation": store.args.ffn_act, "ffn_activation_shift": store.args.ffn_act_shift}
+
+
+def _warm_up_torch() -> None:
+    """What `ioaware generate --memory-budget` loads before it takes its baseline (cli/generate.py's
+    _warm_up_torch; the bench may not import the cli): torch's lazily loaded kernels and tables, the same for any
+    model. Without it the capped child's baseline lacked them and they were charged to the budget: ioaware and
+    naive were OOM-killed in open_streamed at 50% with a relufy adapter (2026-12-03, cgroup v1, all of the charge
+    anonymous memory)."""
+    import torch
+
+    from ..runtime.offload.packed_resident import warm_up_kernels
+
+    x = torch.zeros(1, 1, 8, 8)
+    torch.nn.functional.scaled_dot_product_attention(x, x, x)
+    (x.half() @ x.half()).sum()
+    with torch.device("meta"):
+        torch.nn.Embedding(2, 2)
+    warm_up_kernels()
 
 
 def _phase(what: str) -> None:
@@ -246,6 +310,7 @@ def child_llama(spec: dict, a, t0: float) -> dict:
             "decode_tok_s": steps / (t3 - t2), "decode_steps": steps, **io.per_token(end, steps),
             "cgroup_stat": memcap.cgroup_stat(applied), "tokens": toks,
             "text": llm.detokenize(toks).decode(errors="replace"), "version": llama_cpp.__version__,
+            "weights": _weights(spec),
             "gguf": spec["gguf"], "tokenizes_prompt_identically": text_ids == ids}
 
 
@@ -369,10 +434,15 @@ def main(argv: list[str] | None = None) -> int:
     out = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.node(), "cpu": _cpu_name(),
            "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
            "model": spec["model"], "source_model": spec["source"], "store": spec["store"], "dense_ffn": spec["dense"],
+           "relufy": spec["relufy"], "relufy_sha256": spec.get("relufy_sha256"),
+           "store_fingerprint": spec["store_fingerprint"], "ffn_activation": spec["ffn_activation"],
+           "ffn_activation_shift": spec["ffn_activation_shift"], "predictors": spec["predictors"],
+           "llama_cpp_weights": (_weights(spec)["note"] if "llama.cpp" in providers else None),
            "llama_gguf": spec["gguf"] if "llama.cpp" in providers else None, "budget": a.budget,
            "budget_bytes": spec["budget_bytes"], "weight_bytes": spec["weight_bytes"], "tokens": a.tokens,
            "prompt_tokens": len(spec["ids"]), "sparsity": a.sparsity, "torch_threads": a.torch_threads,
-           "cap": ({"mechanism": mech, "rule": "budget_bytes + each child's cgroup charge after its imports"}
+           "cap": ({"mechanism": mech, "rule": "budget_bytes + each child's cgroup charge after its imports (ioaware, "
+                                                 "naive, mmap: and torch's warm-up, as ioaware generate's baseline)"}
                    if mech else None),
            "cap_reason": cap_reason, "skipped": skipped, "reference_for_greedy": REFERENCE,
            "loadavg_before": load0, "loadavg_after": os.getloadavg(), "providers": cases,

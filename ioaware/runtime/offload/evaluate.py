@@ -127,6 +127,8 @@ def evaluate(model: Transformer, held_out_tokens: Iterable[torch.Tensor], thresh
     H = model.args.hidden_dim
     nll = {"dense": [], "thresholded": [], "predicted": [], "windowed": []}
     agree = {"thresholded": [], "predicted": [], "windowed": []}
+    dlogit = {"thresholded": [], "predicted": [], "windowed": []}  # mean |logit - dense logit| per position
+    kl = {"thresholded": [], "predicted": [], "windowed": []}  # KL(dense || sparse) per position, nats
     rec_t: dict = {}
     rec_p: dict = {}
     variants = 4 if predictors is not None else 2
@@ -134,7 +136,8 @@ def evaluate(model: Transformer, held_out_tokens: Iterable[torch.Tensor], thresh
     with prog, sdpa_attention(model):
         for toks in seqs:
             toks = toks.to(model.norm.weight.device)
-            d_nll, d_top = _nll_and_top1(run_tokens(model, toks), toks)
+            d_logits = run_tokens(model, toks).float()
+            d_nll, d_top = _nll_and_top1(d_logits, toks)
             nll["dense"].append(d_nll.flatten())
             prog.advance(task)
             runs = [("thresholded", None, rec_t, 0)]
@@ -142,7 +145,11 @@ def evaluate(model: Transformer, held_out_tokens: Iterable[torch.Tensor], thresh
                 runs += [("predicted", predictors, rec_p, 0), ("windowed", predictors, None, window)]
             for name, pred, rec, win in runs:
                 with sparse_model(model, thresholds, pred, record=rec, window=win):
-                    s_nll, s_top = _nll_and_top1(run_tokens(model, toks), toks)
+                    s_logits = run_tokens(model, toks).float()
+                s_nll, s_top = _nll_and_top1(s_logits, toks)
+                dlogit[name].append((s_logits - d_logits).abs().mean(-1).flatten())
+                kl[name].append(F.kl_div(s_logits.log_softmax(-1), d_logits.log_softmax(-1), log_target=True,
+                                         reduction="none").sum(-1).flatten())
                 nll[name].append(s_nll.flatten())
                 agree[name].append((s_top == d_top).flatten().float())
                 prog.advance(task)
@@ -154,6 +161,10 @@ def evaluate(model: Transformer, held_out_tokens: Iterable[torch.Tensor], thresh
                  "ppl_thresholded": ppl("thresholded"), "top1_agreement_thresholded":
                  float(torch.cat(agree["thresholded"]).mean())}
     out["ppl_ratio_thresholded"] = out["ppl_thresholded"] / out["ppl_dense"]
+    for k in dlogit:
+        if dlogit[k]:
+            out[f"logit_mean_abs_diff_{k}"] = float(torch.cat(dlogit[k]).mean())
+            out[f"kl_vs_dense_{k}"] = float(torch.cat(kl[k]).mean())
     lt = rec_t["layers"]
     out["active_frac_per_layer"] = [d["active"] / (d["tokens"] * H) for d in lt]
     out["active_frac"] = sum(d["active"] for d in lt) / sum(d["tokens"] * H for d in lt)

@@ -19,7 +19,9 @@ from torch import nn
 
 from ...files import tmp_name
 from ..llm.model import FeedForward, Transformer
+from . import gate_q4 as gate_copy  # the gate copy's math and file format (gate_copy.py: why)
 from .activations import collect_ffn_inputs, progress_bar
+from .gate_q4 import GATE_COPY
 from .sparse_ffn import ffn_act, ffn_bundles, gate_weight, is_relu_family
 from .text import load_text, token_batches
 from .thresholds import thresholds_from_inputs
@@ -44,7 +46,7 @@ class Predictors:
     w: list[torch.Tensor]
     cut: torch.Tensor  # (L,) decision thresholds on the logit (sigmoid(logit) > sigmoid(cut)); exact in fp32
     thresholds: torch.Tensor  # (L,) the gate thresholds t_l
-    activation: str = "gate"  # "gate" | "relu" | "none"
+    activation: str = "gate"  # "gate" | "relu" | "none" | GATE_COPY (a relufied model's: gate_copy.py)
     meta: dict | None = None  # training report: recall/precision on held-out activations per layer
 
     @property
@@ -54,6 +56,8 @@ class Predictors:
 
     @property
     def rank(self) -> int:
+        if self.activation == GATE_COPY:  # the gate itself: full rank
+            return int((self.meta or {}).get("rank", 0))
         return self.A[0].shape[0]
 
     @property
@@ -63,9 +67,15 @@ class Predictors:
     def n_params(self) -> int:
         return sum(t.numel() for ts in (self.A, self.B, self.b, self.w) for t in ts)
 
+    def nbytes(self) -> int:
+        """Bytes the per-layer tensors hold (what a run keeps resident; the gate copy's are not one dtype)."""
+        return sum(t.numel() * t.element_size() for ts in (self.A, self.B, self.b, self.w) for t in ts)
+
     def logits(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """x: (..., dim) -> (..., ffn) fp32 logits."""
         A = self.A[layer]
+        if self.activation == GATE_COPY:
+            return gate_copy.logits(x, A, self.B[layer], self.w[layer], self.b[layer])
         return _head(x.to(A.dtype), A, self.B[layer], self.b[layer], self.w[layer], self.activation).float()
 
     def predict_mask(self, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +88,14 @@ class Predictors:
         return m.nonzero().flatten()
 
     def to(self, device=None, dtype=None) -> Predictors:
+        if self.activation == GATE_COPY:  # packed for the int4 kernel (see gate_copy.py); the bias stays fp32
+            run = [gate_copy.pack(A.to(device), B.to(device), w.to(device), dtype)
+                   for A, B, w in zip(self.A, self.B, self.w)]
+            # owned copies throughout: a tensor left a view of the loaded file keeps its whole mapping (the 4-bit
+            # codes too, ~33 MB for SmolLM2) in the run's resident set
+            return Predictors([r[0] for r in run], [r[1] for r in run], [b.to(device, copy=True) for b in self.b],
+                              [r[2] for r in run], self.cut.to(device), self.thresholds, self.activation, self.meta)
+
         def cv(ts):
             return [t.to(device=device, dtype=dtype) for t in ts]
 
@@ -90,15 +108,22 @@ class Predictors:
         from safetensors.torch import save_file
 
         path = Path(path)
+        if self.activation == GATE_COPY and any(gate_copy.is_packed(A, B) for A, B in zip(self.A, self.B)):
+            raise ValueError("save the gate-copy predictor as train_gate_copy returns it, not packed by .to()")
         tensors = {"cut": self.cut.float().contiguous(), "thresholds": self.thresholds.float().contiguous()}
         for i in range(self.n_layers):
-            tensors[f"{i}.A"] = self.A[i].float().contiguous()
-            tensors[f"{i}.B"] = self.B[i].float().contiguous()
+            A, B, w = self.A[i], self.B[i], self.w[i]
+            if self.activation == GATE_COPY:  # 4-bit codes two a byte, bf16 scales and zeros (as the kernel holds)
+                A, B, w = gate_copy.file_tensors(A, B, w)
+            tensors[f"{i}.A"] = (A if A.dtype == torch.uint8 else A.float()).contiguous()
+            tensors[f"{i}.B"] = (B if B.dtype == torch.bfloat16 else B.float()).contiguous()
             tensors[f"{i}.b"] = self.b[i].float().contiguous()
-            tensors[f"{i}.w"] = self.w[i].float().contiguous()
+            tensors[f"{i}.w"] = (w if w.dtype == torch.bfloat16 else w.float()).contiguous()
         meta = {"format": "ioaware-predictors", "version": str(FORMAT_VERSION), "fingerprint": fingerprint,
                 "activation": self.activation, "n_layers": str(self.n_layers), "rank": str(self.rank),
                 "report": json.dumps(self.meta or {})}
+        if self.activation == GATE_COPY:
+            meta["gate_codes"] = gate_copy.FILE_CODES
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = tmp_name(path)
         try:
@@ -110,7 +135,8 @@ class Predictors:
     @classmethod
     def load(cls, path: str | Path, expect_fingerprint: str | None, device="cpu") -> Predictors:
         """Load a file written by `save`. Raises ValueError if it was trained for another model
-        (fingerprint mismatch) or is not a predictor file of this version."""
+        (fingerprint mismatch) or is not a predictor file of this version. A gate copy comes back in its run form
+        (gate_copy.py), owning its memory: the file is unmapped when this returns."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -126,6 +152,14 @@ class Predictors:
                                  f"({expect_fingerprint!r}); retrain the predictors for this model")
             L = int(meta["n_layers"])
             g = f.get_tensor
+            if meta["activation"] == GATE_COPY:  # packed layer by layer: one layer's codes unpacked at a time
+                if meta.get("gate_codes") != gate_copy.FILE_CODES:
+                    raise ValueError(f"{path} holds gate-copy codes as {meta.get('gate_codes')!r}, this ioaware reads "
+                                     f"{gate_copy.FILE_CODES!r}; delete the cached file to retrain")
+                run = [gate_copy.from_file(g(f"{i}.A"), g(f"{i}.B"), g(f"{i}.w")) for i in range(L)]
+                return cls([r[0] for r in run], [r[1] for r in run], [g(f"{i}.b").clone() for i in range(L)],
+                           [r[2] for r in run], g("cut").clone(), g("thresholds").clone(), GATE_COPY,
+                           json.loads(meta.get("report", "{}")))
             per_layer = [[g(f"{i}.{k}") for i in range(L)] for k in ("A", "B", "b", "w")]
             return cls(*per_layer, g("cut"), g("thresholds"), meta["activation"], json.loads(meta.get("report", "{}")))
 

@@ -14,6 +14,7 @@ from ...hardware.probe_disk import load_curve, probe, save_curve
 from ..llm.checkpoint import build_model, default_model_path, load_checkpoint
 from ..llm.tokenizer import Tokenizer
 from . import packed_resident
+from .gate_copy import DEFAULT_RECALL, GATE_COPY, gate_copy_bytes_estimate, train_gate_copy
 from .predictors import Predictors, train_predictors
 from .store import convert, model_fingerprint, open_store
 from .streamed_ffn import build_streamed_model, parse_budget, plan_cache
@@ -21,6 +22,16 @@ from .text import load_text, token_batches
 from .thresholds import calibrate_thresholds
 
 PREDICTOR_RANK = 64
+# a relufied store's predictor: the gate copy (gate_copy.py) at this recall of firing neurons; in its cache file's name
+RELU_RECALL = DEFAULT_RECALL
+
+
+def predictor_file(cache: Path, fp: str, sparsity: float, relufied: bool) -> Path:
+    """The cached predictor file of a store: the low-rank head for a SwiGLU model (by sparsity and rank), the gate
+    copy for a relufied one (by its recall target; sparsity means nothing for exact zeros)."""
+    if relufied:
+        return cache / "predictors" / f"{fp[:16]}-{GATE_COPY}-recall{RELU_RECALL:g}.safetensors"
+    return cache / "predictors" / f"{fp[:16]}-s{sparsity:g}-r{PREDICTOR_RANK}.safetensors"
 
 
 def predictor_bytes_estimate(a, rank: int, elem: int) -> int:
@@ -42,6 +53,8 @@ def train_for_store(model_path, sparsity: float, rank: int = PREDICTOR_RANK, max
     text = load_text("calibration") if text is None else text
     batches = token_batches(ckpt.tokenizer, text, 256, max_tokens=max_tokens)
     th = calibrate_thresholds(dense, batches, sparsity, progress=progress)
+    if relufy is not None:  # exact zeros: the gate copy, not a low-rank head (gate_copy.py says why)
+        return train_gate_copy(dense, batches, RELU_RECALL, progress=progress), th
     pr = train_predictors(dense, batches, th, rank=rank, progress=progress)
     return pr, th
 
@@ -138,7 +151,7 @@ def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, wi
         fp = relufied_fingerprint(fp, relufy)
     store_path = store_path or store_path_for(path, fp)
     cache = settings().cache_dir
-    pred_path = cache / "predictors" / f"{fp[:16]}-s{sparsity:g}-r{PREDICTOR_RANK}.safetensors"
+    pred_path = predictor_file(cache, fp, sparsity, relufy is not None)
     probe_dir = store_path.parent if store_path.parent.exists() else cache
     curve = load_curve(probe_dir)
     todo = []
@@ -170,7 +183,9 @@ def open_streamed(model_path=None, budget_text: str = "50%", store_path=None, wi
                                        count_prompt(tok) if count_prompt else PROMPT_ALLOWANCE)
     unit = "MiB" if budget_text.strip().endswith("%") else size_unit(budget_text)
     budget = parse_budget(budget_text, store.weight_bytes)
-    plan_cache(store, budget, predictor_bytes_estimate(store.args, PREDICTOR_RANK, 2),
+    pred_est = (gate_copy_bytes_estimate(store.args) if relufy is not None
+                else predictor_bytes_estimate(store.args, PREDICTOR_RANK, 2))
+    plan_cache(store, budget, pred_est,
                direct_io_supported(store.path), unit, other_bytes,
                packed_resident.packed_bytes(store.args) if packed_ok else None)  # fail before any training
     if not pred_path.exists():

@@ -218,6 +218,8 @@ class StreamingRuntime:
 
 
 def predictor_bytes(p) -> int:
+    if hasattr(p, "nbytes"):  # Predictors: the gate copy's tensors are not all one dtype
+        return p.nbytes()
     return p.n_params() * p.A[0].element_size()
 
 
