@@ -30,17 +30,18 @@ class Settings:
     model: str | None  # IOAWARE_MODEL: default model path for `ioaware generate`
     autotune: bool  # IOAWARE_AUTOTUNE: autotune kernel tiles on the GPU instead of using the measured table
     sparse_cache: bool  # IOAWARE_SPARSE_CACHE: reuse block-sparse attention's block lists while a mask is unchanged
+    gluon: bool = False  # IOAWARE_GLUON: the plain/causal attention forward tries the Gluon kernel (sm_90, Triton 3.6)
 
 
 _KEYS = ("IOAWARE_INTERPRET", "IOAWARE_DEBUG", "IOAWARE_CACHE_DIR", "IOAWARE_MODEL", "IOAWARE_AUTOTUNE",
-         "IOAWARE_SPARSE_CACHE", "HOME")
+         "IOAWARE_SPARSE_CACHE", "HOME", "IOAWARE_GLUON")
 _last: tuple[tuple, Settings] | None = None
 
 
 def settings() -> Settings:
     """Read the environment now (not at import), so tests can change it with monkeypatch. The kernels' dispatch
     calls this on every op (per layer and token on a decode path), so the Settings built from the same raw values
-    is reused: a call costs the seven lookups (~3 µs), not the construction (~20-60 µs).
+    is reused: a call costs the eight lookups (~3 µs), not the construction (~20-60 µs).
 
     Examples:
         >>> import os
@@ -62,6 +63,7 @@ def settings() -> Settings:
         model=os.environ.get("IOAWARE_MODEL") or None,
         autotune=_flag("IOAWARE_AUTOTUNE"),
         sparse_cache=env.get("IOAWARE_SPARSE_CACHE", "1").strip() != "0",
+        gluon=_flag("IOAWARE_GLUON"),
     )
     _last = (key, s)
     return s
@@ -75,4 +77,6 @@ ENV_TABLE = [
     ("IOAWARE_MODEL", "(embedded SmolLM2-135M)", "default model file or folder for `ioaware generate`"),
     ("IOAWARE_SPARSE_CACHE", "1", "0: rebuild block-sparse attention's block lists on every call instead of reusing "
      "them while the mask is unchanged"),
+    ("IOAWARE_GLUON", "0", "1: the attention forward (plain or causal) runs the Gluon FA3-schedule kernel where its "
+     "gate allows (sm_90, Triton 3.6, bf16, D 64/128, Tq == Tk); written, not yet measured"),
 ]

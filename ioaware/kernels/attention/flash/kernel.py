@@ -484,9 +484,31 @@ def _use_hopper_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch
     return hopper_supported(do, k, v) and lse.is_contiguous()
 
 
+def _gluon_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Gluon forward (gluon_fwd.py, never imported otherwise) takes these inputs; a refusal is warned
+    once per reason, so an opted-in run that falls back to the kernels here is never silent."""
+    from .gluon_gate import gluon_refusal
+
+    reason = gluon_refusal(q, k, v)
+    if reason is not None:
+        _warn_once(reason + "; using the Triton kernels")
+    return reason is None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=4)
+
+
 def flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                    softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel. Returns out (B, Tq, Hq, D) and lse (B, Hq, Tq) fp32 (natural log)."""
+    if settings().gluon and _gluon_takes(q, k, v):  # opt-in (IOAWARE_GLUON=1) until measured
+        from . import gluon_fwd
+
+        return gluon_fwd.gluon_flash_attn_fwd(q, k, v, causal, softmax_scale)
     if _use_hopper(q, k, v, causal):
         from . import hopper
 
