@@ -56,6 +56,14 @@ def add_parser(sp) -> None:
                     "are loaded, printed): e.g. 50%% (of the model's fp16 weight bytes) or 120MiB / 120MB. FFN "
                     "neurons stream from a flash store (converted into the cache dir if needed), predicted per "
                     "token, kept in a window cache")
+    sp.add_argument("--host-budget", default=None, metavar="PCT|SIZE",
+                    help="--device cuda with --memory-budget: pinned host memory for the FFN layers not in HBM, as a "
+                    "share of the weight bytes or a size (default: no cap); what it does not hold is read from a "
+                    "layer file on disk (IOAWARE_CACHE_DIR) into pinned staging by --read-threads threads")
+    sp.add_argument("--gpu-ffn", choices=["auto", "dense", "sparse"], default="auto",
+                    help="--device cuda with --memory-budget: dense streams every weight of a streamed FFN layer; "
+                    "sparse gathers only the predicted neurons (a relufied model: the gate-copy predictor); auto: "
+                    "sparse for a relufied model, else dense")
     sp.add_argument("--store", default=None, help="the flash store to stream from (must exist unless --convert; "
                     "default: the cache dir's, converted on first use)")
     sp.add_argument("--convert", action="store_true", help="with --store PATH: write the store there if it is missing")
@@ -105,6 +113,8 @@ def run(args) -> int:
             raise ValueError(f"{', '.join(extra)} only apply with --memory-budget")
     if args.convert and not args.store:
         raise ValueError("--convert writes the store named by --store; give --store PATH too")
+    if (args.host_budget or args.gpu_ffn != "auto") and not (args.memory_budget and args.device == "cuda"):
+        raise ValueError("--host-budget and --gpu-ffn apply to the GPU stream: add --device cuda --memory-budget")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if args.threads:
@@ -255,6 +265,10 @@ def _run_streamed(args, sampling) -> int:
     from ..runtime.offload.streamed_ffn import stream_summary
     from ..units import human_bytes
 
+    if args.device == "cuda":  # FFN layers streamed from pinned host memory into HBM (runtime/offload/gpu_stream.py)
+        from .generate_gpu import run_gpu_streamed
+
+        return run_gpu_streamed(args, sampling)
     if args.device != "cpu":
         raise UnsupportedError("--memory-budget runs on CPU for now (the GPU path stages through pinned memory)")
     _warm_up_torch()
