@@ -26,10 +26,17 @@ test: setup
 	$(VENV)/bin/ruff check ioaware tests benchmarks dev
 	$(VENV)/bin/mypy  # the public modules listed in pyproject.toml's [tool.mypy]
 	$(MAKE) --no-print-directory docs  # the docs site with warnings as errors: about 15 s with its install
-	# two pytest-xdist workers, a file per worker (the interpreted kernels are single-threaded Python): 8 min 54 s
-	# against 12 min 18 s in one process on the 2-core VM (2026-12-03)
+	# every test, the slow ones included: two pytest-xdist workers, a file per worker (the interpreted kernels are
+	# single-threaded Python); tests/conftest.py gives each worker one torch thread (two spinning OpenMP pools on 2
+	# cores made the real-model tests 5-12x slower)
 	IOAWARE_INTERPRET=1 $(VPY) -m pytest -q -x --timeout=900 -n $(TEST_WORKERS) --dist loadfile
 
+# the quick loop (about 3 min of pytest on 2 cores; no lint, mypy or docs): leaves out the tests marked slow, i.e.
+# everything that runs the real model (SmolLM2: tests/runtime/test_smollm2.py, test_kvtiers_smollm2.py,
+# test_transformers_smollm2.py, the torchrun, packed-resident, relufy and generate-variant SmolLM2 tests, the generate
+# docstring example), end-to-end CLI runs on the tiny model (generate --memory-budget / --kv-budget / relufied
+# streamed, the variant checkpoints, the compress sweep, bench_generate's provider children), the full training runs
+# (PulseDL bars, NSA recall, COSMA's ten networks) and the wheel build. `make test` runs all of them.
 test-fast: setup
 	IOAWARE_INTERPRET=1 $(VPY) -m pytest -q -x -m "not gpu and not slow" -n $(TEST_WORKERS) --dist loadfile
 

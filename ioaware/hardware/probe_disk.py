@@ -54,7 +54,9 @@ def measure(path: Path, size: int, chunk: int, threads: int, direct: bool, secon
         buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT needs
         view = memoryview(buf)
         n = 0
-        while time.perf_counter() < deadline:
+        # at least one read per thread: under load a thread can start after the deadline, and a point of 0 bytes
+        # would price every read at that chunk as infinitely slow
+        while n == 0 or time.perf_counter() < deadline:
             with lock:
                 if state["i"] >= len(offs):
                     break

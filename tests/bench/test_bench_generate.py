@@ -82,6 +82,7 @@ def children(tiny):
     return p, {k: bg.run_provider_child(k, str(tiny), p, 6, 1, timeout=300) for k in names}
 
 
+@pytest.mark.slow  # a child process per provider (the `children` fixture)
 @pytest.mark.parametrize("provider", ["ioaware", "transformers", pytest.param("llama.cpp", marks=pytest.mark.skipif(
     not HAVE_LLAMA, reason="llama-cpp-python is not installed (make peers)"))])
 def test_provider_child_runs_in_its_own_process(children, provider):
@@ -94,6 +95,7 @@ def test_provider_child_runs_in_its_own_process(children, provider):
         assert r["tokenized_ids_match"] is True  # its own tokenizer gives the ids every provider was fed
 
 
+@pytest.mark.slow
 def test_provider_children_agree_greedily(children):
     """ioaware's and transformers' greedy tokens on the same fp32 weights: the harness compares like with like."""
     _, runs = children

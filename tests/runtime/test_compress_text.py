@@ -136,6 +136,7 @@ def test_bf16_autocast_update_matches_fp32_closely_and_lowers_the_loss(tiny):
     assert mean_loss(m, batches, None, dense=dense) == pytest.approx(rep["loss_train_after"], rel=1e-5)
 
 
+@pytest.mark.slow  # the whole sweep: generated text, a 4-step update, three held-out sets
 def test_sweep_on_generated_text_with_three_held_out_sets(tiny, tmp_path, capsys, short_samples):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     assert main([str(tiny), "--sweep", "0.5", "--whiten", "--update", "4", "--update-lr", "3e-4",

@@ -108,6 +108,7 @@ def test_budget_too_small_names_the_minimum(tiny):
         ff.parse_budget("140%", 1000)
 
 
+@pytest.mark.slow  # end to end: store conversion and a streamed generate
 def test_generate_cli_memory_budget(tiny, tmp_path, monkeypatch, capsys):
     from ioaware.cli.main import main
 
@@ -209,6 +210,7 @@ def test_prefetch_reads_ahead_and_changes_nothing(tiny, pred):
     assert on.stall_s <= on.io_s + 1e-9
 
 
+@pytest.mark.slow  # a generate child process
 def test_budget_bounds_the_process_rss(tiny, tmp_path):
     """The cap is on the process: a fresh `ioaware generate --memory-budget` (its own process, so ru_maxrss is this
     run's) peaks at most the budget above the baseline it prints, conversion and the tokenizer's first parse having

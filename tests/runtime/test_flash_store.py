@@ -382,3 +382,14 @@ def test_bad_verify_mode_is_refused(tiny):
     _, out, _ = tiny
     with pytest.raises(ValueError, match="verify must be"):
         NeuronReader(fs.open_store(out), verify="sometimes")
+
+
+def test_probe_point_reads_at_least_once_per_thread(tmp_path):
+    """A thread that starts after the probe's deadline (a loaded machine) still reads one chunk: a 0-byte point
+    (it failed test_probe_curve_format_and_iomodel under load) would price that chunk size as never finishing."""
+    from ioaware.hardware.probe_disk import measure
+
+    f = tmp_path / "x.bin"
+    f.write_bytes(os.urandom(1 << 18))
+    p = measure(f, 1 << 18, 4096, 3, False, -1.0)  # the deadline has passed before any thread starts
+    assert p["bytes"] >= 3 * 4096 and p["GBps"] > 0

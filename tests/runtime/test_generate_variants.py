@@ -92,6 +92,7 @@ def rel(a, b) -> float:
 # ---- factor checkpoints ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the CLI and the API on both attention paths, interpreted
 def test_generate_runs_a_full_rank_factor_checkpoint_like_the_dense_model(tiny, factors_full, tmp_path, capsys):
     dense = gen_json(capsys, tmp_path, tiny, "--weights", "dense")
     for attention in ("sdpa", "flash_attn"):  # flash_attn: lowrank_attn (interpreted under IOAWARE_INTERPRET)
@@ -145,6 +146,7 @@ def test_a_hugging_face_folder_compresses_and_runs(tmp_path, capsys):
 # ---- pruned checkpoints ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the CLI and the API, the sparse kernel interpreted
 def test_generate_runs_a_pruned_checkpoint_like_the_model_pruned_in_memory(tiny, pruned_half, tmp_path, capsys):
     s = gen_json(capsys, tmp_path, pruned_half)  # SparseLinear -> ioaware.spmm (interpreted under IOAWARE_INTERPRET)
     assert s["format"] == "pruned" and s["weights"] == "sparse"

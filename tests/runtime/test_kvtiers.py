@@ -266,6 +266,7 @@ def test_iomodel_chooses_near_or_move_by_rates():
     assert crossover([(16, 2.0, 1.0)]) is None
 
 
+@pytest.mark.slow  # end to end through the CLI
 def test_generate_cli_kv_budget(tmp_path, capsys):
     """`ioaware generate --kv-budget`: the same greedy text as without it, pages in DRAM, the summary in --json;
     a bad spec is one line and exit code 2 at parse time."""

