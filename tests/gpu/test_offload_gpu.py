@@ -14,6 +14,7 @@ import torch
 from ioaware.runtime.llm.model import ModelArgs, Transformer
 from ioaware.runtime.offload.gpu_plan import DISK_STAGING, ffn_layer_bytes, plan_offload, resident_bytes
 from ioaware.runtime.offload.gpu_stream import block_ffn, offload_model, probe_pinned_h2d
+from tests.runtime.helpers import Oracle
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -71,19 +72,6 @@ def test_dense_stream_equals_all_in_hbm(tiers, tmp_path):
         assert all(t.is_pinned() for t in rt.host.values())
     finally:
         rt.close()
-
-
-class Oracle:
-    """A perfect predictor for a ReLU model: the neurons whose gate is positive for any row."""
-
-    def __init__(self, gates):
-        self.g = gates
-
-    def predict(self, layer, x):
-        return ((x.reshape(-1, x.shape[-1]).float() @ self.g[layer].float().T) > 0).any(0).nonzero().flatten()
-
-    def to(self, device=None, dtype=None):
-        return Oracle([g.to(device) for g in self.g])
 
 
 def test_sparse_gather_loads_fewer_bytes_and_matches_dense():

@@ -132,3 +132,16 @@ def smollm2_available() -> bool:
         return default_model_path().is_file()
     except FileNotFoundError:
         return False
+
+
+class Oracle:
+    """A perfect predictor for a ReLU model: the neurons whose gate is positive for any row."""
+
+    def __init__(self, gates):
+        self.g = gates
+
+    def predict(self, layer, x):
+        return ((x.reshape(-1, x.shape[-1]).float() @ self.g[layer].float().T) > 0).any(0).nonzero().flatten()
+
+    def to(self, device=None, dtype=None):
+        return Oracle([g.to(device) for g in self.g])

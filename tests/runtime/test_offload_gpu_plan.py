@@ -22,6 +22,7 @@ from ioaware.runtime.offload.gpu_plan import (
 )
 from ioaware.runtime.offload.gpu_stream import offload_model
 from ioaware.runtime.offload.streamed_ffn import BudgetError
+from tests.runtime.helpers import Oracle
 
 LLAMA8B = ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, hidden_dim=14336, vocab_size=128256,
                     tie_embeddings=False)
@@ -135,19 +136,6 @@ def test_streamed_model_is_bit_equal_to_its_source(tiers, tmp_path, poison):
         assert rt.bytes_per_token() == {k: float(v) for k, v in plan.dense_bytes_per_token().items()}
     finally:
         rt.close()
-
-
-class Oracle:
-    """A perfect predictor for a ReLU model: the neurons whose gate is positive for any row."""
-
-    def __init__(self, gates):
-        self.g = gates
-
-    def predict(self, layer, x):
-        return ((x.reshape(-1, x.shape[-1]).float() @ self.g[layer].float().T) > 0).any(0).nonzero().flatten()
-
-    def to(self, device=None, dtype=None):
-        return Oracle([g.to(device) for g in self.g])
 
 
 def test_sparse_stream_loads_fewer_bytes_and_matches_dense():
