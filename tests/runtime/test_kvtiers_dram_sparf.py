@@ -132,11 +132,14 @@ def _tiny(seed=2):
 
 @pytest.mark.parametrize("sparf,transport", [(None, "copy"), (SparFConfig(bytes_frac=4.0), "copy"),
                                              (SparFConfig(bytes_frac=4.0, recent_pages=0), "copy"),
-                                             (SparFConfig(bytes_frac=4.0), "uva")],
-                         ids=["exact", "sparf-whole-budget-copy", "sparf-whole-budget-norecent", "sparf-whole-uva"])
+                                             (SparFConfig(bytes_frac=4.0), "uva"),
+                                             (SparFConfig(bytes_frac=4.0), "uva-gather")],
+                         ids=["exact", "sparf-whole-budget-copy", "sparf-whole-budget-norecent", "sparf-whole-uva",
+                              "sparf-whole-uva-gather"])
 def test_tiny_model_exact_and_full_budget_sparf_equal_in_memory(tmp_path, monkeypatch, sparf, transport):
     """With the channel-major copy kept (sparf_tier='dram'), exact mode still equals the all-in-memory model to
-    1e-5 (fp32); so does SparF on DRAM whose budget reads every page (the plumbing, not the approximation)."""
+    1e-5 (fp32); so does SparF on DRAM whose budget reads every page (the plumbing, not the approximation), over
+    each transport (uva: the fused kernels, uva-gather: the gathers, under the interpreter)."""
     monkeypatch.delenv("IOAWARE_INTERPRET", raising=False)  # flash_decode's reference; its kernel has own tests
     m = _tiny()
     ids = torch.randint(0, 300, (1, 100), generator=torch.Generator().manual_seed(5))
@@ -146,11 +149,14 @@ def test_tiny_model_exact_and_full_budget_sparf_equal_in_memory(tmp_path, monkey
         page = 2 * 16 * 2 * 16 * 4 * 2
         tiers = install_kv_tiers(m, KVTierSpec(1 * page, 12 * page, None, modes={"dram": "move", "ssd": "move"},
                                                sparf=sparf, sparf_tier="dram", sparf_transport=transport))
+        tiers.sparf_info = {}
         try:
             m.setup_cache(1, 130)
             got = [m(ids[:, :60], 0)] + [m(ids[:, i:i + 1], i) for i in range(60, 100)]
             assert tiers.tokens_per_tier()["dram"] >= 80
             assert (tiers.stats["bytes"]["dram_sparf"] > 0) == (sparf is not None)
+            if transport.startswith("uva"):
+                assert ("mass" in tiers.sparf_info) == (transport == "uva")  # the fused path ran the decode steps
         finally:
             tiers.close()
     for a, b in zip(ref, got, strict=True):
