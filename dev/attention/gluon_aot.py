@@ -11,11 +11,10 @@ races) or fast.
 import argparse
 import os
 import re
-import subprocess
-import tempfile
 import traceback
 
 import triton
+from hopper_aot import resources  # this folder is on sys.path when run as a script
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -39,15 +38,6 @@ def compile_variant(variant: str, D: int, causal: bool):
     src = GluonASTSource(kernel, sig, constexprs=const, attrs=attrs)
     opts = gf._launch_options(cfg)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
-
-
-def resources(cubin: bytes) -> str:
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", out)
-    return f"regs {m.group(1)} stack {m.group(2)}" if m else out.strip()[-200:]
 
 
 def main():
