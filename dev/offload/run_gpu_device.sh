@@ -57,11 +57,12 @@ for step in $steps; do
       G=/tmp/SmolLM2-135M-Instruct.Q4_1.gguf
       [ -f $G ] || { echo "no $G on this machine: run dev/compress/run_device.sh parts (x3) and model first"; continue; }
       export IOAWARE_MODEL=$G
-      timeout ${T_CLI:-150} python3 -m ioaware.cli.main generate --device cuda --memory-budget 50% --no-relufy \
+      [ -n "${SPARSE_ONLY:-}" ] || timeout ${T_CLI:-150} python3 -m ioaware.cli.main generate --device cuda --memory-budget 50% --no-relufy \
         --prompt "Explain why memory bandwidth limits decoding." --max-new-tokens 64 --json \
         $OUT/gpu-offload-smollm2-dense-h200-$D.json > $OUT/cli-dense.log 2>&1; echo "rc=$?"; tail -16 $OUT/cli-dense.log
+      # IOAWARE_MODEL names a file, so the shipped adapter is not implied (resolve_adapter): name it
       timeout ${T_CLI_SPARSE:-300} python3 -m ioaware.cli.main generate --device cuda --memory-budget 50% \
-        --prompt "Explain why memory bandwidth limits decoding." --max-new-tokens 64 --json \
+        --relufy ioaware/runtime/offload/data/smollm2-relu.safetensors --prompt "Explain why memory bandwidth limits decoding." --max-new-tokens 64 --json \
         $OUT/gpu-offload-smollm2-relu-h200-$D.json > $OUT/cli-sparse.log 2>&1; echo "rc=$?"; tail -16 $OUT/cli-sparse.log ;;
   esac
 done
