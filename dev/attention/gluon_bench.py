@@ -160,6 +160,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", default="fa3_s2", help="gluon_fwd.VARIANTS name(s), comma-separated, or 'all'")
     ap.add_argument("--smoke", action="store_true", help="the small checks only, smallest first; exit 1 on failure")
     ap.add_argument("--seqlens", default="1024,4096,16384")
+    ap.add_argument("--head-dim", type=int, default=128, help="D (H = 2048 / D heads, B*T = 16384 tokens)")
     ap.add_argument("--json", default=None, help="results file ('-' = stdout); default $OUT/attention-gluon.json")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
         return 2
     if a.smoke:
         return max(smoke(v) for v in variants)
-    result = bench(variants, [int(t) for t in a.seqlens.split(",")])
+    result = bench(variants, [int(t) for t in a.seqlens.split(",")], D=a.head_dim)
     out = a.json or (os.path.join(os.environ["OUT"], "attention-gluon.json") if os.environ.get("OUT") else None)
     if out == "-":
         import json

@@ -300,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE ('-' for stdout)")
     ap.add_argument("--sparf-tier", choices=("ssd", "dram"), default="ssd", help="the tier --sparf reads "
                     "(dram: the DRAM tier keeps K channel-major too; only the chosen pages cross PCIe)")
-    ap.add_argument("--sparf-transport", choices=("copy", "uva", "uva-gather", "both"), default=None,
+    ap.add_argument("--sparf-transport", choices=("copy", "uva", "uva-serial", "uva-gather", "both"), default=None,
                     help="SparF on DRAM: copy (host selects, pinned copy), uva (zero-copy: fused kernels read pinned "
-                    "memory; on cuda uva-gather runs too, for comparison), uva-gather (the gather-then-attend "
+                    "memory on a side stream; on cuda uva-serial, the same kernels on the compute stream, and "
+                    "uva-gather run too, for comparison), uva-serial, uva-gather (the gather-then-attend "
                     "zero-copy path) or both (copy, uva, uva-gather: default on cuda; copy on cpu)")
     ap.add_argument("--sparf-quality", action="store_true", help="instead: SparF's attention-output cosine "
                     "similarity to exact and bytes read, every layer of SmolLM2 at one decode step after --context "

@@ -12,13 +12,14 @@ QUALITY_FILE = "benchmarks/results/kvtiers-sparf-smollm2-cpu-2026-12-03b.json"
 
 def transports(a) -> list[str]:
     """The DRAM SparF transports to run: the command line's, else all three on CUDA and copy on a CPU-only run.
-    'uva' on CUDA runs 'uva-gather' too (the older zero-copy path, a few seconds more), 'both' all three."""
+    'uva' on CUDA runs 'uva-serial' (its kernels on the compute stream) and 'uva-gather' (the older zero-copy
+    path) too; 'both': copy, uva and uva-gather."""
     if not a.sparf or a.sparf_tier != "dram":
         return []
     t = a.sparf_transport or ("both" if a.device == "cuda" else "copy")
     if t == "both":
         return ["copy", "uva", "uva-gather"]
-    return ["uva", "uva-gather"] if t == "uva" and a.device == "cuda" else [t]
+    return ["uva", "uva-serial", "uva-gather"] if t == "uva" and a.device == "cuda" else [t]
 
 
 @torch.no_grad()

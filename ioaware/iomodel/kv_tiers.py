@@ -101,19 +101,21 @@ def sparf_dram_parts(read_bytes: float, page_bytes: float, transport: str, r: Ti
             return {"select": r.host_select(read_bytes), "copy": 0.0, "dev": r.cpu(page_bytes)}
         cp = r.link(page_bytes)
         return {"select": r.sync_s + r.host_select(read_bytes), "copy": cp, "dev": after(r.dev, page_bytes, cp, r)}
-    if transport == "uva":  # fused: the paged kernel's launches overlap the selection's work (`after`)
+    if transport in ("uva", "uva-serial"):  # fused: the paged kernel's launches overlap the selection's work (`after`)
         sel = r.uva_select(read_bytes - page_bytes)
         return {"select": sel, "copy": 0.0, "dev": after(r.uva_attend, page_bytes, sel, r)}
     if transport == "uva-gather":
         sel = r.uva(read_bytes)
         return {"select": sel, "copy": 0.0, "dev": after(r.dev, page_bytes, sel, r)}
-    raise ValueError(f"unknown SparF transport {transport!r} (copy, uva, uva-gather)")
+    raise ValueError(f"unknown SparF transport {transport!r} (copy, uva, uva-serial, uva-gather)")
 
 
 def sparf_layer_seconds(hbm_s: float, parts: dict, transport: str) -> float:
     """One layer's step with SparF on DRAM, as cache.LayerKV.attend overlaps it: transport uva runs on a side
     stream beside the device tier's kernel; transport copy's host part runs while the device tier's kernel does,
     then the copy and the partial follow."""
+    if transport == "uva-serial":  # the same kernels after the device tier's, on one stream
+        return hbm_s + parts["select"] + parts["dev"]
     if transport.startswith("uva"):
         return max(hbm_s, parts["select"] + parts["dev"])
     return max(hbm_s, parts["select"]) + parts["copy"] + parts["dev"]

@@ -181,6 +181,9 @@ def test_iomodel_prices_fused_uva():
     assert u["copy"] == 0 and math.isclose(u["select"], 4e-5 + 2e6 / 3e10)
     assert math.isclose(u["dev"], pages / 4e10)  # the 2e-5 intercept is under the 1e-4 s selection
     assert sparf_layer_seconds(1e-3, u, "uva") == 1e-3 and sparf_layer_seconds(0, u, "uva") == u["select"] + u["dev"]
+    # uva-serial: the same kernels on the compute stream, after the device tier's attention: the times add
+    assert sparf_dram_parts(read, pages, "uva-serial", r) == u
+    assert math.isclose(sparf_layer_seconds(1e-3, u, "uva-serial"), 1e-3 + u["select"] + u["dev"])
     rc = TierRates("cpu", *lines, uva_select=Line(4e-5, 3e10), uva_attend=Line(2e-5, 4e10))
     assert math.isclose(sparf_dram_parts(read, pages, "uva", rc)["dev"], 2e-5 + pages / 4e10)
 
@@ -192,7 +195,7 @@ def test_transports_and_config():
         return argparse.Namespace(sparf=0.125, sparf_tier="dram", sparf_transport=t, device=device)
 
     assert transports(ns("cuda", None)) == ["copy", "uva", "uva-gather"]
-    assert transports(ns("cuda", "uva")) == ["uva", "uva-gather"]
+    assert transports(ns("cuda", "uva")) == ["uva", "uva-serial", "uva-gather"]
     assert transports(ns("cpu", "uva")) == ["uva"] and transports(ns("cpu", None)) == ["copy"]
     for tr in ds.TRANSPORTS:
         ds.check_config(SparFConfig(), tr)

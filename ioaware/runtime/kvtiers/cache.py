@@ -358,7 +358,7 @@ class LayerKV:
         t, cfg = self.t, self.t.spec.sparf
         info = t.sparf_info
         if t.spec.sparf_transport.startswith("uva") and (q.is_cuda or interpreting()):
-            fused = t.spec.sparf_transport == "uva" and ds.fused_ok(q, t.Hkv)
+            fused = t.spec.sparf_transport in ("uva", "uva-serial") and ds.fused_ok(q, t.Hkv)
 
             def work():
                 if fused:  # the kernels read the pinned pool themselves (uva_sparf_kernel.py)
@@ -372,7 +372,9 @@ class LayerKV:
                 self._tick("dram_dev", q)
                 t.stats["bytes"]["dram_sparf"] += nb
                 return [o]
-            if not q.is_cuda or timed:
+            # "uva-serial" queues the same kernels on the compute stream (no side stream): whether the side stream's
+            # overlap pays, or its zero-copy kernels hold SMs the device tier's attention waits for, is measured
+            if not q.is_cuda or timed or t.spec.sparf_transport == "uva-serial":
                 return work
             side = t.stream("side", q.device)
             side.wait_stream(torch.cuda.current_stream(q.device))

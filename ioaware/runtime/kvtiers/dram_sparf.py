@@ -35,7 +35,7 @@ from ...errors import UnsupportedError
 from .partial import partial_attention
 from .sparf import PAGE, SparFConfig
 
-TRANSPORTS = ("copy", "uva", "uva-gather")
+TRANSPORTS = ("copy", "uva", "uva-serial", "uva-gather")  # uva-serial: uva's kernels on the compute stream
 FUSED_MAX_ROWS = 64  # query rows per KV head (group x new tokens) the fused kernels keep in registers
 
 
