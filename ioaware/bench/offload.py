@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             reset_runtime(rt)
         rt.prefetch = pf
         rt.trace = [] if args.trace and not pf else None
-        rt.curve = curve_now(store.path)
+        rt.use_curve(curve_now(store.path))  # the merge gap from the curve that prices the reads
         priced = {"cached_s": 0.0}
         same_run_price = rt._price
 

@@ -286,7 +286,11 @@ def _run_streamed(args, sampling) -> int:
     _check_context(len(ids), args.max_new_tokens, model.args.max_seq_len, args.quiet)
     cached_curve = rt.curve
     if cached_curve is not None:  # the iomodel prices reads with the disk as it is now (see _recheck_disk)
-        rt.curve = _recheck_disk(store.path, rt.reader.chunk, rt.reader.threads)
+        from ..runtime.offload.reader import probe_reads, with_reader_points
+
+        # the disk now, and the reader's own per-request cost at the sizes it issues; the merge gap from the same
+        rt.use_curve(with_reader_points(_recheck_disk(store.path, rt.reader.chunk, rt.reader.threads),
+                                        probe_reads(rt.reader)))
     load_s = time.perf_counter() - t0
 
     def emit(piece: str) -> None:
@@ -441,7 +445,9 @@ def _recheck_disk(path: Path, chunk: int, threads: int) -> dict:
     2026-12-03), more than the iomodel's +-20% target. Buffers: threads x chunk, freed before decoding starts."""
     from ..hardware.probe_disk import CHUNKS, probe_file
 
-    return probe_file(path, chunks=[c for c in CHUNKS if c <= max(chunk, CHUNKS[0])], threads=sorted({1, threads}),
+    small = (8 << 10,)  # a run of two padded neurons: the reader's commonest request after one page
+    return probe_file(path, chunks=sorted({*small, *(c for c in CHUNKS if c <= max(chunk, CHUNKS[0]))}),
+                      threads=sorted({1, threads}),
                       seconds_per_case=0.04, buffered_chunks=())
 
 

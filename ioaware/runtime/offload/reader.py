@@ -4,7 +4,9 @@
 contiguous byte range), splits long runs into chunks of the probed best size and issues them with `os.preadv` on a
 thread pool (preadv releases the GIL, so the threads give the disk real queue depth). With O_DIRECT the runs are
 widened to 4096-byte pages and land in a page-aligned staging buffer, from which the bundles are gathered; without
-it (tmpfs, some overlay filesystems refuse O_DIRECT) each run is read straight into its place in the output.
+it (tmpfs, some overlay filesystems refuse O_DIRECT) each run is read straight into its place in the output, unless
+the store pads its bundles (`store.bundle_stride`): then runs land in the staging buffer too, and the gather drops
+the padding. A run of n bundles is read from its first bundle's start to its last bundle's end (no trailing pad).
 Buffers are anonymous mmaps: page-aligned, as O_DIRECT needs, and allocated once.
 
 Every bundle read is checked against the store's xxh3-64 (`verify`), so a flipped byte is reported, never computed
@@ -46,6 +48,7 @@ class ReadStats:
     chunk_sizes: list[int] = field(default_factory=list)
     verify_s: float = 0.0  # of `seconds`, the time the caller waited on checksums after the reads were done
     verify_thread_s: float = 0.0  # hashing done inside the read threads (summed over threads; not in verify_s)
+    issue_s: float = 0.0  # of `seconds`, from the first request's issue to the last chunk landed (and gathered)
 
     def add(self, o: ReadStats) -> None:
         self.bytes += o.bytes
@@ -55,6 +58,7 @@ class ReadStats:
         self.chunk_sizes.extend(o.chunk_sizes)
         self.verify_s += o.verify_s
         self.verify_thread_s += o.verify_thread_s
+        self.issue_s += o.issue_s
 
 
 @dataclass
@@ -87,13 +91,14 @@ def split_chunks(ranges: list[tuple[int, int]], chunk: int) -> list[tuple[int, i
 
 
 class _Slot:
-    """One read's buffers: the output (n, 3, dim) and, for O_DIRECT, a staging area of whole pages; anonymous mmaps
-    allocated once, so no read allocates. A scattered neuron spans at most its own pages plus one."""
+    """One read's buffers: the output (n, 3, dim) and, for O_DIRECT or a padded store, a staging area of whole
+    pages; anonymous mmaps allocated once, so no read allocates. A scattered neuron spans at most its own pages plus
+    one."""
 
-    def __init__(self, max_neurons: int, bundle: int, layer_bytes: int, direct: bool):
-        out, stage = slot_sizes(max_neurons, bundle, layer_bytes, direct)
+    def __init__(self, max_neurons: int, bundle: int, layer_bytes: int, staged: bool):
+        out, stage = slot_sizes(max_neurons, bundle, layer_bytes, staged)
         self.out = mmap.mmap(-1, out)
-        self.stage = mmap.mmap(-1, stage) if direct else None
+        self.stage = mmap.mmap(-1, stage) if staged else None
 
     @property
     def nbytes(self) -> int:
@@ -101,7 +106,8 @@ class _Slot:
 
 
 def slot_sizes(max_neurons: int, bundle: int, layer_bytes: int, direct: bool) -> tuple[int, int]:
-    """(output bytes, staging bytes) of one read slot; memory budgets count these."""
+    """(output bytes, staging bytes) of one read slot; memory budgets count these. direct: whether the slot
+    stages (O_DIRECT, or a store whose bundles are padded); layer_bytes: the layer's section as laid out."""
     out = max(max_neurons * bundle, ALIGN)
     stage = min(max_neurons * (_round_up(bundle, ALIGN) + ALIGN), _round_up(layer_bytes, ALIGN) + 2 * ALIGN)
     return out, (stage if direct else 0)
@@ -117,7 +123,7 @@ class NeuronReader:
     `slots` results may be alive at once (read + prefetch double buffering); the next read reuses the oldest.
     max_neurons: the most neurons one read may ask for (sizes the buffers; default a whole layer).
     max_gap (O_DIRECT only): neighbouring runs closer than this many bytes are read as one range, gap included,
-    because one more small request costs more than streaming the gap (`iomodel.io.merge_gap_bytes` prices it)."""
+    because one more small request costs more than streaming the gap (`iomodel.io.choose_merge_gap` prices it)."""
 
     def __init__(self, store: WeightStore, threads: int = 8, chunk: int | None = None, direct: bool | None = None,
                  slots: int = 2, max_neurons: int | None = None, max_gap: int = 0, verify: bool | str = True):
@@ -135,15 +141,18 @@ class NeuronReader:
         a = store.args
         self.dim, self.hidden = a.dim, a.hidden_dim
         self.bundle = store.bundle_bytes
+        self.stride = store.bundle_stride  # bundle i of a layer starts at i * stride
         self.np_dtype = store.np_dtype
         self.max_neurons = min(max_neurons or self.hidden, self.hidden)
         self.max_gap = max_gap if self.direct else 0
-        layer_bytes = self.hidden * self.bundle
-        self.slots = [_Slot(self.max_neurons, self.bundle, layer_bytes, self.direct) for _ in range(slots)]
+        self.staged = self.direct or self.stride != self.bundle  # reads land in a stage, then are gathered
+        layer_bytes = self.hidden * self.stride
+        self.slots = [_Slot(self.max_neurons, self.bundle, layer_bytes, self.staged) for _ in range(slots)]
         self._next_slot = 0
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="ioaware-read")
         self._coord = ThreadPoolExecutor(1, thread_name_prefix="ioaware-prefetch")  # runs prefetch() bodies
         self._lock = threading.Lock()
+        self._tls = threading.local()  # the last _issue's seconds, per calling thread (read and prefetch overlap)
         self.total = ReadStats()
 
     @property
@@ -171,11 +180,13 @@ class NeuronReader:
             raise IndexError(f"neuron ids must be in [0, {self.hidden}), got {ids[0]}..{ids[-1]}")
         runs = coalesce(ids)
         base = self.store.layers[layer]["offset"]
-        ranges = [(base + s * self.bundle, n * self.bundle) for s, n in runs]
+        ranges = [(base + s * self.stride, (n - 1) * self.stride + self.bundle) for s, n in runs]
         if self.direct:
-            merged = _page_ranges(ranges, self.max_gap)
-            if self.max_gap and sum(n for _, n in merged) > len(self.slots[0].stage):
-                merged = _page_ranges(ranges, 0)  # the gaps would overflow the staging buffer
+            gap = self.max_gap
+            merged = _page_ranges(ranges, gap)
+            while gap and sum(n for _, n in merged) > len(self.slots[0].stage):  # the gaps would overflow the stage
+                gap = gap // 2 // ALIGN * ALIGN
+                merged = _page_ranges(ranges, gap)
             ranges = merged
         return ids, runs, split_chunks(ranges, self.chunk)
 
@@ -189,8 +200,8 @@ class NeuronReader:
             self._next_slot = (self._next_slot + 1) % len(self.slots)
         n = len(ids)
         out = np.frombuffer(slot.out, dtype=self.np_dtype, count=n * 3 * self.dim).reshape(n, 3, self.dim)
-        if self.direct:
-            # chunks are page ranges; lay them out back to back in the staging buffer
+        if self.staged:
+            # chunks are page ranges (or padded runs); lay them out back to back in the staging buffer
             stage_pos, pos = [], 0
             for _off, k in chunks:
                 stage_pos.append(pos)
@@ -204,12 +215,13 @@ class NeuronReader:
                 dst += k
             views = [outb[p:p + k] for p, (_, k) in zip(stage_pos, chunks, strict=True)]
         verify_s = verify_thread_s = 0.0
+        self._tls.issue_s = 0.0
         if not n:
             pass
         elif self.verify == "fused":  # all reads; then, piece by piece, gather and hash while the piece is in L2
             self._issue(chunks, views)
             got = np.empty(n, dtype=np.uint64)
-            if self.direct:
+            if self.staged:
                 verify_s = self._gather(ids, chunks, stage_pos, slot, out, layer, got)
             else:
                 t1 = time.perf_counter()
@@ -220,7 +232,7 @@ class NeuronReader:
             verify_s += time.perf_counter() - t1
         elif self.verify == "after":  # the earlier path: all reads, then the gather, then every hash
             self._issue(chunks, views)
-            if self.direct:
+            if self.staged:
                 self._gather(ids, chunks, stage_pos, slot, out, layer)
             t1 = time.perf_counter()
             self.store.check_bundles(layer, ids, out.reshape(n, -1).view(np.uint8))
@@ -228,7 +240,7 @@ class NeuronReader:
         else:
             verify_s, verify_thread_s = self._read_landing(layer, ids, chunks, stage_pos, views, slot, out)
         st = ReadStats(sum(k for _, k in chunks), n * self.bundle, len(chunks), time.perf_counter() - t0,
-                       [k for _, k in chunks], verify_s, verify_thread_s)
+                       [k for _, k in chunks], verify_s, verify_thread_s, self._tls.issue_s)
         with self._lock:
             self.total.add(st)
         return ReadResult(layer, ids, torch.from_numpy(out), st)
@@ -237,14 +249,14 @@ class NeuronReader:
         """Issue the reads; as each chunk lands, its read thread gathers (O_DIRECT) the bundles lying wholly inside
         it and, with verify "threads", hashes them. Then, here: the bundles straddling two chunks and the compare.
         Returns (seconds waited on checksums after the reads, seconds hashed inside the threads)."""
-        n, B = len(ids), self.bundle
+        n, B, S = len(ids), self.bundle, self.stride
         hashing = self.verify == "threads"
-        if not hashing and not self.direct:  # nothing to do as chunks land: the reads fill `out` in place
+        if not hashing and not self.staged:  # nothing to do as chunks land: the reads fill `out` in place
             self._issue(chunks, views)
             return 0.0, 0.0
         outb = out.reshape(n, -1).view(np.uint8)  # (n, B)
         # the landing buffer (the stage, or `out` itself) and each bundle's position in it, increasing with j
-        if self.direct:
+        if self.staged:
             r_off, r_pos = _file_ranges(chunks, stage_pos)
             land_buf = np.frombuffer(slot.stage, dtype=np.uint8)
             src = self._stage_src(ids, r_off, r_pos, layer)[0]
@@ -264,12 +276,12 @@ class NeuronReader:
                 return
             if land_buf is not None:
                 s0 = int(src[a])
-                if int(src[b - 1]) - s0 == (b - a - 1) * B:  # consecutive bundles: one slice
+                if S == B and int(src[b - 1]) - s0 == (b - a - 1) * B:  # consecutive bundles: one slice
                     outb[a:b] = land_buf[s0:s0 + (b - a) * B].reshape(b - a, B)
-                else:  # a merged range with gaps: a fixed-stride view, then a row gather
-                    rows = (src[a:b] - s0) // B
+                else:  # a merged range with gaps, or padded bundles: a fixed-stride view, then a row gather
+                    rows = (src[a:b] - s0) // S
                     view = np.lib.stride_tricks.as_strided(land_buf[s0:], shape=(int(rows[-1]) + 1, B),
-                                                           strides=(B, 1), writeable=False)
+                                                           strides=(S, 1), writeable=False)
                     outb[a:b] = view[rows]
             if hashing:
                 t = time.perf_counter()
@@ -297,6 +309,13 @@ class NeuronReader:
 
     def _issue(self, chunks, views, land=None) -> None:
         """Read chunks[c] into views[c]; land(c), if given, runs in the reading thread right after chunk c."""
+        t0 = time.perf_counter()
+        try:
+            self._issue_all(chunks, views, land)
+        finally:
+            self._tls.issue_s = time.perf_counter() - t0
+
+    def _issue_all(self, chunks, views, land=None) -> None:
         if len(chunks) == 1:
             _pread_full(self.fd, views[0], chunks[0][0])
             if land is not None:
@@ -319,7 +338,7 @@ class NeuronReader:
         row gather (a few numpy calls per range instead of Python work per run of neurons)."""
         if not len(ids):
             return 0.0
-        B = self.bundle
+        B, S = self.bundle, self.stride
         piece = max(1, _HASH_PIECE // B)
         hash_s = 0.0
         stage = np.frombuffer(slot.stage, dtype=np.uint8)
@@ -329,8 +348,8 @@ class NeuronReader:
         bounds = np.flatnonzero(np.diff(j)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ids)], strict=True):
             s0 = int(src[lo])
-            rows = (src[lo:hi] - s0) // B
-            view = np.lib.stride_tricks.as_strided(stage[s0:], shape=(int(rows[-1]) + 1, B), strides=(B, 1),
+            rows = (src[lo:hi] - s0) // S
+            view = np.lib.stride_tricks.as_strided(stage[s0:], shape=(int(rows[-1]) + 1, B), strides=(S, 1),
                                                    writeable=False)
             if got is None:
                 outb[lo:hi] = view[rows]
@@ -345,7 +364,7 @@ class NeuronReader:
 
     def _stage_src(self, ids: np.ndarray, r_off: np.ndarray, r_pos: np.ndarray, layer: int):
         """Each bundle's position in the stage (ids sorted) and the index of the contiguous file range holding it."""
-        f = self.store.layers[layer]["offset"] + ids.astype(np.int64) * self.bundle  # each bundle's file offset
+        f = self.store.layers[layer]["offset"] + ids.astype(np.int64) * self.stride  # each bundle's file offset
         j = np.searchsorted(r_off, f, side="right") - 1
         return r_pos[j] + (f - r_off[j]), j
 
@@ -366,6 +385,63 @@ class NeuronReader:
 
 
 _HASH_PIECE = 512 << 10  # bytes gathered then hashed at a time: well inside a core's L2
+
+
+def probe_reads(reader: NeuronReader, runs=(1, 2, 4, 16, 64), seconds: float = 0.04) -> list[dict]:
+    """The reader's own cost of requests of the sizes it issues, as disk-curve points ({"chunk", "threads", "direct",
+    "GBps", "seconds", "bytes", "source": "reader"}, at the pool's thread count; GBps over the time the requests were
+    in flight, ReadStats.issue_s) and one {"source": "reader-overhead", "batch_s", "chunk_s"}: the serial time of a
+    read outside its requests, a + b chunks, least squares over the batches: batches of runs of m neurons, one
+    run apart (so with no merge gap each run is one request of the run's pages), read with `reader.read` as a decode
+    step reads them, checksums included, through the layers in turn, for about `seconds` per size. What the
+    probe loop of `probe_disk` leaves out and a step pays per request (planning, the pool's dispatch, the gather and
+    hash of each landed chunk, under one GIL on few cores) is then in the curve that prices the reads (with the plain
+    probe alone, 4 KiB requests were priced at 1/1.7 of their cost: flash-relufied-gap-smollm2-cpu-2026-12-03.json).
+    """
+    gap, total = reader.max_gap, reader.total
+    reader.max_gap, reader.total = 0, ReadStats()
+    pts, layer, rest = [], 0, []
+    try:
+        # untimed: the first read faults the slot's buffers in and starts the pool's threads (measured: 4 KiB
+        # requests priced at 1.8x their cost in the run when this read was timed)
+        reader.read(reader.store.args.n_layers - 1, np.arange(0, min(reader.hidden, 2 * reader.max_neurons), 2))
+        for m in runs:
+            # runs `skip` neurons apart: at least m, and never on touching pages (which would be one request)
+            skip = max(m, -(-2 * ALIGN // reader.stride) - 1)
+            n_runs = min(reader.max_neurons // m, reader.hidden // (m + skip))
+            if n_runs < 2:
+                continue
+            nbytes, secs, sizes = 0, 0.0, []
+            while secs < seconds or not nbytes:
+                phase = (layer * 7) % (m + skip)  # another layer and offset each batch: never the pages just read
+                ids = (np.arange(n_runs)[:, None] * (m + skip) + phase + np.arange(m)[None, :]).ravel()
+                st = reader.read(layer % reader.store.args.n_layers, ids[ids < reader.hidden]).stats
+                nbytes, secs = nbytes + st.bytes, secs + st.issue_s
+                sizes += st.chunk_sizes
+                rest.append((st.chunks, st.seconds - st.issue_s))
+                layer += 1
+            pts.append({"chunk": int(np.median(sizes)), "threads": reader.threads, "direct": reader.direct,
+                        "GBps": nbytes / secs / 1e9, "bytes": nbytes, "seconds": secs, "source": "reader"})
+    finally:
+        reader.max_gap, reader.total = gap, total
+    if len(rest) >= 2:  # the serial work outside the issue (planning, views, compare): a + b chunks, least squares
+        n, o = np.array(rest, dtype=float).T
+        b, a = np.polyfit(n, o, 1) if np.ptp(n) > 0 else (0.0, float(o.mean()))
+        pts.append({"batch_s": max(float(a), 0.0), "chunk_s": max(float(b), 0.0), "batches": len(rest),
+                    "source": "reader-overhead"})
+    return pts
+
+
+def with_reader_points(curve: dict, points: list[dict]) -> dict:
+    """`curve` with `points` (probe_reads) in place of its own at the same (chunk, threads, direct)."""
+    over = [p for p in points if p.get("source") == "reader-overhead"]
+    points = [p for p in points if p.get("source") != "reader-overhead"]
+    keys = {(p["chunk"], p["threads"], p["direct"]) for p in points}
+    kept = [p for p in curve["points"] if (p["chunk"], p["threads"], p["direct"]) not in keys]
+    out = {**curve, "points": kept + points, "reader_points": len(points)}
+    if over:
+        out["reader_overhead"] = {k: over[0][k] for k in ("batch_s", "chunk_s", "batches")}
+    return out
 
 
 def _file_ranges(chunks, stage_pos) -> tuple[np.ndarray, np.ndarray]:

@@ -62,12 +62,14 @@ class StreamStats:
     useful_bytes: int = 0
     chunks: int = 0
     io_s: float = 0.0  # busy time of the reads (each read's wall time; prefetches overlap attention)
+    issue_s: float = 0.0  # of io_s, the time requests were in flight (ReadStats.issue_s)
     verify_s: float = 0.0  # of io_s, the decode step's wait on checksums after its reads were done
     verify_thread_s: float = 0.0  # hashing done inside the read threads as chunks land (CPU time, summed over threads)
     stall_s: float = 0.0  # time the decode step waited on reads (= io_s without prefetch)
     prefetched: int = 0  # neurons read ahead by speculation
     prefetch_used: int = 0  # of those, the ones the exact prediction then asked for
     predicted_io_s: float = 0.0  # the iomodel's price of the same chunks
+    predicted_serial_s: float = 0.0  # of it, the reader's serial work around the requests (curve["reader_overhead"])
     neurons_predicted: int = 0
     neurons_read: int = 0
     overflow_reads: int = 0  # neurons read but not cached because one step's set exceeded the cache
@@ -94,15 +96,11 @@ class StreamingRuntime:
         self.predictors = predictors
         self.thresholds = [float(t) for t in thresholds]
         self.act = gate_activation(a.ffn_act, a.ffn_act_shift)  # the store's model: SiLU, or a relufied one's ReLU
-        gap = 0
-        if curve is not None:
-            from ...iomodel.io import merge_gap_bytes
-
-            gap = merge_gap_bytes(curve, threads, True)
         self.reader = NeuronReader(store, threads, chunk, direct, slots=1,
-                                   max_neurons=min(MAX_READ_NEURONS, a.hidden_dim), max_gap=gap, verify=verify)
+                                   max_neurons=min(MAX_READ_NEURONS, a.hidden_dim), verify=verify)
         self.cache = NeuronCache(a.n_layers, a.hidden_dim, cache_neurons, a.dim, window, dtype=store.torch_dtype)
-        self.curve = curve
+        self.curve = None
+        self.use_curve(curve)
         self.stats = StreamStats()
         self.trace: list | None = None  # set to a list to record (layer, predicted ids) per decode step
         self.counting = False  # decode steps only: prefill's reads are reported apart
@@ -110,6 +108,18 @@ class StreamingRuntime:
         self.prefill = StreamStats()
         self.prefetch = prefetch
         self._pending: dict[int, object] = {}  # layer -> Future of its speculative read
+
+    def use_curve(self, curve: dict | None) -> None:
+        """Price reads with this disk curve and set the reader's merge gap from the same curve
+        (`iomodel.io.choose_merge_gap`), so the gap read through and the time predicted for it never come from two
+        different measurements of the disk. None: no pricing, no merging."""
+        self.curve = curve
+        gap = 0
+        if curve is not None:
+            from ...iomodel.io import choose_merge_gap
+
+            gap = choose_merge_gap(curve, self.reader.threads, True)
+        self.reader.max_gap = gap if self.reader.direct else 0
 
     def speculate(self, layer: int, ffn_norm: nn.Module, x: torch.Tensor) -> None:
         """Block `layer` is starting on input x: read ahead the neurons its FFN will probably need (decode steps
@@ -189,9 +199,13 @@ class StreamingRuntime:
         st.useful_bytes += rs.useful_bytes
         st.chunks += rs.chunks
         st.io_s += rs.seconds
+        st.issue_s += rs.issue_s
         st.verify_s += rs.verify_s
         st.verify_thread_s += rs.verify_thread_s
         st.predicted_io_s += self._price(rs.chunk_sizes)
+        over = (self.curve or {}).get("reader_overhead")
+        if over and rs.chunk_sizes:
+            st.predicted_serial_s += over["batch_s"] + over["chunk_s"] * len(rs.chunk_sizes)
 
     @staticmethod
     def _use(c, xf, t, ids, bundles, room, y, st, act):
@@ -252,9 +266,9 @@ def plan_cache(store: WeightStore, budget: int, pred_bytes: int, direct: bool, u
 
     a = store.args
     resident = store.resident_bytes if resident_bytes is None else resident_bytes
-    B = store.bundle_bytes
+    B, S = store.bundle_bytes, store.bundle_stride
     io_n = min(MAX_READ_NEURONS, a.hidden_dim)
-    io = sum(slot_sizes(io_n, B, a.hidden_dim * B, direct))  # NeuronReader's one slot
+    io = sum(slot_sizes(io_n, B, a.hidden_dim * S, direct or S != B))  # NeuronReader's one slot
     fixed = resident + pred_bytes + io + other_bytes
     min_cache = max(1, math.ceil(MIN_CACHE_FRAC * a.hidden_dim))
     work = cache_neuron_work_bytes(a)
@@ -329,13 +343,16 @@ def build_streamed_model(store: WeightStore, predictors, thresholds, budget: int
 
 
 def naive_reads(rt: StreamingRuntime) -> tuple[int, float]:
-    """What naive whole-FFN reads cost per token: every layer's FFN read whole from the store, one reader batch a
-    layer (as `ioaware bench offload`'s naive case does) -> (bytes, seconds the iomodel prices them at; nan without a
-    disk curve)."""
-    H = rt.args.hidden_dim
+    """What naive whole-FFN reads cost per token: every layer's dense FFN (its weight bytes, without the store's
+    bundle padding) read whole, in the reader's chunks, one batch a layer -> (bytes, seconds the iomodel prices
+    them at; nan without a disk curve)."""
+    from .reader import _page_ranges, split_chunks
+
+    layer_bytes = rt.args.hidden_dim * rt.store.bundle_bytes
     nbytes, secs = 0, 0.0
-    for layer in range(rt.args.n_layers):
-        sizes = [k for _, k in rt.reader.plan(layer, np.arange(H))[2]]
+    for _ in range(rt.args.n_layers):
+        ranges = _page_ranges([(0, layer_bytes)]) if rt.reader.direct else [(0, layer_bytes)]
+        sizes = [k for _, k in split_chunks(ranges, rt.reader.chunk)]
         nbytes += sum(sizes)
         secs += rt._price(sizes)
     return nbytes, secs
@@ -366,7 +383,11 @@ def stream_summary(rt: StreamingRuntime, acct: dict, decode_s: float) -> dict:
         "prefetch_neurons_per_token": s.prefetched / n,
         "prefetch_used_frac": s.prefetch_used / s.prefetched if s.prefetched else None,
         "direct_io": rt.reader.direct, "read_threads": rt.reader.threads, "read_chunk": rt.reader.chunk,
-        "read_merge_gap": rt.reader.max_gap,
+        "read_merge_gap": rt.reader.max_gap, "store_bundle_stride": rt.store.bundle_stride,
+        "disk_curve_reader_points": [p for p in (rt.curve or {}).get("points", []) if p.get("source") == "reader"],
+        "disk_curve_reader_overhead": (rt.curve or {}).get("reader_overhead"),
+        "flash_predicted_serial_s_per_token": s.predicted_serial_s / n,
+        "flash_issue_s_per_token": s.issue_s / n,
         "prefill_bytes_read": rt.prefill.bytes_read, "prefill_io_s": rt.prefill.io_s,
         "memory": acct, "decode_tokens_counted": s.tokens,
         **_sparsity_and_naive(rt),
