@@ -6,6 +6,8 @@ Tolerance rule as in test_flash_attn.py: max error against fp64 at most 2x that 
 covered by a few cases that each turn several options on, at sizes that are not multiples of the 32-row tiles.
 """
 
+import functools
+
 import pytest
 import torch
 
@@ -23,11 +25,38 @@ def _atol(ref: torch.Tensor, dtype) -> float:
     return 2 * (r + 0.3 - 0.3 - r).abs().max().item()
 
 
+@functools.cache
+def _keep_flat_kernel():
+    # built on first use: triton must be imported after ioaware has switched on the interpreter
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(KEEP, seed, drop_p, N, BLOCK: tl.constexpr):
+        o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(KEEP + o, (tl.rand(seed, o) >= drop_p).to(tl.int8), mask=o < N)
+
+    return kernel
+
+
 def _keep(rows: int, max_k: int, Tk: int, p: float, seed: int) -> torch.Tensor:
+    """The kernels' keep mask from its definition (masked.py's _keep): element (row, c) is kept when
+    tl.rand(seed, row * max_k + c) >= p. Drawn as one flat range of offsets in 16k-wide programs: the library's
+    dropout_keep_mask launches a program per row and 64 keys, ~20 ms each under the interpreter (15 s of a case's
+    reference); test_keep_mask_equals_the_librarys checks that the two agree."""
+    n = rows * max_k
+    keep = torch.empty(n, dtype=torch.int8)
+    _keep_flat_kernel()[(-(-n // 16384),)](keep, int(seed), float(p), n, BLOCK=16384)
+    return keep.view(rows, max_k)[:, :Tk].bool()
+
+
+@pytest.mark.parametrize("rows,max_k,Tk,p,seed", [(12, 150, 130, 0.2, 2**40 + 3), (5, 64, 64, 0.5, 7)])
+def test_keep_mask_equals_the_librarys(rows, max_k, Tk, p, seed):
     from ioaware.kernels import _dispatch
 
     masked = _dispatch.load_kernel_module("ioaware.kernels.attention.flash.masked")
-    return masked.dropout_keep_mask(rows, max_k, Tk, p, seed, "cpu")
+    want = masked.dropout_keep_mask(rows, max_k, Tk, p, seed, "cpu")
+    assert want.shape == (rows, Tk) and torch.equal(_keep(rows, max_k, Tk, p, seed), want)
 
 
 def _compare(out, lse, grads, ref_fn, ins, do, dtype):

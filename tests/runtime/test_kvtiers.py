@@ -277,7 +277,7 @@ def test_generate_cli_kv_budget(tmp_path, capsys):
     from .helpers import byte_vocab, tiny_hf_model, write_gguf
 
     gguf = write_gguf(tmp_path / "t.gguf", tiny_hf_model(len(byte_vocab()[0]), seed=9), context=64)
-    base = ["generate", "--model", str(gguf), "--prompt", "the cat sat on the mat and the", "--max-new-tokens", "24",
+    base = ["generate", "--model", str(gguf), "--prompt", "the cat sat on the mat and the", "--max-new-tokens", "10",
             "--quiet"]
     assert main([*base, "--json", str(tmp_path / "a.json")]) == 0
     assert main([*base, "--kv-budget", "hbm=8KiB,dram=1MB", "--json", str(tmp_path / "b.json")]) == 0

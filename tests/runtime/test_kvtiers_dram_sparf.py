@@ -143,16 +143,18 @@ def test_tiny_model_exact_and_full_budget_sparf_equal_in_memory(tmp_path, monkey
     monkeypatch.delenv("IOAWARE_INTERPRET", raising=False)  # flash_decode's reference; its kernel has own tests
     m = _tiny()
     ids = torch.randint(0, 300, (1, 100), generator=torch.Generator().manual_seed(5))
+    # 80 prompt tokens (five pages: four leave HBM at prefill), then 20 decode steps over the tiers, crossing a page
+    # boundary at 96: every decode step reads the DRAM pages (the interpreted uva kernels cost ~0.4 s a step)
     with torch.inference_mode():
         m.setup_cache(1, 130)
-        ref = [m(ids[:, :60], 0)] + [m(ids[:, i:i + 1], i) for i in range(60, 100)]
+        ref = [m(ids[:, :80], 0)] + [m(ids[:, i:i + 1], i) for i in range(80, 100)]
         page = 2 * 16 * 2 * 16 * 4 * 2
         tiers = install_kv_tiers(m, KVTierSpec(1 * page, 12 * page, None, modes={"dram": "move", "ssd": "move"},
                                                sparf=sparf, sparf_tier="dram", sparf_transport=transport))
         tiers.sparf_info = {}
         try:
             m.setup_cache(1, 130)
-            got = [m(ids[:, :60], 0)] + [m(ids[:, i:i + 1], i) for i in range(60, 100)]
+            got = [m(ids[:, :80], 0)] + [m(ids[:, i:i + 1], i) for i in range(80, 100)]
             assert tiers.tokens_per_tier()["dram"] >= 80
             assert (tiers.stats["bytes"]["dram_sparf"] > 0) == (sparf is not None)
             if transport.startswith("uva"):
