@@ -13,6 +13,18 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE
 
 
+def _gluon_mode(raw: str | None) -> str:
+    v = (raw or "0").strip().lower()
+    if v in _TRUE:
+        return "1"
+    if v in ("0", "false", "no", "off", ""):
+        return "0"
+    if v == "auto":
+        return "auto"
+    raise ValueError(f"IOAWARE_GLUON={raw!r}: use 0 (the default: never), auto (where measured faster) or 1 "
+                     "(wherever the Gluon kernel's gate allows)")
+
+
 @dataclass(frozen=True)
 class Settings:
     """The IOAWARE_* settings as read by `settings()` at one moment (frozen).
@@ -30,7 +42,10 @@ class Settings:
     model: str | None  # IOAWARE_MODEL: default model path for `ioaware generate`
     autotune: bool  # IOAWARE_AUTOTUNE: autotune kernel tiles on the GPU instead of using the measured table
     sparse_cache: bool  # IOAWARE_SPARSE_CACHE: reuse block-sparse attention's block lists while a mask is unchanged
-    gluon: bool = False  # IOAWARE_GLUON: the plain/causal attention forward tries the Gluon kernel (sm_90, Triton 3.6)
+    # IOAWARE_GLUON: where the plain/causal attention forward runs the Gluon kernel (sm_90, Triton 3.6): "0" (never;
+    # the default until the GPU suite has run with auto), "auto" (where measured faster than the Triton kernels:
+    # gluon_gate.GLUON_AUTO_HEAD_DIMS), "1" (wherever its gate allows)
+    gluon: str = "0"
 
 
 _KEYS = ("IOAWARE_INTERPRET", "IOAWARE_DEBUG", "IOAWARE_CACHE_DIR", "IOAWARE_MODEL", "IOAWARE_AUTOTUNE",
@@ -63,7 +78,7 @@ def settings() -> Settings:
         model=os.environ.get("IOAWARE_MODEL") or None,
         autotune=_flag("IOAWARE_AUTOTUNE"),
         sparse_cache=env.get("IOAWARE_SPARSE_CACHE", "1").strip() != "0",
-        gluon=_flag("IOAWARE_GLUON"),
+        gluon=_gluon_mode(env.get("IOAWARE_GLUON")),
     )
     _last = (key, s)
     return s
@@ -77,6 +92,7 @@ ENV_TABLE = [
     ("IOAWARE_MODEL", "(embedded SmolLM2-135M)", "default model file or folder for `ioaware generate`"),
     ("IOAWARE_SPARSE_CACHE", "1", "0: rebuild block-sparse attention's block lists on every call instead of reusing "
      "them while the mask is unchanged"),
-    ("IOAWARE_GLUON", "0", "1: the attention forward (plain or causal) runs the Gluon FA3-schedule kernel where its "
-     "gate allows (sm_90, Triton 3.6, bf16, D 64/128, Tq == Tk); written, not yet measured"),
+    ("IOAWARE_GLUON", "0", "the attention forward (plain or causal) runs the Gluon FA3-schedule kernel: auto = at "
+     "D 128, where the H200 measured it faster than the Triton kernels (sm_90, Triton 3.6, bf16, Tq == Tk); 1 = "
+     "wherever its gate allows (D 64 too); 0 = never"),
 ]

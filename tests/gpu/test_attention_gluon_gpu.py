@@ -112,7 +112,16 @@ def test_flash_attn_opt_in_dispatches_gluon(variant, monkeypatch):
         e, e_pt = (x.float() - xr).abs().max().item(), (xp.float() - xr).abs().max().item()
         atol = 2 * (xr.bfloat16() + 0.3 - 0.3 - xr.bfloat16()).abs().max().item()
         assert e <= 2 * e_pt + atol, f"{name}: max error {e:.3g}, PyTorch bf16 {e_pt:.3g}"
-    monkeypatch.delenv("IOAWARE_GLUON")
+    monkeypatch.setenv("IOAWARE_GLUON", "0")
     calls.clear()
     ioaware.flash_attn(q.detach(), k.detach(), v.detach(), causal=True)
-    assert not calls, "without the opt-in the Gluon forward must not run"
+    assert not calls, "with IOAWARE_GLUON=0 the Gluon forward must not run"
+    monkeypatch.setenv("IOAWARE_GLUON", "auto")  # D 128 runs Gluon (measured faster), D 64 the Triton kernels
+    ioaware.flash_attn(q.detach(), k.detach(), v.detach(), causal=True)
+    assert calls, "IOAWARE_GLUON=auto at D 128 must run the Gluon forward"
+    calls.clear()
+    ioaware.flash_attn(*(t.detach()[..., :64].contiguous() for t in (q, k, v)), causal=True)
+    assert not calls, "IOAWARE_GLUON=auto at D 64 must run the Triton kernels"
+    monkeypatch.delenv("IOAWARE_GLUON")
+    ioaware.flash_attn(q.detach(), k.detach(), v.detach(), causal=True)
+    assert not calls, "by default (IOAWARE_GLUON unset) the Gluon forward must not run"

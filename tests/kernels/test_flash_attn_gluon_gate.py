@@ -112,7 +112,34 @@ def test_settings_reads_the_opt_in(monkeypatch):
     from ioaware.env import ENV_TABLE, settings
 
     monkeypatch.delenv("IOAWARE_GLUON", raising=False)
-    assert settings().gluon is False
-    monkeypatch.setenv("IOAWARE_GLUON", "1")
-    assert settings().gluon is True
+    assert settings().gluon == "0"
+    for raw, mode in (("1", "1"), ("on", "1"), ("0", "0"), ("off", "0"), ("AUTO", "auto"), ("", "0")):
+        monkeypatch.setenv("IOAWARE_GLUON", raw)
+        assert settings().gluon == mode, raw
+    monkeypatch.setenv("IOAWARE_GLUON", "sometimes")
+    with pytest.raises(ValueError, match="IOAWARE_GLUON='sometimes': use 0"):
+        settings()
     assert "IOAWARE_GLUON" in [row[0] for row in ENV_TABLE]
+
+
+@pytest.mark.parametrize("mode,D,runs", [("auto", 128, True), ("auto", 64, False), ("1", 64, True),
+                                         ("0", 128, False)])
+def test_dispatch_follows_the_mode_and_the_measured_head_dims(monkeypatch, mode, D, runs):
+    """Which inputs the forward sends to Gluon, with the gate made to accept (it never does on this machine):
+    auto only at GLUON_AUTO_HEAD_DIMS (where the H200 measured it faster), 1 wherever the gate allows, 0 never;
+    a refusal under auto is silent (the fallback is the plan), under 1 it is warned."""
+    import warnings
+
+    from ioaware.kernels.attention.flash import gluon_gate
+
+    kernel = load_kernel_module("ioaware.kernels.attention.flash.kernel")
+    monkeypatch.setenv("IOAWARE_GLUON", mode)
+    monkeypatch.setattr(gluon_gate, "gluon_refusal", lambda q, k, v: None)
+    assert kernel._gluon_takes(*_qkv(D=D)) is runs
+    monkeypatch.setattr(gluon_gate, "gluon_refusal", lambda q, k, v: "gluon attention: refused for the test")
+    kernel._warn_once.cache_clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert kernel._gluon_takes(*_qkv(D=D)) is False
+    assert len(seen) == (1 if mode == "1" else 0)
+    assert GLUON_MOD not in sys.modules

@@ -15,8 +15,14 @@ import torch
 # Triton releases (major.minor) whose Gluon API gluon_fwd.py was written against (read from the 3.6.0 wheel)
 GLUON_TRITON_VERSIONS = ("3.6",)
 GLUON_HEAD_DIMS = (64, 128)
+# where IOAWARE_GLUON=auto (the default) sends the forward to Gluon: the head dims at which fa3_s3 beat the Triton
+# kernels at every measured point on the H200 (bf16, T 1k-32k, causal and not: 0.86-1.05x cuDNN against 0.67-0.93x,
+# benchmarks/results/attention-gluon-fa3s3-h200-2026-12-03.json, attention-gluon-fa3s3-d128b-h200-2026-12-03.json);
+# at D 64 the Triton kernels were as fast or faster (attention-gluon-d64-h200-2026-12-03.json)
+GLUON_AUTO_HEAD_DIMS = (128,)
 
 
+@functools.cache
 def triton_release() -> str:
     """The installed Triton's major.minor ('3.6'), or '' when Triton is missing."""
     try:
@@ -67,4 +73,4 @@ def gluon_refusal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | No
     return None
 
 
-__all__ = ["GLUON_HEAD_DIMS", "GLUON_TRITON_VERSIONS", "gluon_refusal", "triton_refusal"]
+__all__ = ["GLUON_AUTO_HEAD_DIMS", "GLUON_HEAD_DIMS", "GLUON_TRITON_VERSIONS", "gluon_refusal", "triton_refusal"]

@@ -485,12 +485,19 @@ def _use_hopper_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch
 
 
 def _gluon_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the Gluon forward (gluon_fwd.py, never imported otherwise) takes these inputs; a refusal is warned
-    once per reason, so an opted-in run that falls back to the kernels here is never silent."""
-    from .gluon_gate import gluon_refusal
+    """Whether the Gluon forward (gluon_fwd.py, never imported otherwise) runs for these inputs (IOAWARE_GLUON:
+    auto at the head dims measured faster; 1 wherever the gate allows; 0, the default, never). Under 1 a refusal is
+    warned once per reason, so a forced run that falls back to the kernels here is never silent; under auto the
+    fallback is the plan, and silent."""
+    mode = settings().gluon
+    if mode == "0":
+        return False
+    from .gluon_gate import GLUON_AUTO_HEAD_DIMS, gluon_refusal
 
+    if mode == "auto" and q.shape[-1] not in GLUON_AUTO_HEAD_DIMS:
+        return False
     reason = gluon_refusal(q, k, v)
-    if reason is not None:
+    if reason is not None and mode == "1":
         _warn_once(reason + "; using the Triton kernels")
     return reason is None
 
@@ -505,7 +512,7 @@ def _warn_once(message: str) -> None:
 def flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                    softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel. Returns out (B, Tq, Hq, D) and lse (B, Hq, Tq) fp32 (natural log)."""
-    if settings().gluon and _gluon_takes(q, k, v):  # opt-in (IOAWARE_GLUON=1) until measured
+    if _gluon_takes(q, k, v):  # IOAWARE_GLUON=auto: sm_90 + Triton 3.6 at D 128 (measured faster); =1: wherever
         from . import gluon_fwd
 
         return gluon_fwd.gluon_flash_attn_fwd(q, k, v, causal, softmax_scale)
