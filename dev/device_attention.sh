@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Device calls: `tests` runs the GPU suite; `bench` the attention benchmark; `generate MODEL` the generation
-# benchmark vs transformers; `gluon` the Gluon forward's variants (checks, tests, then timing). Results land in $OUT.
+# benchmark vs transformers; `gluon` the Gluon forward's variants (checks, tests, then timing); `gluon-auto` the attention
+# GPU suites under IOAWARE_GLUON=auto; `fp8` the FP8 forward's GPU tests and timing. Results land in $OUT.
 set -o pipefail
-export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:/tmp/xdist:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+# pytest-xdist (carried in wheels/): Triton's compiles are CPU-bound, so GPU suites run on 8 workers sharing the GPU
+ls wheels/pytest_xdist-*.whl >/dev/null 2>&1 && \
+  pip install -q --no-deps --no-index --target /tmp/xdist wheels/pytest_xdist-*.whl wheels/execnet-*.whl >/dev/null 2>&1
+XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${NPROC_TESTS:-8}")
+export TRITON_CACHE_DIR=$PWD/build/triton-cache
 for step in "$@"; do
   case $step in
     tests)
@@ -47,5 +53,18 @@ for step in "$@"; do
       else
         echo "gluon: no variant passed; see $OUT/gluon-smoke-*.txt and gluon-tests-*.txt" | tee -a $OUT/gluon-steps.txt
       fi ;;
+    gluon-auto)
+      # IOAWARE_GLUON=auto over every attention GPU suite (#28: auto becomes the default once these pass under it)
+      IOAWARE_GLUON=auto timeout ${T_AUTO:-420} python3 -m pytest -q -rfEs $XDIST -m gpu tests/gpu/test_attention_gluon_gpu.py \
+        tests/gpu/test_flash_attn_gpu.py tests/gpu/test_flash_attn_hopper_gpu.py tests/gpu/test_flash_attn_interface_gpu.py \
+        tests/gpu/test_flash_attn_masked_gpu.py -p no:cacheprovider --timeout 300 > $OUT/gluon-auto-tests.txt 2>&1
+      echo "rc=$?"; tail -25 $OUT/gluon-auto-tests.txt ;;
+    fp8)
+      # the FP8 forward (flash/fp8.py): its GPU tests, then the tile sweep and the timing against our bf16 and cuDNN
+      nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee $OUT/fp8-gpu.txt
+      timeout ${T_FP8TEST:-150} python3 -m pytest -q -rfEs $XDIST -m gpu tests/gpu/test_flash_attn_fp8_gpu.py \
+        -p no:cacheprovider --timeout 120 > $OUT/fp8-tests.txt 2>&1; echo "rc=$?"; tail -15 $OUT/fp8-tests.txt
+      timeout ${T_FP8BENCH:-330} python3 dev/attention/fp8_bench.py --tiles ${FP8_ARGS:-} \
+        --json $OUT/attention-fp8-h200.json 2>&1 | tee $OUT/fp8-bench.txt | tail -45 ;;
   esac
 done
